@@ -1,0 +1,93 @@
+//! The `vigil` command line: argument parsing and exit codes.
+//!
+//! Exit codes: 0 success; 2 bad usage or bad configuration (the message names the file, key and line
+//! where known); 1 any other failure. User errors print one message, never a backtrace.
+
+mod policy_cmd;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// vigil: hot-standby failover with sandboxed WebAssembly policies.
+#[derive(Debug, Parser)]
+#[command(name = "vigil", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check and test policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Load and validate a policy and its plugin: exit 0, or 2 with the file and key at fault.
+    Check {
+        /// The policy file.
+        policy: PathBuf,
+        /// Extra directories where plugin names are looked up (before the standard ones).
+        #[arg(long = "plugin-dir", value_name = "DIR")]
+        plugin_dirs: Vec<PathBuf>,
+    },
+    /// Replay scenario timelines through the policy's plugin and compare with the expected decisions.
+    Test {
+        /// The policy file.
+        policy: PathBuf,
+        /// Scenario files (TOML).
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
+        /// Extra directories where plugin names are looked up (before the standard ones).
+        #[arg(long = "plugin-dir", value_name = "DIR")]
+        plugin_dirs: Vec<PathBuf>,
+        /// Print the timeline of passing scenarios too.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+}
+
+/// An error that decides the exit code.
+#[derive(Debug)]
+pub enum CliError {
+    /// Bad usage or bad configuration: exit 2.
+    Config(anyhow::Error),
+    /// Anything else: exit 1.
+    Failure(anyhow::Error),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Config(_) => ExitCode::from(2),
+            CliError::Failure(_) => ExitCode::from(1),
+        }
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CliError::Config(e) | CliError::Failure(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl From<anyhow::Error> for CliError {
+    fn from(e: anyhow::Error) -> Self {
+        CliError::Failure(e)
+    }
+}
+
+/// Run a parsed command line.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Policy(PolicyCommand::Check { policy, plugin_dirs }) => policy_cmd::check(&policy, plugin_dirs),
+        Command::Policy(PolicyCommand::Test { policy, scenarios, plugin_dirs, verbose }) => {
+            policy_cmd::test(&policy, &scenarios, plugin_dirs, verbose)
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! The policy file: which plugin decides, its parameters, and what it may drive.
+//!
+//! ```toml
+//! plugin = "hot-standby"          # a name in the plugin directories, or a path to a .wasm file
+//! local_only = ["ha.*"]           # configuration keys this deployment never replicates
+//!
+//! [params]                        # given to the plugin's validate() and decide() as JSON
+//! failures = 3
+//!
+//! [services.app]
+//! start = "systemctl start app"   # a string runs through /bin/sh -c; an array runs directly
+//! stop = "systemctl stop app"
+//! status = "systemctl is-active --quiet app"
+//! timeout_ms = 10000
+//! watchdog = true
+//! app_check = true
+//! daily_restart = "04:30"         # local time, HH:MM
+//!
+//! [hooks.register]
+//! command = ["/usr/local/bin/register", "{0}"]   # never through a shell; {N} is argument N
+//! timeout_ms = 5000
+//!
+//! [limits]
+//! time_ms = 50                    # wall time per plugin call
+//! memory_mib = 32                 # linear memory per plugin instance
+//! state_kib = 64                  # state bytes a decision may return
+//!
+//! [fallback]
+//! mode = "hold"                   # when the plugin faults: hold, or go standby/off/failed …
+//! after = 3                       # … after this many consecutive faults
+//! ```
+//!
+//! This module only reads and checks the file; `policy::load` resolves the plugin and runs it.
+
+use crate::model::Mode;
+use crate::toml_file::{self, TomlError};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// A parsed and checked policy file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// A plugin name resolved in the plugin directories, or a path to a `.wasm` file (relative to the
+    /// policy file).
+    pub plugin: String,
+    /// Parameters for the plugin.
+    #[serde(default)]
+    pub params: toml::Table,
+    /// Services the plugin may start, stop and restart.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceSpec>,
+    /// Hooks the plugin may run.
+    #[serde(default)]
+    pub hooks: BTreeMap<String, HookSpec>,
+    /// Resource limits of each plugin call.
+    #[serde(default)]
+    pub limits: Limits,
+    /// What the host does when the plugin faults.
+    #[serde(default)]
+    pub fallback: Fallback,
+    /// Configuration key patterns this deployment never replicates (`*` matches any run of characters).
+    #[serde(default)]
+    pub local_only: Vec<String>,
+}
+
+/// A command: a string runs through `/bin/sh -c`, an array runs directly.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum CommandSpec {
+    Shell(String),
+    Argv(Vec<String>),
+}
+
+impl CommandSpec {
+    /// The program and its arguments.
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            CommandSpec::Shell(line) => vec!["/bin/sh".into(), "-c".into(), line.clone()],
+            CommandSpec::Argv(argv) => argv.clone(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            CommandSpec::Shell(line) => line.trim().is_empty(),
+            CommandSpec::Argv(argv) => argv.first().is_none_or(|p| p.is_empty()),
+        }
+    }
+}
+
+/// A local service the plugin controls.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub start: CommandSpec,
+    pub stop: CommandSpec,
+    /// Exit 0 means running. Without it, the host tracks the state from start/stop results.
+    #[serde(default)]
+    pub status: Option<CommandSpec>,
+    #[serde(default = "default_command_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Restart the service if it stops while the node is active.
+    #[serde(default)]
+    pub watchdog: bool,
+    /// Counts for `/app`.
+    #[serde(default)]
+    pub app_check: bool,
+    /// A daily restart time, `HH:MM` local time.
+    #[serde(default)]
+    pub daily_restart: Option<String>,
+}
+
+/// A command template the plugin may run with arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookSpec {
+    /// Program and arguments; `{0}`, `{1}`, … are replaced by the plugin's arguments.
+    pub command: Vec<String>,
+    #[serde(default = "default_command_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_command_timeout_ms() -> u64 {
+    10_000
+}
+
+/// Resource limits of each plugin call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub time_ms: u64,
+    pub memory_mib: u64,
+    pub state_kib: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { time_ms: 50, memory_mib: 32, state_kib: 64 }
+    }
+}
+
+impl Limits {
+    pub fn time(&self) -> Duration {
+        Duration::from_millis(self.time_ms)
+    }
+
+    pub fn memory_bytes(&self) -> usize {
+        (self.memory_mib as usize) << 20
+    }
+
+    pub fn state_bytes(&self) -> usize {
+        (self.state_kib as usize) << 10
+    }
+}
+
+/// What the host does when the plugin faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Fallback {
+    /// `hold` keeps the current mode; a mode name switches to it after `after` consecutive faults.
+    pub mode: FallbackMode,
+    pub after: u32,
+}
+
+impl Default for Fallback {
+    fn default() -> Self {
+        Fallback { mode: FallbackMode::Hold, after: 3 }
+    }
+}
+
+/// The fallback's target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FallbackMode {
+    Hold,
+    To(Mode),
+}
+
+impl<'de> Deserialize<'de> for FallbackMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        if text == "hold" {
+            return Ok(FallbackMode::Hold);
+        }
+        text.parse::<Mode>()
+            .map(FallbackMode::To)
+            .map_err(|_| serde::de::Error::custom(format!("expected hold, standby, off, failed or hold-off, got {text:?}")))
+    }
+}
+
+impl PolicyFile {
+    /// Read and check a policy file.
+    pub fn read(path: &Path) -> Result<PolicyFile, TomlError> {
+        let (file, _text): (PolicyFile, String) = toml_file::read(path)?;
+        file.check(path)?;
+        Ok(file)
+    }
+
+    /// Checks that types alone cannot express.
+    fn check(&self, path: &Path) -> Result<(), TomlError> {
+        if self.plugin.trim().is_empty() {
+            return Err(TomlError::at(path, "plugin", "expected a plugin name or a path to a .wasm file"));
+        }
+        let l = &self.limits;
+        if !(1..=10_000).contains(&l.time_ms) {
+            return Err(TomlError::at(path, "limits.time_ms", format!("expected 1 to 10000, got {}", l.time_ms)));
+        }
+        if !(1..=4096).contains(&l.memory_mib) {
+            return Err(TomlError::at(path, "limits.memory_mib", format!("expected 1 to 4096, got {}", l.memory_mib)));
+        }
+        if !(1..=16_384).contains(&l.state_kib) {
+            return Err(TomlError::at(path, "limits.state_kib", format!("expected 1 to 16384, got {}", l.state_kib)));
+        }
+        if self.fallback.after == 0 {
+            return Err(TomlError::at(path, "fallback.after", "expected at least 1"));
+        }
+        for (name, s) in &self.services {
+            let key = |field: &str| format!("services.{name}.{field}");
+            check_name(path, &format!("services.{name}"), name)?;
+            for (field, cmd) in [("start", Some(&s.start)), ("stop", Some(&s.stop)), ("status", s.status.as_ref())] {
+                if cmd.is_some_and(CommandSpec::is_empty) {
+                    return Err(TomlError::at(path, key(field), "expected a command (a string or a non-empty array)"));
+                }
+            }
+            if s.timeout_ms == 0 {
+                return Err(TomlError::at(path, key("timeout_ms"), "expected a positive number of milliseconds"));
+            }
+            if let Some(t) = &s.daily_restart {
+                parse_hhmm(t).map_err(|e| TomlError::at(path, key("daily_restart"), e))?;
+            }
+        }
+        for (name, h) in &self.hooks {
+            check_name(path, &format!("hooks.{name}"), name)?;
+            if h.command.first().is_none_or(|p| p.is_empty()) {
+                return Err(TomlError::at(path, format!("hooks.{name}.command"), "expected a non-empty array: program, then arguments"));
+            }
+            if h.timeout_ms == 0 {
+                return Err(TomlError::at(path, format!("hooks.{name}.timeout_ms"), "expected a positive number of milliseconds"));
+            }
+        }
+        for (i, pattern) in self.local_only.iter().enumerate() {
+            if pattern.is_empty() {
+                return Err(TomlError::at(path, format!("local_only[{i}]"), "expected a non-empty key pattern"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The `[params]` table as the JSON text handed to the plugin.
+    pub fn params_json(&self) -> String {
+        serde_json::to_string(&self.params).expect("a TOML table converts to JSON")
+    }
+}
+
+fn check_name(path: &Path, key: &str, name: &str) -> Result<(), TomlError> {
+    let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(TomlError::at(path, key, "names use letters, digits, '-' and '_' only"))
+    }
+}
+
+/// Parse `HH:MM` into minutes after midnight.
+pub fn parse_hhmm(text: &str) -> Result<u32, String> {
+    let bad = || format!("expected a time HH:MM (00:00 to 23:59), got {text:?}");
+    let (h, m) = text.split_once(':').ok_or_else(bad)?;
+    let (h, m): (u32, u32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if h > 23 || m > 59 || text.len() != 5 {
+        return Err(bad());
+    }
+    Ok(h * 60 + m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<PolicyFile, TomlError> {
+        let path = Path::new("p.toml");
+        let file: PolicyFile = toml_file::parse(path, text)?;
+        file.check(path)?;
+        Ok(file)
+    }
+
+    #[test]
+    fn minimal_policy_gets_defaults() {
+        let p = parse("plugin = \"x\"").unwrap();
+        assert_eq!(p.limits, Limits::default());
+        assert_eq!(p.fallback.mode, FallbackMode::Hold);
+        assert_eq!(p.params_json(), "{}");
+    }
+
+    #[test]
+    fn services_and_hooks_parse() {
+        let p = parse(
+            r#"plugin = "x"
+[params]
+failures = 3
+[services.app]
+start = "true"
+stop = ["/bin/true"]
+daily_restart = "04:30"
+[hooks.reg]
+command = ["echo", "{0}"]
+[fallback]
+mode = "standby"
+after = 2
+"#,
+        )
+        .unwrap();
+        assert_eq!(p.services["app"].start.argv(), ["/bin/sh", "-c", "true"]);
+        assert_eq!(p.services["app"].stop.argv(), ["/bin/true"]);
+        assert_eq!(p.fallback.mode, FallbackMode::To(Mode::Standby));
+        assert_eq!(p.params_json(), r#"{"failures":3}"#);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("plugin = \"x\"\n[limits]\ntime_ms = 0", "limits.time_ms"),
+            ("plugin = \"x\"\n[services.app]\nstart = \"\"\nstop = \"x\"", "services.app.start"),
+            ("plugin = \"x\"\n[services.app]\nstart = \"a\"\nstop = \"b\"\ndaily_restart = \"25:00\"", "services.app.daily_restart"),
+            ("plugin = \"x\"\n[hooks.h]\ncommand = []", "hooks.h.command"),
+            ("plugin = \"x\"\n[fallback]\nmode = \"sideways\"", "fallback.mode"),
+            ("plugin = \"x\"\n[services.\"a b\"]\nstart = \"a\"\nstop = \"b\"", "services.a b"),
+            ("plugin = \"x\"\nplugins = \"y\"", "plugins"),
+        ];
+        for (text, key) in cases {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn hhmm() {
+        assert_eq!(parse_hhmm("04:30"), Ok(270));
+        assert!(parse_hhmm("4:30").is_err());
+        assert!(parse_hhmm("24:00").is_err());
+    }
+}

@@ -1,0 +1,152 @@
+//! # vigil-sdk: write a vigil policy plugin in one file
+//!
+//! A plugin implements [`Policy`] — typed parameters, a typed state, and a pure `decide` — and exports
+//! it with [`export_policy!`]. Build it with `cargo build --target wasm32-wasip2`; the `.wasm` it
+//! produces is a component of the `vigil:policy` world (see `wit/policy.wit`).
+//!
+//! ```ignore
+//! use vigil_sdk::prelude::*;
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Params { failures: Option<u32> }
+//!
+//! #[derive(Default, serde::Serialize, serde::Deserialize)]
+//! struct State { took_over: bool }
+//!
+//! struct MyPolicy;
+//!
+//! impl Policy for MyPolicy {
+//!     type Params = Params;
+//!     type State = State;
+//!
+//!     fn decide(params: &Params, tick: &Tick, state: &mut State) -> Decision {
+//!         let needed = params.failures.unwrap_or(tick.heartbeat.failures);
+//!         if tick.node.mode == Mode::Standby && tick.peers.iter().all(|p| p.consecutive_failures >= needed) {
+//!             state.took_over = true;
+//!             return Decision::to(Mode::Active, "peer lost").start("app");
+//!         }
+//!         Decision::keep()
+//!     }
+//! }
+//!
+//! vigil_sdk::export_policy!(MyPolicy);
+//! ```
+//!
+//! Parameters arrive as the policy file's `[params]` table and are deserialized with serde, so a typo
+//! or a wrong type is refused at load time with serde's message (add `#[serde(deny_unknown_fields)]`).
+//! State is serialized as JSON between ticks: readable in scenario files and tolerant of new fields
+//! with `#[serde(default)]`.
+// The generated bindings need `unsafe` for the canonical ABI; everything written by hand here is safe.
+#![deny(unsafe_code)]
+
+pub mod decision;
+mod tickext;
+
+/// The generated bindings of the `vigil:policy` world.
+#[allow(unsafe_code, missing_docs, clippy::all)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "policy",
+        pub_export_macro: true,
+        export_macro_name: "export_bindings",
+        default_bindings_module: "vigil_sdk::bindings",
+    });
+}
+
+pub use bindings::vigil::policy::types::{
+    Action, ActionResult, Alarm, Check, Heartbeat, HookCall, InitialSync, Level, LocalNode, Mode,
+    OperatorRequest, PeerCommand, PeerMessage, ReceivedCommand, Remote, Report, Role, Service,
+    ServiceState, SyncView, Tick, VipView,
+};
+pub use decision::Decision;
+pub use tickext::TickExt;
+
+/// Everything a plugin usually needs.
+pub mod prelude {
+    pub use crate::{
+        log, Action, Check, Decision, InitialSync, Level, Mode, OperatorRequest, PeerCommand, Policy,
+        Remote, Role, ServiceState, Tick, TickExt,
+    };
+}
+
+/// A policy: the rules of one deployment.
+pub trait Policy {
+    /// The policy file's `[params]` table.
+    type Params: serde::de::DeserializeOwned;
+    /// What the plugin remembers between ticks.
+    type State: serde::Serialize + serde::de::DeserializeOwned + Default;
+
+    /// Extra checks on the parameters beyond their types. The message names the parameter.
+    fn validate(_params: &Self::Params) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Decide one tick. `state` holds what the previous decision left (default on the first tick) and
+    /// is handed back to the next one.
+    fn decide(params: &Self::Params, tick: &Tick, state: &mut Self::State) -> Decision;
+}
+
+/// Write a line to the host's log.
+pub fn log(level: Level, message: &str) {
+    bindings::vigil::policy::host::log(level, message);
+}
+
+fn parse_params<P: Policy>(params: &str) -> Result<P::Params, String> {
+    // An empty table arrives as `{}`; the host never sends an empty string, but be lenient.
+    let text = if params.trim().is_empty() { "{}" } else { params };
+    serde_json::from_str(text).map_err(|e| format!("params: {e}"))
+}
+
+/// The body of the exported `validate`; used by [`export_policy!`].
+#[doc(hidden)]
+pub fn run_validate<P: Policy>(params: &str) -> Result<(), String> {
+    P::validate(&parse_params::<P>(params)?)
+}
+
+/// The body of the exported `decide`; used by [`export_policy!`].
+///
+/// State that does not parse (written by an older, incompatible version of the plugin) is replaced by
+/// the default and logged: a plugin upgrade must never wedge the node.
+#[doc(hidden)]
+pub fn run_decide<P: Policy>(params: &str, tick: Tick) -> bindings::vigil::policy::types::Decision {
+    let params = match parse_params::<P>(params) {
+        Ok(p) => p,
+        // validate() accepted these very params, so this is a host bug; trapping reports it as a fault.
+        Err(e) => panic!("{e}"),
+    };
+    let mut state: P::State = if tick.state.is_empty() {
+        P::State::default()
+    } else {
+        serde_json::from_slice(&tick.state).unwrap_or_else(|e| {
+            log(Level::Warn, &format!("previous state unreadable ({e}); starting from defaults"));
+            P::State::default()
+        })
+    };
+    let decision = P::decide(&params, &tick, &mut state);
+    let state = serde_json::to_vec(&state).expect("plugin state serializes to JSON");
+    decision.into_wit(state)
+}
+
+/// Export a [`Policy`] as the plugin's `vigil:policy` implementation.
+#[macro_export]
+macro_rules! export_policy {
+    ($policy:ty) => {
+        struct __VigilPolicyExport;
+
+        impl $crate::bindings::Guest for __VigilPolicyExport {
+            fn validate(params: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                $crate::run_validate::<$policy>(&params)
+            }
+
+            fn decide(
+                params: ::std::string::String,
+                tick: $crate::Tick,
+            ) -> $crate::bindings::vigil::policy::types::Decision {
+                $crate::run_decide::<$policy>(&params, tick)
+            }
+        }
+
+        $crate::bindings::export_bindings!(__VigilPolicyExport with_types_in $crate::bindings);
+    };
+}

@@ -1,0 +1,48 @@
+//! Small questions plugins ask of a tick, answered once here instead of in every plugin.
+
+use crate::{Mode, Remote, Service, ServiceState, Tick};
+
+/// Convenience queries on a [`Tick`].
+pub trait TickExt {
+    /// The peer with this id.
+    fn peer(&self, id: &str) -> Option<&Remote>;
+    /// The watched node with this id.
+    fn watched_node(&self, id: &str) -> Option<&Remote>;
+    /// The declared service with this name.
+    fn service(&self, name: &str) -> Option<&Service>;
+    /// Peers that report `mode` in their last answer and are reachable now.
+    fn peers_in(&self, mode: Mode) -> Vec<&Remote>;
+    /// Whether every service marked for application checks runs.
+    fn app_healthy(&self) -> bool;
+    /// Milliseconds this node has been in its current mode.
+    fn in_mode_for_ms(&self) -> u64;
+}
+
+impl TickExt for Tick {
+    fn peer(&self, id: &str) -> Option<&Remote> {
+        self.peers.iter().find(|p| p.id == id)
+    }
+
+    fn watched_node(&self, id: &str) -> Option<&Remote> {
+        self.watched.iter().find(|p| p.id == id)
+    }
+
+    fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    fn peers_in(&self, mode: Mode) -> Vec<&Remote> {
+        self.peers
+            .iter()
+            .filter(|p| p.reachable && p.report.as_ref().is_some_and(|r| r.mode == mode))
+            .collect()
+    }
+
+    fn app_healthy(&self) -> bool {
+        self.services.iter().filter(|s| s.app_check).all(|s| s.state == ServiceState::Running)
+    }
+
+    fn in_mode_for_ms(&self) -> u64 {
+        self.now_ms.saturating_sub(self.node.mode_since_ms)
+    }
+}

@@ -1,0 +1,115 @@
+//! The project's own commands, run as `cargo xtask COMMAND` (see `.cargo/config.toml`):
+//!
+//! - `plugins`: build every plugin for `wasm32-wasip2` and copy the components to `target/plugins/`,
+//!   where `vigil` finds plugin names by default (beside `target/debug/vigil`).
+//! - `demo [DEPLOYMENT]`: build the plugins and the host, then run `vigil demo` (`cargo demo`).
+//! - `test`: build the plugins, then run every test of the workspace, scenario suites included.
+//! - `bench`: build the plugins and run the benchmarks in `bench/` (release build).
+//!
+//! Only `cargo` and `rustup` are needed; the wasm target is added when missing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+/// Every plugin crate under `plugins/` except the SDK, by package name.
+fn plugin_packages(root: &Path) -> Vec<String> {
+    let mut names = Vec::new();
+    let dir = root.join("plugins");
+    let mut entries: Vec<_> = std::fs::read_dir(&dir).expect("read plugins/").flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let manifest = entry.path().join("Cargo.toml");
+        let Ok(text) = std::fs::read_to_string(&manifest) else { continue };
+        if !text.contains("cdylib") {
+            continue; // the SDK and other libraries
+        }
+        let name = text
+            .lines()
+            .find_map(|l| l.strip_prefix("name = ").map(|v| v.trim().trim_matches('"').to_string()))
+            .expect("package name");
+        names.push(name);
+    }
+    names
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let status = cmd.status().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed with {status}"))
+    }
+}
+
+fn ensure_wasm_target() -> Result<(), String> {
+    let out = Command::new("rustup").args(["target", "list", "--installed"]).output();
+    match out {
+        Ok(out) if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == "wasm32-wasip2") => Ok(()),
+        Ok(_) => run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"])),
+        // No rustup: hope the toolchain has the target; cargo will say clearly if not.
+        Err(_) => Ok(()),
+    }
+}
+
+/// Build all plugins and copy them to `target/plugins/NAME.wasm`.
+fn build_plugins(root: &Path) -> Result<PathBuf, String> {
+    ensure_wasm_target()?;
+    let packages = plugin_packages(root);
+    let mut cmd = cargo();
+    cmd.current_dir(root).args(["build", "--quiet", "--target", "wasm32-wasip2", "--profile", "plugin"]);
+    for p in &packages {
+        cmd.args(["-p", p]);
+    }
+    run(&mut cmd)?;
+    let out = root.join("target/plugins");
+    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+    for p in &packages {
+        let file = p.replace('-', "_") + ".wasm";
+        let built = root.join("target/wasm32-wasip2/plugin").join(&file);
+        let dest = out.join(format!("{p}.wasm"));
+        // Copy only when changed, so a running daemon's hot reload sees no needless event.
+        let new = std::fs::read(&built).map_err(|e| format!("{}: {e}", built.display()))?;
+        if std::fs::read(&dest).ok().as_deref() != Some(&new[..]) {
+            let tmp = dest.with_extension("wasm.tmp");
+            std::fs::write(&tmp, &new).map_err(|e| e.to_string())?;
+            std::fs::rename(&tmp, &dest).map_err(|e| e.to_string())?;
+        }
+    }
+    eprintln!("xtask: {} plugin(s) in {}", packages.len(), out.display());
+    Ok(out)
+}
+
+fn main() -> ExitCode {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("plugins") => build_plugins(&root).map(|_| ()),
+        Some("demo") => build_plugins(&root).and_then(|_| {
+            run(cargo().current_dir(&root).args(["build", "--quiet", "-p", "vigil"]))?;
+            run(Command::new(root.join("target/debug/vigil")).arg("demo").args(&args[1..]))
+        }),
+        Some("test") => build_plugins(&root).and_then(|_| {
+            run(cargo().current_dir(&root).args(["test", "--workspace", "--exclude", "vigil-sdk"]).args(excluded_plugins(&root)).args(&args[1..]))
+        }),
+        Some("bench") => build_plugins(&root).and_then(|_| {
+            run(cargo().current_dir(&root).args(["run", "--release", "-p", "vigil-bench", "--"]).args(&args[1..]))
+        }),
+        _ => Err("usage: cargo xtask plugins | demo [DEPLOYMENT] | test [CARGO TEST ARGS] | bench".into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--exclude NAME` for each plugin: they are tested through the host, built for wasm only.
+fn excluded_plugins(root: &Path) -> Vec<String> {
+    plugin_packages(root).into_iter().flat_map(|p| ["--exclude".to_string(), p]).collect()
+}
