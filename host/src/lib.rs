@@ -13,7 +13,10 @@
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod events;
+pub mod executor;
 pub mod model;
 pub mod policy;
 pub mod scenario;
+pub mod services;
 pub mod toml_file;
