@@ -5,18 +5,36 @@
 //!
 //! ## Layout
 //!
-//! - [`model`]: the data of the policy interface (modes, ticks, decisions, actions) in host terms.
+//! - [`node`]: the node's mode and the loop: observe → tick the plugin → act → publish
+//!   ([`node::NodeCore`] is the deterministic part, [`node::runner`] the daemon around it).
 //! - [`policy`]: policy files, the wasmtime plugin runtime, loading, decision checks, hot reload.
+//! - [`model`]: the data of the policy interface (modes, ticks, decisions, actions) in host terms.
+//! - [`heartbeat`]: probing peers, watched nodes, the LAN and the VIP; counting the results.
+//! - [`peer`]: the signed peer protocol (messages, HMAC signing, client).
+//! - [`http`]: the HTTP server: public, admin and peer endpoints. [`http_client`]: the client side.
+//! - [`executor`]: the ordered action queue. [`services`]: starting, stopping, watching services.
+//! - [`events`]: the event log in SQLite. [`state`]: what the loop publishes and the server reads.
+//! - [`config`]: the node configuration. [`toml_file`]: TOML errors that name file, key and line.
+//! - [`clock`]: time behind a trait, for tests and simulation.
 //! - [`scenario`]: golden-timeline replay of a policy (`vigil policy test`).
-//! - [`toml_file`]: TOML reading with errors that name file, key and line.
+//! - [`cluster`]: real local groups of `vigil run` processes (demo, tests, benchmarks).
 //! - [`cli`]: the `vigil` command line.
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod cluster;
+pub mod clock;
+pub mod config;
 pub mod events;
 pub mod executor;
+pub mod heartbeat;
+pub mod http;
+pub mod http_client;
 pub mod model;
+pub mod node;
+pub mod peer;
 pub mod policy;
 pub mod scenario;
 pub mod services;
+pub mod state;
 pub mod toml_file;

@@ -3,6 +3,8 @@
 //! Exit codes: 0 success; 2 bad usage or bad configuration (the message names the file, key and line
 //! where known); 1 any other failure. User errors print one message, never a backtrace.
 
+pub mod client;
+mod demo;
 mod policy_cmd;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +21,43 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon.
+    Run {
+        /// The node configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Start a real local pair, inject a failure, show failover and failback, print the timeline.
+    Demo {
+        /// The deployment to show (default: hot-standby).
+        deployment: Option<String>,
+    },
+    /// Show a node's status.
+    Status {
+        #[command(flatten)]
+        target: client::Target,
+        /// Print the raw JSON of /status.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Operator switchover: standby, active, restore (the configured role), restart-ha (leave off),
+    /// planned-reboot (tell the peer this node is about to reboot).
+    Switch {
+        request: crate::model::OperatorRequest,
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// Show the failover event log (oldest first).
+    Events {
+        #[command(flatten)]
+        target: client::Target,
+        /// How many of the latest events.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check and test policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -85,9 +124,27 @@ impl From<anyhow::Error> for CliError {
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
+        Command::Run { config } => {
+            let config = crate::config::NodeConfig::read(&config).map_err(|e| CliError::Config(e.into()))?;
+            runtime()?.block_on(crate::node::runner::run(config)).map_err(|e| match e {
+                crate::node::runner::StartError::Config(e) => CliError::Config(e),
+                crate::node::runner::StartError::Other(e) => CliError::Failure(e),
+            })
+        }
+        Command::Demo { deployment } => demo::run(deployment.as_deref()),
+        Command::Status { target, json } => runtime()?.block_on(client::status(&target, json)),
+        Command::Switch { request, target } => runtime()?.block_on(client::switch(&target, request)),
+        Command::Events { target, limit, json } => runtime()?.block_on(client::events(&target, limit, json)),
         Command::Policy(PolicyCommand::Check { policy, plugin_dirs }) => policy_cmd::check(&policy, plugin_dirs),
         Command::Policy(PolicyCommand::Test { policy, scenarios, plugin_dirs, verbose }) => {
             policy_cmd::test(&policy, &scenarios, plugin_dirs, verbose)
         }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failure(anyhow::anyhow!("cannot start the async runtime: {e}")))
 }

@@ -1,0 +1,150 @@
+//! Client commands for a running node: `status`, `switch`, `events`.
+
+use super::CliError;
+use crate::config::NodeConfig;
+use crate::http_client::HttpClient;
+use crate::model::OperatorRequest;
+use bytes::Bytes;
+use hyper::Method;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where the node is and how to authenticate, from the flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// The node's base URL (default: from --config, else http://127.0.0.1:7400).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// A node configuration to take the URL and admin token from.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// A file holding the admin token (default: from --config, else $VIGIL_ADMIN_TOKEN).
+    #[arg(long = "token-file")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl Target {
+    fn resolve(&self) -> Result<(String, Option<String>), CliError> {
+        let config = match &self.config {
+            Some(path) => Some(NodeConfig::read(path).map_err(|e| CliError::Config(e.into()))?),
+            None => None,
+        };
+        let url = match (&self.url, &config) {
+            (Some(url), _) => url.trim_end_matches('/').to_string(),
+            (None, Some(c)) => {
+                let addr = c.node.listen;
+                let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
+                format!("http://{host}:{}", addr.port())
+            }
+            (None, None) => "http://127.0.0.1:7400".to_string(),
+        };
+        let token = if let Some(file) = &self.token_file {
+            Some(read_token(file)?)
+        } else if let Some(c) = &config {
+            c.read_admin_token().map_err(|e| CliError::Config(e.into()))?
+        } else {
+            std::env::var("VIGIL_ADMIN_TOKEN").ok()
+        };
+        Ok((url, token))
+    }
+}
+
+fn read_token(file: &PathBuf) -> Result<String, CliError> {
+    std::fs::read_to_string(file)
+        .map(|t| t.trim().to_string())
+        .map_err(|e| CliError::Config(anyhow::anyhow!("{}: cannot read the token file: {e}", file.display())))
+}
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn call(method: Method, url: &str, token: Option<&str>) -> Result<crate::http_client::Answer, CliError> {
+    let headers: Vec<(&str, String)> = token.map(|t| ("authorization", format!("Bearer {t}"))).into_iter().collect();
+    let answer = HttpClient::new()
+        .send(method, url, &headers, Bytes::new(), TIMEOUT)
+        .await
+        .map_err(|e| CliError::Failure(anyhow::anyhow!(e)))?;
+    if answer.status >= 400 {
+        return Err(CliError::Failure(anyhow::anyhow!("{url}: {} {}", answer.status, String::from_utf8_lossy(&answer.body).trim())));
+    }
+    Ok(answer)
+}
+
+/// `vigil status`.
+pub async fn status(target: &Target, as_json: bool) -> Result<(), CliError> {
+    let (url, _) = target.resolve()?;
+    let answer = call(Method::GET, &format!("{url}/status"), None).await?;
+    if as_json {
+        println!("{}", String::from_utf8_lossy(&answer.body));
+        return Ok(());
+    }
+    let s: serde_json::Value = serde_json::from_slice(&answer.body).map_err(|e| CliError::Failure(anyhow::anyhow!("{url}/status: {e}")))?;
+    print!("{}", render_status(&s));
+    Ok(())
+}
+
+/// The human-readable status.
+pub fn render_status(s: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let str_of = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
+    let mut out = String::new();
+    let node = &s["node"];
+    let _ = writeln!(
+        out,
+        "node {} — configured {}, mode {} — {}",
+        str_of(&node["id"]),
+        str_of(&node["configured_role"]),
+        str_of(&node["mode"]).to_uppercase(),
+        str_of(&node["reason"])
+    );
+    for p in s["peers"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "  peer {:<10} {:<11} failures {:<3} successes {:<3} reports {:<8} skew {}",
+            str_of(&p["id"]),
+            if p["reachable"].as_bool() == Some(true) { "reachable" } else { "UNREACHABLE" },
+            p["consecutive_failures"],
+            p["consecutive_successes"],
+            p["reported_mode"].as_str().unwrap_or("-"),
+            p["clock_skew_ms"].as_i64().map_or("-".to_string(), |v| format!("{v} ms")),
+        );
+    }
+    for w in s["watched"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "  watch {:<9} {:<11} reports {}", str_of(&w["id"]), if w["reachable"].as_bool() == Some(true) { "reachable" } else { "UNREACHABLE" }, w["reported_mode"].as_str().unwrap_or("-"));
+    }
+    for svc in s["services"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "  service {:<16} {}", str_of(&svc["name"]), str_of(&svc["state"]));
+    }
+    let p = &s["policy"];
+    let _ = writeln!(out, "  policy {} (plugin {}), faults {}, reloads {}", str_of(&p["name"]), str_of(&p["plugin"]), p["faults"], p["reloads"]);
+    if let Some(e) = p["last_error"].as_str() {
+        let _ = writeln!(out, "  last reload error: {e}");
+    }
+    out
+}
+
+/// `vigil switch`.
+pub async fn switch(target: &Target, request: OperatorRequest) -> Result<(), CliError> {
+    let (url, token) = target.resolve()?;
+    let token = token.ok_or_else(|| CliError::Config(anyhow::anyhow!("no admin token: use --token-file, --config or $VIGIL_ADMIN_TOKEN")))?;
+    call(Method::POST, &format!("{url}/admin/switch/{request}"), Some(&token)).await?;
+    println!("{request}: accepted by {url}; the policy sees it on the next tick");
+    Ok(())
+}
+
+/// `vigil events`.
+pub async fn events(target: &Target, limit: usize, as_json: bool) -> Result<(), CliError> {
+    let (url, token) = target.resolve()?;
+    let token = token.ok_or_else(|| CliError::Config(anyhow::anyhow!("no admin token: use --token-file, --config or $VIGIL_ADMIN_TOKEN")))?;
+    let answer = call(Method::GET, &format!("{url}/events?limit={limit}"), Some(&token)).await?;
+    if as_json {
+        println!("{}", String::from_utf8_lossy(&answer.body));
+        return Ok(());
+    }
+    let events: Vec<serde_json::Value> = serde_json::from_slice(&answer.body).map_err(|e| CliError::Failure(anyhow::anyhow!("{url}/events: {e}")))?;
+    for e in events.iter().rev() {
+        let at = e["at_ms"].as_i64().and_then(chrono::DateTime::from_timestamp_millis);
+        let at = at.map(|t| t.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S%.3f").to_string()).unwrap_or_default();
+        println!("{at}  {:<8} {}", e["kind"].as_str().unwrap_or("?"), e["message"].as_str().unwrap_or(""));
+    }
+    Ok(())
+}

@@ -1,0 +1,545 @@
+//! The node configuration file (`vigil run --config FILE`).
+//!
+//! ```toml
+//! [node]
+//! id = "a"                        # required
+//! role = "primary"                # primary | secondary
+//! listen = "0.0.0.0:7400"
+//! data_dir = "/var/lib/vigil"     # event log, plugin cache, replicated store
+//! policy = "/etc/vigil/policies/hot-standby.toml"
+//! plugin_dirs = []                # extra plugin directories, searched first
+//!
+//! [heartbeat]
+//! interval_ms = 1000
+//! timeout_ms = 500                # per probe; at most interval_ms
+//! failures = 3                    # consecutive failed checks to switch
+//! successes = 3                   # consecutive good checks to switch back
+//!
+//! [[peer]]                        # the pair peer(s)
+//! id = "b"
+//! url = "http://10.0.0.2:7400"    # shorthand for one signed vigil heartbeat path
+//! paths = [                       # or several paths (links), each a probe
+//!   { name = "lan", url = "http://10.0.0.2:7400" },
+//!   { name = "crossover", url = "http://192.168.99.2:7400" },
+//! ]
+//! services = [ { name = "smtp", kind = "tcp", address = "10.0.0.2:25" } ]  # remote services as heartbeat
+//!
+//! [[watch]]                       # nodes followed without being their pair peer
+//! id = "xivo"
+//! url = "http://10.0.0.5:7400"    # polled at /role unless `kind` says otherwise
+//!
+//! [lan]                           # is this node still on its LAN?
+//! kind = "ping"
+//! address = "10.0.0.254"
+//!
+//! [vip]
+//! url = "http://10.0.0.100:7400"  # which node answers on the VIP (read from its /status)
+//! test = true
+//!
+//! [security]
+//! peer_keys = ["/etc/vigil/peer.key"]   # one or two (during a rotation) shared HMAC keys
+//! admin_token_file = "/etc/vigil/admin.token"
+//!
+//! [events]
+//! retention = 10000
+//! ```
+//!
+//! A probe (`paths`, `services`, `[lan]`, a `[[watch]]` entry) has a `kind`: `vigil` (the signed peer
+//! heartbeat at `url`), `role` (GET `url`/role, unauthenticated: any vigil node or monitor that
+//! answers ACTIVE/STANDBY/…), `http` (GET `url`, `expect_status`, optional `expect_body` substring),
+//! `tcp` (connect to `address`) or `ping` (a TCP "ping" of `address`: any answer, even a refused
+//! connection, proves the host is up; needs no privileges). `count` probes make one check, which
+//! fails only when every one of them fails.
+//!
+//! Every field has a default except `node.id` and, when there are peers, `security.peer_keys`;
+//! unknown keys are errors.
+
+use crate::model::{Heartbeat, Role};
+use crate::toml_file::{self, TomlError};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// A parsed and checked node configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node: NodeSection,
+    #[serde(default)]
+    pub heartbeat: HeartbeatSection,
+    #[serde(default, rename = "peer")]
+    pub peers: Vec<PeerConfig>,
+    #[serde(default, rename = "watch")]
+    pub watched: Vec<WatchConfig>,
+    #[serde(default)]
+    pub lan: Option<ProbeConfig>,
+    #[serde(default)]
+    pub vip: Option<VipConfig>,
+    #[serde(default)]
+    pub security: SecuritySection,
+    #[serde(default)]
+    pub events: EventsSection,
+    /// The file this was read from (for messages and relative paths).
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    pub id: String,
+    #[serde(default)]
+    pub role: Role,
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default = "default_policy")]
+    pub policy: PathBuf,
+    #[serde(default)]
+    pub plugin_dirs: Vec<PathBuf>,
+}
+
+fn default_listen() -> SocketAddr {
+    "0.0.0.0:7400".parse().expect("valid")
+}
+
+fn default_data_dir() -> PathBuf {
+    "/var/lib/vigil".into()
+}
+
+fn default_policy() -> PathBuf {
+    "/etc/vigil/policy.toml".into()
+}
+
+/// `[heartbeat]`
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeartbeatSection {
+    pub interval_ms: u32,
+    pub timeout_ms: u32,
+    pub failures: u32,
+    pub successes: u32,
+}
+
+impl Default for HeartbeatSection {
+    fn default() -> Self {
+        let h = Heartbeat::default();
+        HeartbeatSection { interval_ms: h.interval_ms, timeout_ms: h.timeout_ms, failures: h.failures, successes: h.successes }
+    }
+}
+
+impl HeartbeatSection {
+    /// As the plugin sees it.
+    pub fn model(&self) -> Heartbeat {
+        Heartbeat { interval_ms: self.interval_ms, timeout_ms: self.timeout_ms, failures: self.failures, successes: self.successes }
+    }
+}
+
+/// How a probe checks something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProbeKind {
+    /// The signed vigil peer heartbeat.
+    #[default]
+    Vigil,
+    /// `GET url/role`.
+    Role,
+    /// `GET url` with an expected status (and body substring).
+    Http,
+    /// TCP connect.
+    Tcp,
+    /// TCP "ping": any answer, even a refusal, means the host is up.
+    Ping,
+}
+
+/// One probe.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeConfig {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub kind: Option<ProbeKind>,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub expect_status: Option<u16>,
+    #[serde(default)]
+    pub expect_body: Option<String>,
+    /// Probes per check; the check fails only when all fail.
+    #[serde(default = "one")]
+    pub count: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `[[peer]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub id: String,
+    /// Shorthand for one vigil path named `main`.
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub paths: Vec<ProbeConfig>,
+    #[serde(default)]
+    pub services: Vec<ProbeConfig>,
+}
+
+/// `[[watch]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchConfig {
+    pub id: String,
+    pub url: Option<String>,
+    #[serde(default)]
+    pub kind: Option<ProbeKind>,
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub expect_status: Option<u16>,
+    #[serde(default)]
+    pub expect_body: Option<String>,
+}
+
+/// `[vip]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipConfig {
+    /// A vigil URL on the virtual address; the answering node's id is read from its `/status`.
+    pub url: String,
+    #[serde(default)]
+    pub test: bool,
+}
+
+/// `[security]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySection {
+    /// Files holding the shared peer keys; the first signs, all verify (key rotation).
+    #[serde(default)]
+    pub peer_keys: Vec<PathBuf>,
+    /// A file holding the admin bearer token; without it the admin endpoints are disabled.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+/// `[events]`
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsSection {
+    pub retention: usize,
+}
+
+impl Default for EventsSection {
+    fn default() -> Self {
+        EventsSection { retention: 10_000 }
+    }
+}
+
+/// A probe with its kind and target resolved and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub name: String,
+    pub kind: ProbeKind,
+    /// `url` for vigil/role/http, `address` (host:port) for tcp/ping.
+    pub target: String,
+    pub expect_status: u16,
+    pub expect_body: Option<String>,
+    pub count: u32,
+}
+
+impl NodeConfig {
+    /// Read and check a node configuration file. Relative paths in it are relative to the file.
+    pub fn read(path: &Path) -> Result<NodeConfig, TomlError> {
+        let (mut config, _): (NodeConfig, String) = toml_file::read(path)?;
+        config.path = path.to_path_buf();
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut config.node.data_dir);
+        resolve(&mut config.node.policy);
+        config.node.plugin_dirs.iter_mut().for_each(resolve);
+        config.security.peer_keys.iter_mut().for_each(resolve);
+        if let Some(t) = config.security.admin_token_file.as_mut() {
+            resolve(t);
+        }
+        config.check()?;
+        Ok(config)
+    }
+
+    fn err(&self, key: impl Into<String>, message: impl Into<String>) -> TomlError {
+        TomlError::at(&self.path, key, message)
+    }
+
+    fn check(&self) -> Result<(), TomlError> {
+        if !valid_id(&self.node.id) {
+            return Err(self.err("node.id", "expected a non-empty id of letters, digits, '-', '_' or '.'"));
+        }
+        let h = &self.heartbeat;
+        if !(10..=3_600_000).contains(&h.interval_ms) {
+            return Err(self.err("heartbeat.interval_ms", format!("expected 10 to 3600000, got {}", h.interval_ms)));
+        }
+        if h.timeout_ms == 0 || h.timeout_ms > h.interval_ms {
+            return Err(self.err(
+                "heartbeat.timeout_ms",
+                format!("expected 1 to interval_ms ({}), got {}: a check must end before the next begins", h.interval_ms, h.timeout_ms),
+            ));
+        }
+        if h.failures == 0 {
+            return Err(self.err("heartbeat.failures", "expected at least 1"));
+        }
+        if h.successes == 0 {
+            return Err(self.err("heartbeat.successes", "expected at least 1"));
+        }
+        let mut ids = vec![self.node.id.as_str()];
+        for (i, p) in self.peers.iter().enumerate() {
+            if !valid_id(&p.id) {
+                return Err(self.err(format!("peer[{i}].id"), "expected a non-empty id of letters, digits, '-', '_' or '.'"));
+            }
+            if ids.contains(&p.id.as_str()) {
+                return Err(self.err(format!("peer[{i}].id"), format!("id {:?} is used twice", p.id)));
+            }
+            ids.push(&p.id);
+            if p.url.is_none() && p.paths.is_empty() {
+                return Err(self.err(format!("peer[{i}]"), "expected `url` or `paths` (at least one heartbeat path)"));
+            }
+            self.peer_paths(i)?;
+            for (j, s) in p.services.iter().enumerate() {
+                self.probe(&format!("peer[{i}].services[{j}]"), s, ProbeKind::Tcp)?;
+            }
+        }
+        for (i, w) in self.watched.iter().enumerate() {
+            if !valid_id(&w.id) || ids.contains(&w.id.as_str()) {
+                return Err(self.err(format!("watch[{i}].id"), format!("expected a unique id, got {:?}", w.id)));
+            }
+            ids.push(&w.id);
+            self.watch_probe(i)?;
+        }
+        if let Some(lan) = &self.lan {
+            self.probe("lan", lan, ProbeKind::Ping)?;
+        }
+        if let Some(vip) = &self.vip {
+            check_url(&vip.url).map_err(|e| self.err("vip.url", e))?;
+        }
+        if !self.peers.is_empty() && self.security.peer_keys.is_empty() {
+            return Err(self.err("security.peer_keys", "expected one or two key files: peers authenticate each other with a shared key"));
+        }
+        if self.security.peer_keys.len() > 2 {
+            return Err(self.err("security.peer_keys", "expected at most two keys (the current one and, during a rotation, the next)"));
+        }
+        if self.events.retention < 100 {
+            return Err(self.err("events.retention", "expected at least 100 events"));
+        }
+        Ok(())
+    }
+
+    /// The heartbeat paths of peer `i`, resolved.
+    pub fn peer_paths(&self, i: usize) -> Result<Vec<Probe>, TomlError> {
+        let p = &self.peers[i];
+        let mut probes = Vec::new();
+        if let Some(url) = &p.url {
+            let c = ProbeConfig {
+                name: "main".into(),
+                kind: Some(ProbeKind::Vigil),
+                url: Some(url.clone()),
+                address: None,
+                expect_status: None,
+                expect_body: None,
+                count: 1,
+            };
+            probes.push(self.probe(&format!("peer[{i}].url"), &c, ProbeKind::Vigil)?);
+        }
+        for (j, c) in p.paths.iter().enumerate() {
+            let mut probe = self.probe(&format!("peer[{i}].paths[{j}]"), c, ProbeKind::Vigil)?;
+            if probe.name.is_empty() {
+                probe.name = format!("path{}", j + 1);
+            }
+            probes.push(probe);
+        }
+        Ok(probes)
+    }
+
+    /// The remote-service probes of peer `i`.
+    pub fn peer_services(&self, i: usize) -> Vec<Probe> {
+        let p = &self.peers[i];
+        p.services
+            .iter()
+            .enumerate()
+            .filter_map(|(j, s)| self.probe(&format!("peer[{i}].services[{j}]"), s, ProbeKind::Tcp).ok())
+            .collect()
+    }
+
+    /// The probe of watched node `i`.
+    pub fn watch_probe(&self, i: usize) -> Result<Probe, TomlError> {
+        let w = &self.watched[i];
+        let c = ProbeConfig {
+            name: w.id.clone(),
+            kind: w.kind,
+            url: w.url.clone(),
+            address: w.address.clone(),
+            expect_status: w.expect_status,
+            expect_body: w.expect_body.clone(),
+            count: 1,
+        };
+        self.probe(&format!("watch[{i}]"), &c, ProbeKind::Role)
+    }
+
+    /// The LAN probe, resolved.
+    pub fn lan_probe(&self) -> Option<Probe> {
+        self.lan.as_ref().and_then(|l| self.probe("lan", l, ProbeKind::Ping).ok())
+    }
+
+    fn probe(&self, key: &str, c: &ProbeConfig, default: ProbeKind) -> Result<Probe, TomlError> {
+        let kind = c.kind.unwrap_or(default);
+        let target = match kind {
+            ProbeKind::Vigil | ProbeKind::Role | ProbeKind::Http => {
+                let url = c.url.clone().ok_or_else(|| self.err(format!("{key}.url"), format!("a {kind:?} probe needs a url")))?;
+                check_url(&url).map_err(|e| self.err(format!("{key}.url"), e))?;
+                url.trim_end_matches('/').to_string()
+            }
+            ProbeKind::Tcp | ProbeKind::Ping => {
+                let address = c.address.clone().ok_or_else(|| {
+                    self.err(format!("{key}.address"), format!("a {kind:?} probe needs an address (host:port, or host for ping)"))
+                })?;
+                if kind == ProbeKind::Tcp && !address.contains(':') {
+                    return Err(self.err(format!("{key}.address"), format!("expected host:port, got {address:?}")));
+                }
+                address
+            }
+        };
+        if c.count == 0 || c.count > 10 {
+            return Err(self.err(format!("{key}.count"), "expected 1 to 10 probes per check"));
+        }
+        Ok(Probe {
+            name: c.name.clone(),
+            kind,
+            target,
+            expect_status: c.expect_status.unwrap_or(200),
+            expect_body: c.expect_body.clone(),
+            count: c.count,
+        })
+    }
+
+    /// The peer keys, read from their files (trimmed; at least 16 bytes each).
+    pub fn read_peer_keys(&self) -> Result<Vec<Vec<u8>>, TomlError> {
+        self.security
+            .peer_keys
+            .iter()
+            .enumerate()
+            .map(|(i, path)| {
+                let key = format!("security.peer_keys[{i}]");
+                let text = std::fs::read(path).map_err(|e| self.err(&key, format!("{}: cannot read: {e}", path.display())))?;
+                let trimmed = text.trim_ascii().to_vec();
+                if trimmed.len() < 16 {
+                    return Err(self.err(&key, format!("{}: a key needs at least 16 bytes", path.display())));
+                }
+                Ok(trimmed)
+            })
+            .collect()
+    }
+
+    /// The admin token, read from its file, if configured.
+    pub fn read_admin_token(&self) -> Result<Option<String>, TomlError> {
+        let Some(path) = &self.security.admin_token_file else { return Ok(None) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| self.err("security.admin_token_file", format!("{}: cannot read: {e}", path.display())))?;
+        let token = text.trim().to_string();
+        if token.len() < 16 {
+            return Err(self.err("security.admin_token_file", format!("{}: a token needs at least 16 characters", path.display())));
+        }
+        Ok(Some(token))
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn check_url(url: &str) -> Result<(), String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| format!("expected an http:// URL, got {url:?}"))?;
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.is_empty() {
+        return Err(format!("expected http://HOST:PORT, got {url:?}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<NodeConfig, TomlError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, text).unwrap();
+        NodeConfig::read(&path).map_err(|mut e| {
+            e.path = "node.toml".into();
+            e
+        })
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse("[node]\nid = \"a\"\n").unwrap();
+        assert_eq!(c.node.role, Role::Primary);
+        assert_eq!(c.heartbeat.interval_ms, 1000);
+        assert!(c.peers.is_empty());
+    }
+
+    #[test]
+    fn peers_with_paths_and_services() {
+        let c = parse(
+            r#"[node]
+id = "a"
+[[peer]]
+id = "b"
+paths = [{ name = "lan", url = "http://127.0.0.1:1/" }, { url = "http://127.0.0.2:1" }]
+services = [{ name = "smtp", address = "127.0.0.1:25" }]
+[security]
+peer_keys = ["k"]
+"#,
+        )
+        .unwrap();
+        let paths = c.peer_paths(0).unwrap();
+        assert_eq!(paths[0].name, "lan");
+        assert_eq!(paths[0].target, "http://127.0.0.1:1");
+        assert_eq!(paths[1].name, "path2");
+        assert_eq!(c.peer_services(0)[0].kind, ProbeKind::Tcp);
+        assert!(c.security.peer_keys[0].is_absolute(), "relative to the config file");
+    }
+
+    #[test]
+    fn mistakes_name_their_key() {
+        let cases = [
+            ("[node]\nid = \"a\"\nrole = \"leader\"", "node.role"),
+            ("[node]\nid = \"a\"\n[heartbeat]\ninterval_ms = 100\ntimeout_ms = 200", "heartbeat.timeout_ms"),
+            ("[node]\nid = \"a\"\n[heartbeat]\nintervall_ms = 100", "heartbeat.intervall_ms"),
+            ("[node]\nid = \"a\"\n[[peer]]\nid = \"b\"\nurl = \"http://x:1\"", "security.peer_keys"),
+            ("[node]\nid = \"a\"\n[[peer]]\nid = \"a\"\nurl = \"http://x:1\"", "peer[0].id"),
+            ("[node]\nid = \"a\"\n[[peer]]\nid = \"b\"\nurl = \"ftp://x\"\n[security]\npeer_keys=[\"k\"]", "peer[0].url.url"),
+            ("[node]\nid = \"a\"\n[lan]\nkind = \"tcp\"\naddress = \"gw\"", "lan.address"),
+            ("[node]\nid = \"\"", "node.id"),
+        ];
+        for (text, key) in cases {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{text}\n{e}");
+        }
+    }
+
+    #[test]
+    fn missing_id_is_reported() {
+        let e = parse("[node]\nrole = \"primary\"").unwrap_err();
+        assert!(e.message.contains("id"), "{e}");
+    }
+}

@@ -1,0 +1,99 @@
+//! Peer endpoints: signed requests in, signed answers out (see `peer::signing`).
+
+use super::{json, text, Answer};
+use crate::events::{Event, EventKind};
+use crate::model::ReceivedCommand;
+use crate::peer::signing::{self, AuthError, SignedHeaders, HEADER_NODE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+use crate::peer::{CommandMessage, HeartbeatAnswer, COMMAND_PATH, HEARTBEAT_PATH};
+use crate::state::NodeState;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::{HeaderMap, Method, StatusCode};
+use std::sync::atomic::Ordering;
+
+pub fn handle(state: &NodeState, method: &Method, path: &str, headers: &HeaderMap, body: Bytes) -> Answer {
+    let signed = match authenticate(state, method, path, headers, &body) {
+        Ok(h) => h,
+        Err(e) => {
+            state.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%path, error = %e, "peer request refused");
+            let mut answer = text(StatusCode::UNAUTHORIZED, format!("peer request refused: {e}"));
+            answer
+                .headers_mut()
+                .insert(hyper::header::WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("vigil-hmac"));
+            return answer;
+        }
+    };
+    let answer = match (method, path) {
+        (&Method::GET, HEARTBEAT_PATH) => heartbeat(state),
+        (&Method::POST, COMMAND_PATH) => command(state, &signed.node, &body),
+        _ => text(StatusCode::NOT_FOUND, format!("{method} {path}: no such peer endpoint")),
+    };
+    sign(state, answer, &signed.nonce)
+}
+
+fn authenticate(state: &NodeState, method: &Method, path: &str, headers: &HeaderMap, body: &[u8]) -> Result<SignedHeaders, AuthError> {
+    let get = |name: &'static str| -> Result<&str, AuthError> {
+        headers.get(name).ok_or(AuthError::Missing(name))?.to_str().map_err(|_| AuthError::Malformed(name))
+    };
+    let h = SignedHeaders {
+        node: get(HEADER_NODE)?.to_string(),
+        timestamp_ms: get(HEADER_TIMESTAMP)?.parse().map_err(|_| AuthError::Malformed(HEADER_TIMESTAMP))?,
+        nonce: get(HEADER_NONCE)?.to_string(),
+        signature: get(HEADER_SIGNATURE)?.to_string(),
+    };
+    state.verifier.verify(method.as_str(), path, body, &h, state.clock.wall_ms())?;
+    Ok(h)
+}
+
+fn heartbeat(state: &NodeState) -> Answer {
+    let s = state.snapshot();
+    json(
+        StatusCode::OK,
+        &HeartbeatAnswer {
+            id: s.node.id,
+            mode: s.node.mode,
+            configured_role: s.node.configured_role,
+            app_healthy: s.app_healthy,
+            mode_since_ms: s.node.mode_since_ms,
+            now_ms: state.clock.wall_ms(),
+        },
+    )
+}
+
+fn command(state: &NodeState, from: &str, body: &[u8]) -> Answer {
+    if !state.config.peers.iter().any(|p| p.id == from) {
+        return text(StatusCode::FORBIDDEN, format!("{from:?} is not a peer of this node"));
+    }
+    let message: CommandMessage = match serde_json::from_slice(body) {
+        Ok(m) => m,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("malformed command: {e}")),
+    };
+    {
+        let mut inbox = state.inbox.lock().expect("inbox lock");
+        if inbox.commands.len() >= 64 {
+            return text(StatusCode::TOO_MANY_REQUESTS, "too many undelivered commands");
+        }
+        inbox.commands.push(ReceivedCommand { from: from.to_string(), command: message.command });
+    }
+    state.record(Event::new(
+        state.clock.wall_ms(),
+        EventKind::Peer,
+        format!("command {} received from {from}", message.command),
+    ));
+    json(StatusCode::OK, &serde_json::json!({ "accepted": message.command }))
+}
+
+/// Sign the answer, bound to the request's nonce.
+fn sign(state: &NodeState, answer: Answer, nonce: &str) -> Answer {
+    let Some(key) = state.verifier.signing_key() else { return answer };
+    let (mut parts, body) = answer.into_parts();
+    // The body is a `Full`: collecting it is immediate.
+    let bytes = futures_util::FutureExt::now_or_never(body.collect())
+        .and_then(Result::ok)
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let signature = signing::sign_response(key, parts.status.as_u16(), nonce, &bytes);
+    parts.headers.insert(HEADER_SIGNATURE, signature.parse().expect("hex is a valid header"));
+    hyper::Response::from_parts(parts, http_body_util::Full::new(bytes))
+}

@@ -1,0 +1,103 @@
+//! Public endpoints: unauthenticated, cheap, read-only; for load balancers and monitors.
+
+use super::{json, status_only, text, Answer};
+use crate::model::Mode;
+use crate::state::NodeState;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Response, StatusCode};
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+const INDEX_HTML: &str = include_str!("../../assets/index.html");
+
+pub fn handle(state: &NodeState, method: &Method, path: &str) -> Answer {
+    if !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return text(StatusCode::METHOD_NOT_ALLOWED, format!("{path}: use GET, HEAD or OPTIONS"));
+    }
+    let answer = match path {
+        "/health" => health(state),
+        "/active" => mode_check(state, Mode::Active),
+        "/standby" => mode_check(state, Mode::Standby),
+        "/role" => text(StatusCode::OK, state.snapshot().node.mode.role_word()),
+        "/app" => {
+            if state.snapshot().app_healthy {
+                text(StatusCode::OK, "APP=OK")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "APP=ERROR")
+            }
+        }
+        "/status" => {
+            let mut status = state.snapshot();
+            status.loop_age_ms = state.loop_age_ms();
+            json(StatusCode::OK, &status)
+        }
+        "/metrics" => metrics(state),
+        "/" | "/index.html" => Response::builder()
+            .header(hyper::header::CONTENT_TYPE, "text/html; charset=utf-8")
+            .body(Full::new(Bytes::from_static(INDEX_HTML.as_bytes())))
+            .expect("valid response"),
+        _ => text(StatusCode::NOT_FOUND, format!("{path}: no such endpoint")),
+    };
+    status_only(answer, method)
+}
+
+fn health(state: &NodeState) -> Answer {
+    if state.loop_alive() {
+        text(StatusCode::OK, "OK")
+    } else {
+        text(StatusCode::SERVICE_UNAVAILABLE, "STALLED: the node loop has not run within two heartbeat intervals")
+    }
+}
+
+/// 200 only in `mode` and while the loop is alive: a hung daemon must stop claiming its role.
+fn mode_check(state: &NodeState, mode: Mode) -> Answer {
+    let current = state.snapshot().node.mode;
+    if !state.loop_alive() {
+        text(StatusCode::SERVICE_UNAVAILABLE, "STALLED")
+    } else if current == mode {
+        text(StatusCode::OK, current.role_word())
+    } else {
+        text(StatusCode::SERVICE_UNAVAILABLE, current.role_word())
+    }
+}
+
+/// Prometheus text format.
+fn metrics(state: &NodeState) -> Answer {
+    let s = state.snapshot();
+    let c = &state.counters;
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, lines: Vec<(String, String)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in lines {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let one = |v: u64| vec![(String::new(), v.to_string())];
+    metric(
+        "vigil_mode",
+        "gauge",
+        "1 for the node's current mode.",
+        Mode::ALL.iter().map(|m| (format!("{{mode=\"{m}\"}}"), u64::from(*m == s.node.mode).to_string())).collect(),
+    );
+    metric("vigil_loop_alive", "gauge", "1 while the node loop ran within two heartbeat intervals.", one(u64::from(state.loop_alive())));
+    metric("vigil_ticks_total", "counter", "Ticks decided.", one(c.ticks.load(Ordering::Relaxed)));
+    metric("vigil_mode_changes_total", "counter", "Mode changes.", one(c.mode_changes.load(Ordering::Relaxed)));
+    metric("vigil_plugin_faults_total", "counter", "Plugin faults (time, memory, trap, invalid decision).", one(s.policy.faults));
+    metric("vigil_policy_reloads_total", "counter", "Successful policy reloads.", one(s.policy.reloads));
+    metric("vigil_policy_reload_failures_total", "counter", "Failed policy reloads.", one(s.policy.reload_failures));
+    metric("vigil_http_requests_total", "counter", "HTTP requests served.", one(c.http_requests.load(Ordering::Relaxed)));
+    metric("vigil_auth_failures_total", "counter", "Refused admin and peer requests.", one(c.auth_failures.load(Ordering::Relaxed)));
+    metric("vigil_pending_actions", "gauge", "Actions queued or running.", one(u64::from(s.pending_actions)));
+    metric("vigil_app_healthy", "gauge", "1 while every app-check service runs.", one(u64::from(s.app_healthy)));
+    let peer_lines = |f: &dyn Fn(&crate::state::PeerStatus) -> Option<String>| {
+        s.peers.iter().filter_map(|p| f(p).map(|v| (format!("{{peer=\"{}\"}}", p.id), v))).collect::<Vec<_>>()
+    };
+    metric("vigil_peer_reachable", "gauge", "1 while the peer answers on at least one path.", peer_lines(&|p| Some(u8::from(p.reachable).to_string())));
+    metric("vigil_peer_consecutive_failures", "gauge", "Consecutive failed heartbeat checks.", peer_lines(&|p| Some(p.consecutive_failures.to_string())));
+    metric("vigil_peer_clock_skew_ms", "gauge", "The peer's clock minus this node's, from heartbeats.", peer_lines(&|p| p.clock_skew_ms.map(|v| v.to_string())));
+    Response::builder()
+        .header(hyper::header::CONTENT_TYPE, "text/plain; version=0.0.4")
+        .body(Full::new(Bytes::from(out)))
+        .expect("valid response")
+}

@@ -1,0 +1,189 @@
+//! Endpoint tests on a real node state (real policy, real SQLite event log) with a manual clock;
+//! requests go through the router, as the server would send them.
+
+use super::route;
+use crate::clock::{Clock, ManualClock};
+use crate::config::NodeConfig;
+use crate::model::{Mode, OperatorRequest, PeerCommand};
+use crate::peer::signing::{self, HEADER_NODE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+use crate::state::NodeState;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::{HeaderMap, Method, StatusCode};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+const KEY: &str = "test-peer-key-0123456789abcdef";
+const TOKEN: &str = "test-admin-token-0123456789";
+const INTERVAL: u64 = 100;
+
+fn plugin_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins");
+    assert!(dir.join("testkit.wasm").exists(), "run `cargo xtask plugins` first (missing {})", dir.display());
+    dir
+}
+
+async fn node(mode: &str) -> (Arc<NodeState>, Arc<ManualClock>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::write(p.join("peer.key"), KEY).unwrap();
+    std::fs::write(p.join("admin.token"), TOKEN).unwrap();
+    std::fs::write(p.join("policy.toml"), format!("plugin = \"testkit\"\n[params]\nmode = \"{mode}\"\n")).unwrap();
+    std::fs::write(
+        p.join("node.toml"),
+        format!(
+            "[node]\nid = \"a\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\npolicy = \"policy.toml\"\nplugin_dirs = [\"{}\"]\n\
+             [heartbeat]\ninterval_ms = {INTERVAL}\ntimeout_ms = {INTERVAL}\n\
+             [[peer]]\nid = \"b\"\nurl = \"http://127.0.0.1:1\"\n\
+             [security]\npeer_keys = [\"peer.key\"]\nadmin_token_file = \"admin.token\"\n",
+            plugin_dir().display()
+        ),
+    )
+    .unwrap();
+    let config = NodeConfig::read(&p.join("node.toml")).unwrap();
+    let clock = ManualClock::new(1_700_000_000_000);
+    let state = crate::node::runner::build(config, clock.clone()).await.unwrap();
+    (state, clock, dir)
+}
+
+/// What the loop does at the end of a tick, for a given mode.
+fn loop_ran(state: &NodeState, clock: &ManualClock, mode: Mode) {
+    state.status.write().unwrap().node.mode = mode;
+    state.last_loop_mono_ms.store(clock.mono_ms(), Ordering::Release);
+}
+
+async fn call(state: &NodeState, method: Method, path: &str, headers: HeaderMap, body: &[u8]) -> (StatusCode, HeaderMap, String) {
+    let answer = route(state, &method, path, None, &headers, Bytes::copy_from_slice(body)).await;
+    let (parts, body) = answer.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn get(state: &NodeState, path: &str) -> (StatusCode, String) {
+    let (status, _, body) = call(state, Method::GET, path, HeaderMap::new(), b"").await;
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_loop_stops_claiming_the_role_while_http_answers() {
+    let (state, clock, _dir) = node("active").await;
+    assert_eq!(get(&state, "/health").await.0, StatusCode::SERVICE_UNAVAILABLE, "no tick yet: not healthy");
+    loop_ran(&state, &clock, Mode::Active);
+    assert_eq!(get(&state, "/active").await, (StatusCode::OK, "ACTIVE\n".into()));
+    assert_eq!(get(&state, "/health").await.0, StatusCode::OK);
+    assert_eq!(get(&state, "/standby").await.0, StatusCode::SERVICE_UNAVAILABLE);
+
+    clock.advance(2 * INTERVAL);
+    assert_eq!(get(&state, "/active").await.0, StatusCode::OK, "two intervals is still alive");
+    clock.advance(1);
+    assert_eq!(get(&state, "/active").await.0, StatusCode::SERVICE_UNAVAILABLE, "stalled: must stop claiming active");
+    assert_eq!(get(&state, "/health").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(get(&state, "/role").await, (StatusCode::OK, "ACTIVE\n".into()), "the server itself still answers");
+
+    loop_ran(&state, &clock, Mode::Standby);
+    assert_eq!(get(&state, "/standby").await.0, StatusCode::OK);
+    assert_eq!(get(&state, "/active").await, (StatusCode::SERVICE_UNAVAILABLE, "STANDBY\n".into()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn head_and_options_answer_with_the_status_line_alone() {
+    let (state, clock, _dir) = node("active").await;
+    loop_ran(&state, &clock, Mode::Active);
+    for method in [Method::HEAD, Method::OPTIONS] {
+        let (status, headers, body) = call(&state, method.clone(), "/active", HeaderMap::new(), b"").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, ""), "{method}");
+        assert_eq!(headers["x-vigil-node"], "a");
+    }
+    let (status, _, body) = call(&state, Method::HEAD, "/standby", HeaderMap::new(), b"").await;
+    assert_eq!((status, body.as_str()), (StatusCode::SERVICE_UNAVAILABLE, ""));
+    assert_eq!(call(&state, Method::POST, "/active", HeaderMap::new(), b"").await.0, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(get(&state, "/nope").await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_metrics_and_page_are_served() {
+    let (state, clock, _dir) = node("active").await;
+    loop_ran(&state, &clock, Mode::Active);
+    let (status, body) = get(&state, "/status").await;
+    assert_eq!(status, StatusCode::OK);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["node"]["id"], "a");
+    assert_eq!(json["loop_age_ms"], 0);
+    let (_, metrics) = get(&state, "/metrics").await;
+    assert!(metrics.contains("vigil_mode{mode=\"active\"} 1"), "{metrics}");
+    assert!(metrics.contains("vigil_loop_alive 1"));
+    let (status, page) = get(&state, "/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("<title>vigil</title>"));
+}
+
+fn bearer(token: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    h
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_calls_need_the_token() {
+    let (state, _clock, _dir) = node("standby").await;
+    for headers in [HeaderMap::new(), bearer("wrong-token-0123456789"), bearer("")] {
+        let (status, _, body) = call(&state, Method::POST, "/admin/switch/active", headers, b"").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    }
+    assert!(state.inbox.lock().unwrap().operator.is_none(), "a refused call changes nothing");
+    assert_eq!(call(&state, Method::GET, "/events", HeaderMap::new(), b"").await.0, StatusCode::UNAUTHORIZED);
+
+    let (status, _, body) = call(&state, Method::POST, "/admin/switch/sideways", bearer(TOKEN), b"").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("restart-ha"), "names what was expected: {body}");
+
+    let (status, _, _) = call(&state, Method::POST, "/admin/switch/active", bearer(TOKEN), b"").await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(state.inbox.lock().unwrap().operator, Some(OperatorRequest::Active));
+    let (status, _, body) = call(&state, Method::GET, "/events", bearer(TOKEN), b"").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("operator requested active"), "{body}");
+}
+
+fn signed(key: &str, method: &str, path: &str, body: &[u8], at_ms: u64, nonce: String) -> HeaderMap {
+    let h = signing::sign_request(key.as_bytes(), method, path, "b", body, at_ms, nonce);
+    let mut headers = HeaderMap::new();
+    headers.insert(HEADER_NODE, h.node.parse().unwrap());
+    headers.insert(HEADER_TIMESTAMP, h.timestamp_ms.to_string().parse().unwrap());
+    headers.insert(HEADER_NONCE, h.nonce.parse().unwrap());
+    headers.insert(HEADER_SIGNATURE, h.signature.parse().unwrap());
+    headers
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn peer_requests_must_be_signed_fresh_and_unique() {
+    let (state, clock, _dir) = node("standby").await;
+    let now = clock.wall_ms();
+    let body = serde_json::to_vec(&crate::peer::CommandMessage { command: PeerCommand::GoStandby }).unwrap();
+    let path = crate::peer::COMMAND_PATH;
+    let refused = [
+        ("unsigned", HeaderMap::new()),
+        ("wrong key", signed("another-key-0123456789abcdef", "POST", path, &body, now, signing::new_nonce())),
+        ("stale", signed(KEY, "POST", path, &body, now - 60_000, signing::new_nonce())),
+        ("signed for another path", signed(KEY, "POST", "/peer/heartbeat", &body, now, signing::new_nonce())),
+    ];
+    for (what, headers) in refused {
+        let (status, _, answer) = call(&state, Method::POST, path, headers, &body).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}: {answer}");
+    }
+    assert!(state.inbox.lock().unwrap().commands.is_empty(), "refused requests change nothing");
+
+    let headers = signed(KEY, "POST", path, &body, now, signing::new_nonce());
+    let (status, answer_headers, answer) = call(&state, Method::POST, path, headers.clone(), &body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let nonce = headers[HEADER_NONCE].to_str().unwrap();
+    let signature = answer_headers[HEADER_SIGNATURE].to_str().unwrap();
+    signing::verify_response(&[KEY.as_bytes().to_vec()], 200, nonce, answer.as_bytes(), signature).expect("the answer is signed");
+    assert_eq!(state.inbox.lock().unwrap().commands.len(), 1);
+
+    let (status, _, answer) = call(&state, Method::POST, path, headers, &body).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "replayed: {answer}");
+    assert!(answer.contains("replay"), "{answer}");
+    assert_eq!(state.inbox.lock().unwrap().commands.len(), 1, "the replay changed nothing");
+}

@@ -1,0 +1,93 @@
+//! A small HTTP/1.1 client (hyper-util) with a deadline on every request and a bounded answer.
+//!
+//! Used by heartbeat probes, peer commands and the CLI's client commands. Connections are pooled per
+//! host; a dead peer's pooled connection simply fails the next request.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::HeaderMap;
+use hyper::{Method, Request};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use std::time::Duration;
+
+/// Largest answer body read.
+const MAX_ANSWER: usize = 8 << 20;
+
+/// An answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A pooled HTTP client.
+#[derive(Debug, Clone)]
+pub struct HttpClient {
+    inner: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HttpClient {
+    pub fn new() -> HttpClient {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let inner = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(4)
+            .build(connector);
+        HttpClient { inner }
+    }
+
+    /// Send a request; the whole exchange (connect, send, read the answer) ends by `timeout`.
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Answer, String> {
+        let mut builder = Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            builder = builder.header(*name, value);
+        }
+        let request = builder.body(Full::new(body)).map_err(|e| format!("{url}: bad request: {e}"))?;
+        let exchange = async {
+            let response = self.inner.request(request).await.map_err(|e| describe(url, &e))?;
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| format!("{url}: reading the answer: {e}"))?
+                .to_bytes();
+            Ok(Answer { status: parts.status.as_u16(), headers: parts.headers, body })
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| format!("{url}: no answer within {} ms", timeout.as_millis()))?
+    }
+
+    /// `GET url`.
+    pub async fn get(&self, url: &str, timeout: Duration) -> Result<Answer, String> {
+        self.send(Method::GET, url, &[], Bytes::new(), timeout).await
+    }
+}
+
+fn describe(url: &str, e: &hyper_util::client::legacy::Error) -> String {
+    use std::error::Error;
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    format!("{url}: {text}")
+}

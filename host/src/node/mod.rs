@@ -1,0 +1,223 @@
+//! The node: its mode, and the loop that lets the policy decide it.
+//!
+//! [`NodeCore`] is the deterministic heart: given what was observed and a policy, it builds the tick,
+//! asks the plugin, applies the policy's fallback when the plugin faults, and says what changed. It
+//! does no I/O and reads no clock, so the simulation can run it through thousands of fault schedules.
+//! [`runner`] is the thin shell around it that probes, executes, serves and sleeps.
+//!
+//! Never: executes an action itself, or changes the mode except as a decision or the policy's
+//! fallback says.
+
+pub mod runner;
+
+use crate::model::{
+    Action, ActionResult, Check, Decision, Heartbeat, LocalNode, Mode, OperatorRequest, ReceivedCommand, Remote, Role,
+    Service, SyncView, Tick, VipView,
+};
+use crate::policy::file::FallbackMode;
+use crate::policy::{Fault, LoadedPolicy};
+
+/// Everything observed since the previous tick.
+#[derive(Debug, Clone, Default)]
+pub struct Observations {
+    pub now_ms: u64,
+    pub heartbeat: Heartbeat,
+    pub peers: Vec<Remote>,
+    pub watched: Vec<Remote>,
+    pub lan: Option<Check>,
+    pub monitors: Vec<Check>,
+    pub vip: Option<VipView>,
+    pub route: Option<String>,
+    pub services: Vec<Service>,
+    pub sync: SyncView,
+    pub operator: Option<OperatorRequest>,
+    pub commands: Vec<ReceivedCommand>,
+    pub results: Vec<ActionResult>,
+    pub pending_actions: u32,
+}
+
+/// What one tick did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub from: Mode,
+    pub to: Mode,
+    /// Actions to execute, in order.
+    pub actions: Vec<Action>,
+    /// The plugin's reason, or the host's when it faulted.
+    pub reason: String,
+    /// The fault, when the plugin misbehaved.
+    pub fault: Option<Fault>,
+    /// True when the fallback (not the plugin) set the mode.
+    pub fallback_applied: bool,
+}
+
+impl Outcome {
+    /// Whether this tick changed something worth an event-log entry.
+    pub fn changed(&self) -> bool {
+        self.from != self.to || !self.actions.is_empty() || self.fault.is_some()
+    }
+}
+
+/// The node's own state.
+#[derive(Debug, Clone)]
+pub struct NodeCore {
+    pub id: String,
+    pub role: Role,
+    pub mode: Mode,
+    pub mode_since_ms: u64,
+    /// Why the node is in its mode (the reason of the decision that set it).
+    pub reason: String,
+    pub started_ms: u64,
+    pub tick_count: u64,
+    /// The plugin's state bytes from its last good decision.
+    pub state: Vec<u8>,
+    /// Faults since start, and in a row.
+    pub faults: u64,
+    pub consecutive_faults: u32,
+    pub last_fault: Option<String>,
+}
+
+impl NodeCore {
+    /// A node that starts, as every node does, in standby.
+    pub fn new(id: &str, role: Role, now_ms: u64) -> NodeCore {
+        NodeCore {
+            id: id.to_string(),
+            role,
+            mode: Mode::Standby,
+            mode_since_ms: now_ms,
+            reason: "started".into(),
+            started_ms: now_ms,
+            tick_count: 0,
+            state: Vec::new(),
+            faults: 0,
+            consecutive_faults: 0,
+            last_fault: None,
+        }
+    }
+
+    /// The tick the plugin will see.
+    pub fn tick(&self, o: Observations) -> Tick {
+        Tick {
+            now_ms: o.now_ms,
+            node: LocalNode {
+                id: self.id.clone(),
+                configured_role: self.role,
+                mode: self.mode,
+                mode_since_ms: self.mode_since_ms,
+                started_ms: self.started_ms,
+                tick_count: self.tick_count,
+            },
+            heartbeat: o.heartbeat,
+            peers: o.peers,
+            watched: o.watched,
+            lan: o.lan,
+            monitors: o.monitors,
+            vip: o.vip,
+            route: o.route,
+            services: o.services,
+            sync: o.sync,
+            operator: o.operator,
+            commands: o.commands,
+            results: o.results,
+            pending_actions: o.pending_actions,
+            state: self.state.clone(),
+        }
+    }
+
+    /// Decide one tick with `policy` and apply the result. `peers` are the ids commands may name.
+    pub fn step(&mut self, policy: &LoadedPolicy, observations: Observations, peers: &[String]) -> Outcome {
+        let now = observations.now_ms;
+        let tick = self.tick(observations);
+        let result = policy.decide(&tick, peers);
+        self.apply(now, result, policy.file.fallback.mode, policy.file.fallback.after)
+    }
+
+    /// Apply a decision (or a fault) at `now_ms`.
+    pub fn apply(&mut self, now_ms: u64, result: Result<Decision, Fault>, fallback: FallbackMode, after: u32) -> Outcome {
+        let from = self.mode;
+        self.tick_count += 1;
+        let (to, actions, reason, fault, fallback_applied) = match result {
+            Ok(decision) => {
+                self.consecutive_faults = 0;
+                self.state = decision.state;
+                (decision.mode.unwrap_or(from), decision.actions, decision.reason, None, false)
+            }
+            Err(fault) => {
+                self.faults += 1;
+                self.consecutive_faults += 1;
+                self.last_fault = Some(fault.to_string());
+                // The state is kept: the next tick starts from the last good decision.
+                match fallback {
+                    FallbackMode::To(mode) if self.consecutive_faults >= after && mode != from => (
+                        mode,
+                        Vec::new(),
+                        format!("plugin {fault}; {} faults in a row: fallback to {mode}", self.consecutive_faults),
+                        Some(fault),
+                        true,
+                    ),
+                    _ => (from, Vec::new(), format!("plugin {fault}; holding {from}"), Some(fault), false),
+                }
+            }
+        };
+        if to != from {
+            self.mode = to;
+            self.mode_since_ms = now_ms;
+            self.reason = reason.clone();
+        }
+        Outcome { from, to, actions, reason, fault, fallback_applied }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(mode: Option<Mode>) -> Decision {
+        Decision { mode, actions: vec![Action::Start("app".into())], state: b"{\"n\":1}".to_vec(), reason: "because".into() }
+    }
+
+    #[test]
+    fn a_node_starts_in_standby() {
+        let n = NodeCore::new("a", Role::Primary, 5);
+        assert_eq!((n.mode, n.mode_since_ms), (Mode::Standby, 5));
+    }
+
+    #[test]
+    fn decisions_change_mode_and_state() {
+        let mut n = NodeCore::new("a", Role::Primary, 0);
+        let o = n.apply(10, Ok(decision(Some(Mode::Active))), FallbackMode::Hold, 3);
+        assert_eq!((o.from, o.to), (Mode::Standby, Mode::Active));
+        assert!(o.changed());
+        assert_eq!((n.mode, n.mode_since_ms, n.reason.as_str()), (Mode::Active, 10, "because"));
+        assert_eq!(n.state, b"{\"n\":1}");
+        let o = n.apply(20, Ok(Decision { state: b"2".to_vec(), ..Decision::default() }), FallbackMode::Hold, 3);
+        assert!(!o.changed());
+        assert_eq!(n.mode_since_ms, 10, "keeping the mode keeps its start");
+    }
+
+    #[test]
+    fn faults_hold_the_mode_and_the_state() {
+        let mut n = NodeCore::new("a", Role::Primary, 0);
+        n.apply(10, Ok(decision(Some(Mode::Active))), FallbackMode::Hold, 3);
+        for i in 0..5 {
+            let o = n.apply(20 + i, Err(Fault::Trap("boom".into())), FallbackMode::Hold, 3);
+            assert_eq!(o.to, Mode::Active);
+            assert!(o.actions.is_empty());
+        }
+        assert_eq!((n.faults, n.consecutive_faults), (5, 5));
+        assert_eq!(n.state, b"{\"n\":1}");
+        n.apply(30, Ok(decision(None)), FallbackMode::Hold, 3);
+        assert_eq!(n.consecutive_faults, 0);
+    }
+
+    #[test]
+    fn fallback_mode_applies_after_enough_faults() {
+        let mut n = NodeCore::new("a", Role::Primary, 0);
+        n.apply(10, Ok(decision(Some(Mode::Active))), FallbackMode::To(Mode::Standby), 2);
+        let o = n.apply(20, Err(Fault::Timeout { limit_ms: 50 }), FallbackMode::To(Mode::Standby), 2);
+        assert_eq!(o.to, Mode::Active);
+        let o = n.apply(30, Err(Fault::Timeout { limit_ms: 50 }), FallbackMode::To(Mode::Standby), 2);
+        assert_eq!(o.to, Mode::Standby);
+        assert!(o.fallback_applied && o.reason.contains("fallback"));
+    }
+}

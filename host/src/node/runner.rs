@@ -1,0 +1,388 @@
+//! The daemon (`vigil run`): builds the node from its configuration and runs the loop
+//!
+//! ```text
+//! every interval:  observe (one heartbeat round) → tick the plugin → hand the actions to the
+//!                  executor → publish status
+//! ```
+//!
+//! Ticks never overlap and never wait for an action: actions run on the executor's ordered queue and
+//! their results reach the plugin on a later tick. Service status commands are polled by a task of
+//! their own for the same reason. The first tick runs only after the first heartbeat round, so a node
+//! never claims the active role before it has looked at its peers.
+
+use super::{NodeCore, Observations, Outcome};
+use crate::clock::{Clock, SystemClock};
+use crate::config::NodeConfig;
+use crate::events::{Event, EventKind, EventLog};
+use crate::executor::{Delegate, Executor};
+use crate::heartbeat::{prober_for, Prober, Targets, Tracker};
+use crate::http_client::HttpClient;
+use crate::model::{Action, Level, PeerCommand, SyncView};
+use crate::peer::client::PeerClient;
+use crate::peer::signing::Verifier;
+use crate::policy::reload::{self, PolicyHandle, ReloadOutcome};
+use crate::policy::{self, PluginDirs, Runtime};
+use crate::services::Services;
+use crate::state::{self, Inbox, NodeState, PolicyStatus, ServiceStatus, Status};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Why the daemon could not start. `Config` errors exit 2.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(anyhow::Error),
+    #[error(transparent)]
+    Other(anyhow::Error),
+}
+
+/// Debounce of policy file events.
+const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
+/// Window for peer request timestamps; clocks of a pair are assumed NTP-synchronized.
+const SIGNATURE_WINDOW_MS: u64 = 30_000;
+
+/// Run the daemon until SIGINT or SIGTERM.
+pub async fn run(config: NodeConfig) -> Result<(), StartError> {
+    let clock: Arc<dyn Clock> = SystemClock::new();
+    let state = build(config, clock).await?;
+    let listener = tokio::net::TcpListener::bind(state.config.node.listen).await.map_err(|e| {
+        StartError::Other(anyhow::anyhow!("{}: key `node.listen`: cannot listen on {}: {e}", state.config.path.display(), state.config.node.listen))
+    })?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(crate::http::serve(listener, state.clone(), stop_rx.clone()));
+
+    let reload_state = state.clone();
+    let _watcher = reload::watch(state.policy.clone(), state.runtime.clone(), state.plugin_dirs.clone(), RELOAD_DEBOUNCE, move |outcome| {
+        record_reload(&reload_state, &outcome);
+    })
+    .map_err(|e| tracing::warn!(error = %e, "policy hot reload is off"))
+    .ok();
+
+    let node = tokio::spawn(node_loop(state.clone(), stop_rx));
+    shutdown_signal().await;
+    tracing::info!("stopping");
+    let _ = stop_tx.send(true);
+    let _ = node.await;
+    stop_services(&state).await;
+    state.record(Event::new(state.clock.wall_ms(), EventKind::Startup, "vigil stopped".to_string()));
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Build the node's shared state: event log, plugin runtime, policy, keys.
+pub async fn build(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Arc<NodeState>, StartError> {
+    let cfg_err = |e: anyhow::Error| StartError::Config(e);
+    let data_dir = &config.node.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| cfg_err(anyhow::anyhow!("{}: key `node.data_dir`: cannot create {}: {e}", config.path.display(), data_dir.display())))?;
+    let keys = config.read_peer_keys().map_err(|e| cfg_err(e.into()))?;
+    let admin_token = config.read_admin_token().map_err(|e| cfg_err(e.into()))?;
+    let events = EventLog::open(&data_dir.join("events.sqlite"), config.events.retention).map_err(|e| StartError::Other(e.into()))?;
+    let runtime = Arc::new(Runtime::new(Some(data_dir.join("plugin-cache"))).map_err(StartError::Other)?);
+    let plugin_dirs = PluginDirs::standard(config.node.plugin_dirs.clone());
+    let policy_path = config.node.policy.clone();
+    let loaded = {
+        let (runtime, dirs) = (runtime.clone(), plugin_dirs.clone());
+        tokio::task::spawn_blocking(move || policy::load(&runtime, &dirs, &policy_path))
+            .await
+            .map_err(|e| StartError::Other(e.into()))?
+            .map_err(|e| cfg_err(e.into()))?
+    };
+    let now = clock.wall_ms();
+    let status = Status {
+        node: state::NodeStatus {
+            id: config.node.id.clone(),
+            configured_role: config.node.role,
+            mode: crate::model::Mode::Standby,
+            mode_since_ms: now,
+            reason: "started".into(),
+        },
+        ..Status::default()
+    };
+    let state = Arc::new(NodeState {
+        verifier: Verifier::new(keys, SIGNATURE_WINDOW_MS),
+        admin_token,
+        clock,
+        runtime,
+        plugin_dirs,
+        policy: PolicyHandle::new(loaded),
+        events,
+        services: Arc::new(Services::new()),
+        status: RwLock::new(status),
+        last_loop_mono_ms: u64::MAX.into(),
+        inbox: Mutex::new(Inbox::default()),
+        counters: Default::default(),
+        config,
+    });
+    let p = state.policy.current();
+    state.record(Event::new(
+        now,
+        EventKind::Startup,
+        format!("vigil started as {} ({}), policy {} with plugin {}", state.config.node.id, state.config.node.role, p.name(), p.plugin.name()),
+    ));
+    Ok(state)
+}
+
+/// Write a reload attempt to the event log.
+pub fn record_reload(state: &NodeState, outcome: &ReloadOutcome) {
+    let message = match outcome {
+        ReloadOutcome::Reloaded { policy, plugin_sha256, took_ms } => {
+            format!("policy {policy} reloaded in {took_ms} ms (plugin sha256 {})", &plugin_sha256[..12.min(plugin_sha256.len())])
+        }
+        ReloadOutcome::Failed { error } => format!("policy reload failed, the previous policy keeps deciding: {error}"),
+    };
+    state.record(Event::new(state.clock.wall_ms(), EventKind::Reload, message));
+}
+
+/// The loop, until `stop` turns true.
+pub async fn node_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
+    let config = &state.config;
+    let interval = Duration::from_millis(u64::from(config.heartbeat.interval_ms));
+    let http = HttpClient::new();
+    let targets = Targets::from_config(config);
+    let prober = prober_for(config, state.verifier.keys().to_vec(), state.clock.clone(), http.clone());
+    let mut tracker = Tracker::new(&config.node.id, &targets);
+    let peer_ids: Vec<String> = config.peers.iter().map(|p| p.id.clone()).collect();
+    let delegate = Arc::new(HostDelegate { state: state.clone(), prober: prober.clone(), targets: targets.clone() });
+    let executor = Executor::start(state.services.clone(), delegate);
+    let observer_state = state.clone();
+    executor.set_observer(Arc::new(move |result| {
+        let verdict = if result.ok { "ok" } else { "FAILED" };
+        let mut event = Event::new(
+            result.finished_ms,
+            EventKind::Action,
+            format!("{} {verdict} in {} ms: {}", result.action, result.duration_ms, result.message),
+        );
+        event.detail = serde_json::json!({ "action": result.action, "ok": result.ok, "duration_ms": result.duration_ms });
+        observer_state.record(event);
+    }));
+    let poller = tokio::spawn(poll_services(state.clone(), interval, stop.clone()));
+    let mut core = NodeCore::new(&config.node.id, config.node.role, state.clock.wall_ms());
+
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => break,
+        }
+        let round = prober.round(&targets).await;
+        tracker.record(&round, state.clock.mono_ms());
+        core = tick_once(&state, core, &tracker, &executor, &peer_ids).await;
+    }
+    poller.abort();
+}
+
+/// One tick: observe, decide, hand over the actions, publish.
+async fn tick_once(state: &Arc<NodeState>, mut core: NodeCore, tracker: &Tracker, executor: &Executor, peer_ids: &[String]) -> NodeCore {
+    let policy = state.policy.current();
+    let (now, mono) = (state.clock.wall_ms(), state.clock.mono_ms());
+    let Inbox { operator, commands } = std::mem::take(&mut *state.inbox.lock().expect("inbox lock"));
+    let specs = &policy.file.services;
+    let observations = Observations {
+        now_ms: now,
+        heartbeat: state.config.heartbeat.model(),
+        peers: tracker.peers(mono),
+        watched: tracker.watched(mono),
+        lan: tracker.lan.clone(),
+        monitors: Vec::new(),
+        vip: tracker.vip.clone(),
+        route: None,
+        services: state.services.view(specs, now),
+        sync: SyncView::default(),
+        operator,
+        commands,
+        results: executor.take_results(),
+        pending_actions: executor.pending(),
+    };
+    // The plugin call is bounded by its time limit, but it is CPU work: keep it off the I/O threads.
+    let (core, outcome, policy) = {
+        let peers = peer_ids.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let outcome = core.step(&policy, observations, &peers);
+            (core, outcome, policy)
+        })
+        .await
+        .expect("the decide task does not panic")
+    };
+    state.counters.ticks.fetch_add(1, Ordering::Relaxed);
+    record_outcome(state, &core, &outcome);
+    if !outcome.actions.is_empty() {
+        executor.submit(policy.clone(), outcome.actions.clone());
+    }
+    publish(state, &core, tracker, &policy, executor, now, mono);
+    state.last_loop_mono_ms.store(state.clock.mono_ms(), Ordering::Release);
+    core
+}
+
+fn record_outcome(state: &NodeState, core: &NodeCore, outcome: &Outcome) {
+    if outcome.from != outcome.to {
+        state.counters.mode_changes.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(node = %core.id, from = %outcome.from, to = %outcome.to, reason = %outcome.reason, "mode changed");
+    }
+    if let Some(fault) = &outcome.fault {
+        state.counters.plugin_faults.fetch_add(1, Ordering::Relaxed);
+        let mut event = Event::new(state.clock.wall_ms(), EventKind::Fault, outcome.reason.clone());
+        event.mode = Some(outcome.to);
+        event.detail = serde_json::json!({ "fault": fault.kind(), "consecutive": core.consecutive_faults });
+        state.record(event);
+        if outcome.from == outcome.to {
+            return;
+        }
+    }
+    if outcome.changed() && outcome.fault.is_none() || outcome.fallback_applied {
+        let actions: Vec<String> = outcome.actions.iter().map(ToString::to_string).collect();
+        let message = if outcome.from != outcome.to {
+            format!("{} → {}: {}", outcome.from, outcome.to, outcome.reason)
+        } else {
+            format!("{}: {}", outcome.to, outcome.reason)
+        };
+        let mut event = Event::new(state.clock.wall_ms(), EventKind::Decision, message);
+        event.mode = Some(outcome.to);
+        event.detail = serde_json::json!({ "from": outcome.from, "to": outcome.to, "actions": actions });
+        state.record(event);
+    }
+}
+
+fn publish(state: &NodeState, core: &NodeCore, tracker: &Tracker, policy: &policy::LoadedPolicy, executor: &Executor, now: u64, mono: u64) {
+    let (peers, watched) = state::remote_statuses(tracker, now, mono);
+    let reload = state.policy.status();
+    let specs = &policy.file.services;
+    let mut status = Status {
+        node: state::NodeStatus {
+            id: core.id.clone(),
+            configured_role: core.role,
+            mode: core.mode,
+            mode_since_ms: core.mode_since_ms,
+            reason: core.reason.clone(),
+        },
+        peers,
+        watched,
+        lan: tracker.lan.clone(),
+        vip: tracker.vip.clone(),
+        policy: PolicyStatus {
+            name: policy.name(),
+            path: policy.path.display().to_string(),
+            plugin: policy.plugin.name().to_string(),
+            plugin_sha256: policy.plugin.sha256().to_string(),
+            loaded_at_ms: policy.loaded_at_ms,
+            faults: core.faults,
+            consecutive_faults: core.consecutive_faults,
+            last_fault: core.last_fault.clone(),
+            reloads: reload.reloads,
+            reload_failures: reload.failures,
+            last_error: reload.last_error,
+        },
+        services: state.services.view(specs, now).into_iter().map(|s| ServiceStatus { name: s.name, state: s.state }).collect(),
+        app_healthy: state.services.app_healthy(specs),
+        sync: SyncView::default(),
+        ticks: core.tick_count,
+        pending_actions: executor.pending(),
+        loop_age_ms: None,
+        events: Vec::new(),
+    };
+    status.events = state.events.latest(20).unwrap_or_default();
+    *state.status.write().expect("status lock") = status;
+}
+
+/// Poll service status commands every interval, off the loop.
+async fn poll_services(state: Arc<NodeState>, interval: Duration, mut stop: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let policy = state.policy.current();
+        state.services.poll(&policy.file.services).await;
+    }
+}
+
+/// On shutdown, stop the services vigil runs, in reverse order, so a stopped daemon does not leave
+/// a second active service behind when its peer takes over.
+async fn stop_services(state: &NodeState) {
+    let policy = state.policy.current();
+    for (name, spec) in policy.file.services.iter().rev() {
+        if state.services.state(name) == crate::model::ServiceState::Running {
+            match state.services.stop(name, spec).await {
+                Ok(note) => tracing::info!(service = %name, %note, "stopped on shutdown"),
+                Err(error) => tracing::warn!(service = %name, %error, "could not stop on shutdown"),
+            }
+        }
+    }
+}
+
+/// Executes the actions that are not processes: peer commands, alarms, and the mechanics that later
+/// parts of the host provide.
+struct HostDelegate {
+    state: Arc<NodeState>,
+    prober: Prober,
+    targets: Targets,
+}
+
+impl HostDelegate {
+    async fn command(&self, peer: Option<&str>, command: PeerCommand) -> Result<String, String> {
+        let client: &PeerClient = self.prober.peer_client();
+        let timeout = Duration::from_millis(u64::from(self.state.config.heartbeat.timeout_ms));
+        let mut sent = Vec::new();
+        let mut errors = Vec::new();
+        for (id, paths, _) in self.targets.peers.iter().filter(|(id, _, _)| peer.is_none_or(|p| p == id)) {
+            let mut delivered = false;
+            for path in paths.iter().filter(|p| p.kind == crate::config::ProbeKind::Vigil) {
+                match client.command(&path.target, command, timeout).await {
+                    Ok(()) => {
+                        sent.push(format!("{id} via {}", path.name));
+                        delivered = true;
+                        break;
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+            if !delivered && errors.is_empty() {
+                errors.push(format!("{id}: no vigil heartbeat path to send on"));
+            }
+        }
+        if sent.is_empty() {
+            Err(format!("{command} not delivered: {}", errors.join("; ")))
+        } else {
+            Ok(format!("{command} sent to {}", sent.join(", ")))
+        }
+    }
+}
+
+impl Delegate for HostDelegate {
+    fn run(&self, action: Action) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
+        Box::pin(async move {
+            match action {
+                Action::Command { peer, command } => self.command(peer.as_deref(), command).await,
+                Action::Alarm { severity, message } => {
+                    let mut event = Event::new(self.state.clock.wall_ms(), EventKind::Alarm, message.clone());
+                    event.detail = serde_json::json!({ "severity": severity });
+                    self.state.record(event);
+                    match severity {
+                        Level::Error => tracing::error!(alarm = %message),
+                        Level::Warn => tracing::warn!(alarm = %message),
+                        _ => tracing::info!(alarm = %message),
+                    }
+                    Ok("recorded".into())
+                }
+                Action::ClaimVip | Action::ReleaseVip => Err("this policy declares no virtual IP addresses".into()),
+                Action::Route(_) => Err("this policy declares no traffic relay or route hook".into()),
+                Action::Sync => Err("configuration replication is not configured on this node".into()),
+                other => Err(format!("{other}: not a delegated action")),
+            }
+        })
+    }
+}

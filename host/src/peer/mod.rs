@@ -1,0 +1,49 @@
+//! The peer protocol: what vigil nodes say to each other, signed (see [`signing`]).
+//!
+//! - `GET /peer/heartbeat` → [`HeartbeatAnswer`]: who I am, my mode, my application health, my clock.
+//! - `POST /peer/command` with [`CommandMessage`]: a plugin's command to its peer's plugin.
+//!
+//! Owns the message types and the signed HTTP client ([`client`]); the server side lives in `http`.
+
+pub mod client;
+pub mod signing;
+
+use crate::model::{Mode, PeerCommand, Report, Role};
+use serde::{Deserialize, Serialize};
+
+/// The heartbeat path.
+pub const HEARTBEAT_PATH: &str = "/peer/heartbeat";
+/// The command path.
+pub const COMMAND_PATH: &str = "/peer/command";
+
+/// A node's answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatAnswer {
+    pub id: String,
+    pub mode: Mode,
+    pub configured_role: Role,
+    pub app_healthy: bool,
+    pub mode_since_ms: u64,
+    /// The answering node's wall clock when it answered (for clock-skew measurement).
+    pub now_ms: u64,
+}
+
+impl HeartbeatAnswer {
+    /// What the plugin sees of it.
+    pub fn report(&self) -> Report {
+        Report {
+            mode: self.mode,
+            configured_role: Some(self.configured_role),
+            app_healthy: Some(self.app_healthy),
+            mode_since_ms: Some(self.mode_since_ms),
+        }
+    }
+}
+
+/// A command from one node's plugin to another's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandMessage {
+    pub command: PeerCommand,
+}

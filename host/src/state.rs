@@ -1,0 +1,178 @@
+//! The node's shared state: what the loop publishes and the HTTP server reads, and the inbox the
+//! HTTP server fills for the loop (operator requests, peer commands).
+//!
+//! The loop is the only writer of [`Status`]; handlers take a snapshot and never wait on the loop, so
+//! a stalled loop cannot stall the endpoints that must report it stalled.
+
+use crate::clock::Clock;
+use crate::config::NodeConfig;
+use crate::events::{Event, EventLog};
+use crate::heartbeat::Tracker;
+use crate::model::{Check, Mode, OperatorRequest, ReceivedCommand, Role, ServiceState, SyncView, VipView};
+use crate::peer::signing::Verifier;
+use crate::policy::reload::PolicyHandle;
+use crate::policy::{PluginDirs, Runtime};
+use crate::services::Services;
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Requests waiting for the next tick.
+#[derive(Debug, Default)]
+pub struct Inbox {
+    /// The latest operator request (a newer one replaces an undelivered older one).
+    pub operator: Option<OperatorRequest>,
+    pub commands: Vec<ReceivedCommand>,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub ticks: AtomicU64,
+    pub plugin_faults: AtomicU64,
+    pub http_requests: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub mode_changes: AtomicU64,
+}
+
+/// Everything the loop and the HTTP server share.
+pub struct NodeState {
+    pub config: NodeConfig,
+    pub clock: Arc<dyn Clock>,
+    pub runtime: Arc<Runtime>,
+    pub plugin_dirs: PluginDirs,
+    pub policy: PolicyHandle,
+    pub events: EventLog,
+    pub services: Arc<Services>,
+    pub verifier: Verifier,
+    pub admin_token: Option<String>,
+    pub status: RwLock<Status>,
+    /// Monotonic time the loop last finished a tick; `u64::MAX` before the first.
+    pub last_loop_mono_ms: AtomicU64,
+    pub inbox: Mutex<Inbox>,
+    pub counters: Counters,
+}
+
+impl NodeState {
+    /// Whether the loop ran within two heartbeat intervals: the liveness rule of `/health`,
+    /// `/active` and `/standby`.
+    pub fn loop_alive(&self) -> bool {
+        let last = self.last_loop_mono_ms.load(Ordering::Acquire);
+        last != u64::MAX && self.clock.mono_ms().saturating_sub(last) <= 2 * u64::from(self.config.heartbeat.interval_ms)
+    }
+
+    /// Milliseconds since the loop last ran, if it ever did.
+    pub fn loop_age_ms(&self) -> Option<u64> {
+        let last = self.last_loop_mono_ms.load(Ordering::Acquire);
+        (last != u64::MAX).then(|| self.clock.mono_ms().saturating_sub(last))
+    }
+
+    /// A copy of the published status.
+    pub fn snapshot(&self) -> Status {
+        self.status.read().expect("status lock").clone()
+    }
+
+    /// Record an event, logging (never failing) when the log cannot be written.
+    pub fn record(&self, event: Event) {
+        if let Err(e) = self.events.record(event) {
+            tracing::error!(error = %e, "cannot write the event log");
+        }
+    }
+}
+
+/// `/status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    pub node: NodeStatus,
+    pub peers: Vec<PeerStatus>,
+    pub watched: Vec<PeerStatus>,
+    pub lan: Option<Check>,
+    pub vip: Option<VipView>,
+    pub policy: PolicyStatus,
+    pub services: Vec<ServiceStatus>,
+    pub app_healthy: bool,
+    pub sync: SyncView,
+    pub ticks: u64,
+    pub pending_actions: u32,
+    /// Milliseconds since the loop last ran (filled in when served).
+    pub loop_age_ms: Option<u64>,
+    /// The latest events, newest first.
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NodeStatus {
+    pub id: String,
+    pub configured_role: Role,
+    pub mode: Mode,
+    pub mode_since_ms: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PeerStatus {
+    pub id: String,
+    pub reachable: bool,
+    pub consecutive_failures: u32,
+    pub consecutive_successes: u32,
+    pub reported_mode: Option<Mode>,
+    pub reported_role: Option<Role>,
+    pub app_healthy: Option<bool>,
+    /// Wall-clock time it last answered (ms since the Unix epoch).
+    pub last_seen_ms: Option<u64>,
+    pub clock_skew_ms: Option<i64>,
+    pub paths: Vec<Check>,
+    pub services: Vec<Check>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PolicyStatus {
+    pub name: String,
+    pub path: String,
+    pub plugin: String,
+    pub plugin_sha256: String,
+    pub loaded_at_ms: u64,
+    pub faults: u64,
+    pub consecutive_faults: u32,
+    pub last_fault: Option<String>,
+    pub reloads: u64,
+    pub reload_failures: u64,
+    /// The latest reload error (the previous policy is still deciding).
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub state: ServiceState,
+}
+
+/// The peer lines of `/status`, from the tracker.
+pub fn peer_statuses(tracks: &[crate::heartbeat::RemoteTrack], now_ms: u64, mono_ms: u64) -> Vec<PeerStatus> {
+    tracks
+        .iter()
+        .map(|t| {
+            let r = &t.remote;
+            PeerStatus {
+                id: r.id.clone(),
+                reachable: r.reachable,
+                consecutive_failures: r.consecutive_failures,
+                consecutive_successes: r.consecutive_successes,
+                reported_mode: r.report.as_ref().map(|p| p.mode),
+                reported_role: r.report.as_ref().and_then(|p| p.configured_role),
+                app_healthy: r.report.as_ref().and_then(|p| p.app_healthy),
+                last_seen_ms: t.last_seen_mono_ms.map(|seen| now_ms.saturating_sub(mono_ms.saturating_sub(seen))),
+                clock_skew_ms: t.clock_skew_ms,
+                paths: r.paths.clone(),
+                services: r.services.clone(),
+                last_error: t.last_error.clone(),
+            }
+        })
+        .collect()
+}
+
+/// Both peer tables of `/status`.
+pub fn remote_statuses(tracker: &Tracker, now_ms: u64, mono_ms: u64) -> (Vec<PeerStatus>, Vec<PeerStatus>) {
+    (peer_statuses(&tracker.peers, now_ms, mono_ms), peer_statuses(&tracker.watched, now_ms, mono_ms))
+}
