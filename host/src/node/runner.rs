@@ -22,7 +22,7 @@ use crate::peer::client::PeerClient;
 use crate::peer::signing::Verifier;
 use crate::policy::reload::{self, PolicyHandle, ReloadOutcome};
 use crate::policy::{self, PluginDirs, Runtime};
-use crate::services::Services;
+use crate::services::{Services, WatchdogLimits};
 use crate::state::{self, Inbox, NodeState, PolicyStatus, ServiceStatus, Status};
 use std::future::Future;
 use std::pin::Pin;
@@ -113,12 +113,12 @@ pub async fn build(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Arc<Node
     let state = Arc::new(NodeState {
         verifier: Verifier::new(keys, SIGNATURE_WINDOW_MS),
         admin_token,
-        clock,
+        clock: clock.clone(),
         runtime,
         plugin_dirs,
         policy: PolicyHandle::new(loaded),
         events,
-        services: Arc::new(Services::new()),
+        services: Arc::new(Services::with_clock(clock.clone(), WatchdogLimits::default())),
         status: RwLock::new(status),
         last_loop_mono_ms: u64::MAX.into(),
         inbox: Mutex::new(Inbox::default()),
@@ -169,6 +169,7 @@ pub async fn node_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
     }));
     let poller = tokio::spawn(poll_services(state.clone(), interval, stop.clone()));
     let mut core = NodeCore::new(&config.node.id, config.node.role, state.clock.wall_ms());
+    let mut last_reason = String::new();
 
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -179,13 +180,20 @@ pub async fn node_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
         }
         let round = prober.round(&targets).await;
         tracker.record(&round, state.clock.mono_ms());
-        core = tick_once(&state, core, &tracker, &executor, &peer_ids).await;
+        core = tick_once(&state, core, &tracker, &executor, &peer_ids, &mut last_reason).await;
     }
     poller.abort();
 }
 
 /// One tick: observe, decide, hand over the actions, publish.
-async fn tick_once(state: &Arc<NodeState>, mut core: NodeCore, tracker: &Tracker, executor: &Executor, peer_ids: &[String]) -> NodeCore {
+async fn tick_once(
+    state: &Arc<NodeState>,
+    mut core: NodeCore,
+    tracker: &Tracker,
+    executor: &Executor,
+    peer_ids: &[String],
+    last_reason: &mut String,
+) -> NodeCore {
     let policy = state.policy.current();
     let (now, mono) = (state.clock.wall_ms(), state.clock.mono_ms());
     let Inbox { operator, commands } = std::mem::take(&mut *state.inbox.lock().expect("inbox lock"));
@@ -217,7 +225,7 @@ async fn tick_once(state: &Arc<NodeState>, mut core: NodeCore, tracker: &Tracker
         .expect("the decide task does not panic")
     };
     state.counters.ticks.fetch_add(1, Ordering::Relaxed);
-    record_outcome(state, &core, &outcome);
+    record_outcome(state, &core, &outcome, last_reason);
     if !outcome.actions.is_empty() {
         executor.submit(policy.clone(), outcome.actions.clone());
     }
@@ -226,7 +234,10 @@ async fn tick_once(state: &Arc<NodeState>, mut core: NodeCore, tracker: &Tracker
     core
 }
 
-fn record_outcome(state: &NodeState, core: &NodeCore, outcome: &Outcome) {
+/// One event per decision that changed something, per fault, and per new reason: a plugin's reason
+/// carries its counts ("peer b failed 2/3 checks"), so the log reads like the seed's fault-tolerant
+/// log without a line for every identical tick.
+fn record_outcome(state: &NodeState, core: &NodeCore, outcome: &Outcome, last_reason: &mut String) {
     if outcome.from != outcome.to {
         state.counters.mode_changes.fetch_add(1, Ordering::Relaxed);
         tracing::info!(node = %core.id, from = %outcome.from, to = %outcome.to, reason = %outcome.reason, "mode changed");
@@ -241,7 +252,11 @@ fn record_outcome(state: &NodeState, core: &NodeCore, outcome: &Outcome) {
             return;
         }
     }
-    if outcome.changed() && outcome.fault.is_none() || outcome.fallback_applied {
+    let new_reason = outcome.fault.is_none() && !outcome.reason.is_empty() && outcome.reason != *last_reason;
+    if outcome.fault.is_none() {
+        last_reason.clone_from(&outcome.reason);
+    }
+    if (outcome.changed() || new_reason) && outcome.fault.is_none() || outcome.fallback_applied {
         let actions: Vec<String> = outcome.actions.iter().map(ToString::to_string).collect();
         let message = if outcome.from != outcome.to {
             format!("{} → {}: {}", outcome.from, outcome.to, outcome.reason)

@@ -12,7 +12,7 @@ pub mod file;
 pub mod reload;
 pub mod runtime;
 
-use crate::model::{Action, Decision, Heartbeat, LocalNode, Tick};
+use crate::model::{Action, Decision, Heartbeat, LocalNode, Service, Tick};
 use crate::toml_file::TomlError;
 pub use file::PolicyFile;
 pub use runtime::{Fault, LoadError, Plugin, Runtime};
@@ -197,17 +197,28 @@ pub fn load(runtime: &Runtime, dirs: &PluginDirs, path: &Path) -> Result<LoadedP
         Err(fault) => return Err(faulted("faulted in validate", fault)),
     }
     let loaded = LoadedPolicy { path: path.to_path_buf(), file, plugin: Arc::new(plugin), params_json, loaded_at_ms: wall_ms() };
-    loaded.decide(&dry_run_tick(), &[]).map_err(|fault| faulted("failed its dry-run tick", fault))?;
+    loaded.decide(&dry_run_tick(&loaded.file), &[]).map_err(|fault| faulted("failed its dry-run tick", fault))?;
     Ok(loaded)
 }
 
-/// The synthetic tick of the dry run: a fresh standby node that has seen nothing yet.
-pub fn dry_run_tick() -> Tick {
+/// The synthetic tick of the dry run: a fresh standby node that has seen nothing yet, with the
+/// policy's services, all stopped.
+pub fn dry_run_tick(file: &PolicyFile) -> Tick {
     let now = wall_ms();
     Tick {
         now_ms: now,
         node: LocalNode { id: "dry-run".into(), mode_since_ms: now, started_ms: now, ..LocalNode::default() },
         heartbeat: Heartbeat::default(),
+        services: file
+            .services
+            .iter()
+            .map(|(name, spec)| Service {
+                name: name.clone(),
+                app_check: spec.app_check,
+                watchdog: spec.watchdog,
+                ..Service::default()
+            })
+            .collect(),
         ..Tick::default()
     }
 }

@@ -1,18 +1,795 @@
-//! hot-standby: placeholder until the plugin is written; refuses every policy.
+//! hot-standby: two servers behind a load balancer, one active, one standby (deployments.md §1, the
+//! vendor's "Fault tolerant Hot Standby" guide, seed `004_…` §5 and §6.3).
+//!
+//! Every tick the plugin first *observes* (updates its own counters in the state: how long each peer
+//! has failed, how long another node has been seen active while this one is, how long nobody has been
+//! active), then applies the first rule that fires, in this order:
+//!
+//! 1. `off`/`failed`: only an operator `restart-ha` or `restore` brings the node back;
+//! 2. an operator request (explicit human intent beats every automatic rule);
+//! 3. a command from a peer (`go-standby`, `go-active`);
+//! 4. active: LAN lost (§6.3.4) → two actives (§6.3.3) → watchdog and daily restarts (§6.3.4.1);
+//! 5. standby: failover (§6.3.1) → rollback of server #1 (§6.3.2) → nobody active (simultaneous start).
+//!
+//! The host does the mechanics (heartbeats, LAN probe, VIP test, running commands, restart backoff);
+//! this file only decides. `docs/plugins/hot-standby.md` maps every rule to the seed and lists the
+//! interpretations made where the seed is silent.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
 use vigil_sdk::prelude::*;
+use vigil_sdk::Service;
+
+/// The policy file's `[params]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    /// Consecutive failed checks of the peer before failover, and of "other node seen active" before the
+    /// two-actives rule; default: the node's `[heartbeat] failures`.
+    #[serde(default)]
+    failures: Option<u32>,
+    /// Consecutive good checks before server #1 takes the role back; default: `[heartbeat] successes`.
+    #[serde(default)]
+    successes: Option<u32>,
+    /// Count the peer's application error (`/app`) as a failed check, not only "it did not answer".
+    #[serde(default)]
+    switch_on_app_error: bool,
+    /// Server #1 (configured primary) takes the active role back by itself once healthy again.
+    #[serde(default)]
+    first_server_auto_active: bool,
+    /// Use the host's VIP destination test: rollback needs the VIP to reach this node, and in a
+    /// two-actives conflict the node the VIP reaches keeps the role.
+    #[serde(default)]
+    test_vip_destination: bool,
+    /// Consecutive failed LAN probes before an active node steps down; default: `failures`.
+    #[serde(default)]
+    lan_failures: Option<u32>,
+    /// Service names in start order (stopped in reverse). Declared services not listed start after
+    /// these, in the policy's (alphabetical) order. Default: the policy's order.
+    #[serde(default)]
+    start_order: Vec<String>,
+}
+
+/// Upper bound for every count: beyond this a typo (e.g. 500 instead of 5) is more likely than intent.
+const MAX_COUNT: u32 = 1000;
+
+/// How many consecutive "nobody is active" checks the primary waits before it takes the role. Two,
+/// so that one stale answer of a peer that is switching right now is not enough.
+const IDLE_CHECKS_PRIMARY: u32 = 2;
+
+/// What the plugin remembers between ticks. Every field defaults, so an older state still loads.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct State {
+    /// Per peer id: consecutive failed checks, counted only while this node's LAN was up.
+    peer_failures: BTreeMap<String, u32>,
+    /// Consecutive checks in which another node reported active while this node was active.
+    seen_active: u32,
+    /// Consecutive checks in which no node was active (every peer answered in standby, so did we).
+    idle: u32,
+    /// This node gave the role away (operator, peer command, LAN lost, two actives); until a peer is
+    /// seen active, it does not grab the role back on the fast "nobody active" path.
+    yielded: bool,
+    /// The operator switched this node to standby: automatic rollback waits for `restore` or `active`.
+    operator_hold: bool,
+    /// Configuration warnings already raised (each is raised once).
+    warned: BTreeSet<String>,
+}
+
+/// The counts this tick runs with: parameters, or the node's heartbeat settings by default.
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    failures: u32,
+    successes: u32,
+    lan_failures: u32,
+}
+
+impl Counts {
+    fn of(params: &Params, tick: &Tick) -> Counts {
+        // A zero in the node configuration would make every rule fire at once; one is the least.
+        let failures = params.failures.unwrap_or(tick.heartbeat.failures).max(1);
+        Counts {
+            failures,
+            successes: params.successes.unwrap_or(tick.heartbeat.successes).max(1),
+            lan_failures: params.lan_failures.unwrap_or(failures).max(1),
+        }
+    }
+}
+
+/// One peer as the failover rules see it in this check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerStatus {
+    /// The check failed; the text says how.
+    Down(&'static str),
+    /// It answered and reports active (and healthy, when application errors count).
+    Active,
+    /// It answered and reports standby (or hold-off): it does not serve.
+    Idle,
+    /// It answered without saying its mode: no evidence either way.
+    Unknown,
+}
+
+/// The LAN probe (`[lan]` in the node configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lan {
+    /// No probe configured: assume connected (there is nothing better to go by).
+    NotProbed,
+    /// Configured but no result yet: not known to be connected.
+    NotYet,
+    Up(u32),
+    Down(u32),
+}
+
+impl Lan {
+    fn of(tick: &Tick) -> Lan {
+        match &tick.lan {
+            None => Lan::NotProbed,
+            Some(c) if c.consecutive_failures == 0 && c.consecutive_successes == 0 => Lan::NotYet,
+            Some(c) if c.ok => Lan::Up(c.consecutive_successes),
+            Some(c) => Lan::Down(c.consecutive_failures),
+        }
+    }
+
+    fn connected(self) -> bool {
+        matches!(self, Lan::NotProbed | Lan::Up(_))
+    }
+}
+
+/// Everything a rule needs, computed once per tick.
+struct Cx<'a> {
+    tick: &'a Tick,
+    params: &'a Params,
+    n: Counts,
+    lan: Lan,
+    /// `(peer, status)` in the tick's order.
+    peers: Vec<(&'a Remote, PeerStatus)>,
+    /// Declared services in start order.
+    order: Vec<&'a Service>,
+}
+
+impl<'a> Cx<'a> {
+    fn me(&self) -> &str {
+        &self.tick.node.id
+    }
+
+    fn is_primary(&self) -> bool {
+        self.tick.node.configured_role == Role::Primary
+    }
+
+    fn peer_ids(&self) -> Vec<&'a str> {
+        self.peers.iter().map(|(p, _)| p.id.as_str()).collect()
+    }
+
+    fn vip_reaches_me(&self) -> bool {
+        self.tick.vip.as_ref().and_then(|v| v.reaches.as_deref()) == Some(self.me())
+    }
+
+    /// Our own actions (starts, stops, commands) are still queued or running.
+    fn busy(&self) -> bool {
+        self.tick.pending_actions > 0
+    }
+
+    /// Whether this node is the one that gives way to `peer` when both are active: the secondary,
+    /// or — if both claim the same role (a misconfiguration) — the one with the larger id.
+    fn is_backup_against(&self, peer: &Remote) -> bool {
+        let mine = self.tick.node.configured_role;
+        match peer.report.as_ref().and_then(|r| r.configured_role) {
+            Some(theirs) if theirs == mine => self.me() > peer.id.as_str(),
+            _ => mine == Role::Secondary,
+        }
+    }
+}
+
+/// Whether one check of `peer` failed, and how. With `switch_on_app_error` an active peer whose
+/// application is unhealthy has failed too; a standby peer's `/app` is unhealthy by design (its
+/// services are stopped), so it never counts.
+fn classify(peer: &Remote, app_errors_count: bool) -> PeerStatus {
+    if !peer.reachable {
+        return PeerStatus::Down("unreachable");
+    }
+    let Some(report) = &peer.report else { return PeerStatus::Unknown };
+    match report.mode {
+        Mode::Off => PeerStatus::Down("reports OFF"),
+        Mode::Failed => PeerStatus::Down("reports FAILED"),
+        Mode::Active if app_errors_count && report.app_healthy == Some(false) => PeerStatus::Down("application error"),
+        Mode::Active => PeerStatus::Active,
+        Mode::Standby | Mode::HoldOff => PeerStatus::Idle,
+    }
+}
+
+/// The peer's failure streak after this check. Failures seen while this node's own LAN was down prove
+/// nothing about the peer, so the streak never exceeds the LAN's current run of successes; when the
+/// state is fresh (first tick, lost state), the host's own reachability count seeds it.
+fn next_failures(prev: u32, peer: &Remote, status: PeerStatus, lan: Lan) -> u32 {
+    let streak = match status {
+        PeerStatus::Down(_) if !peer.reachable => prev.saturating_add(1).max(peer.consecutive_failures),
+        PeerStatus::Down(_) => prev.saturating_add(1),
+        _ => 0,
+    };
+    match lan {
+        Lan::NotProbed => streak,
+        Lan::Up(successes) => streak.min(successes),
+        Lan::NotYet | Lan::Down(_) => 0,
+    }
+}
+
+/// How many consecutive "other node seen active" checks before this active node steps down, or
+/// `None` if it keeps the role (§6.3.3). `keeps` is "the VIP reaches this node" with
+/// `test_vip_destination`, else "this node is the primary".
+fn step_down_after(backup: bool, keeps: bool, n: u32) -> Option<u32> {
+    match (backup, keeps) {
+        // The backup gives way as soon as the conflict is established.
+        (true, false) => Some(n),
+        // A primary the VIP does not reach: "if the other server is active two times the number …".
+        (false, false) => Some(n.saturating_mul(2)),
+        // A backup the VIP reaches keeps the role, but if the conflict outlives the primary's own
+        // 2× limit (both think the VIP reaches them), it gives way: the end state is one active node.
+        (true, true) => Some(n.saturating_mul(3)),
+        (false, true) => None,
+    }
+}
+
+/// The declared services in start order, and the `start_order` names the policy does not declare.
+fn start_order<'a>(params: &Params, tick: &'a Tick) -> (Vec<&'a Service>, Vec<String>) {
+    let mut order: Vec<&Service> = Vec::new();
+    let mut unknown = Vec::new();
+    for name in &params.start_order {
+        match tick.services.iter().find(|s| &s.name == name) {
+            Some(s) => order.push(s),
+            None => unknown.push(name.clone()),
+        }
+    }
+    for s in &tick.services {
+        if !params.start_order.contains(&s.name) {
+            order.push(s);
+        }
+    }
+    (order, unknown)
+}
+
+/// Switch to active: local services first, then tell `peers` to stand by (§6.3.1, §6.3.2).
+fn go_active(cx: &Cx, reason: String, peers: &[&str]) -> Decision {
+    let mut d = Decision::to(Mode::Active, reason);
+    for s in &cx.order {
+        d = d.start(&s.name);
+    }
+    for p in peers {
+        d = d.command_peer(Some(p), PeerCommand::GoStandby);
+    }
+    d
+}
+
+/// Switch to standby: stop the services in reverse start order.
+fn go_standby(cx: &Cx, reason: String) -> Decision {
+    let mut d = Decision::to(Mode::Standby, reason);
+    for s in cx.order.iter().rev() {
+        d = d.stop(&s.name);
+    }
+    d
+}
+
+/// A node that is not active must not run the services (two CTI servers on one CUCM is exactly what
+/// hot standby prevents): stop any left running, e.g. by a daemon restart. Not while our own actions
+/// are in flight, whose effect the status does not show yet.
+fn stop_leftovers(cx: &Cx, d: Decision) -> Decision {
+    if cx.busy() {
+        return d;
+    }
+    let running: Vec<&str> =
+        cx.order.iter().rev().filter(|s| s.state == ServiceState::Running).map(|s| s.name.as_str()).collect();
+    if running.is_empty() {
+        return d;
+    }
+    let mut d = d.and_because(&format!("stopping {} left running while not active", running.join(", ")));
+    for name in running {
+        d = d.stop(name);
+    }
+    d
+}
+
+/// The word the seed's log and `/role` use for a mode.
+fn word(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Active => "ACTIVE",
+        Mode::Standby => "STANDBY",
+        Mode::Off => "OFF",
+        Mode::Failed => "FAILED",
+        Mode::HoldOff => "HOLD-OFF",
+    }
+}
+
+fn request_word(request: OperatorRequest) -> &'static str {
+    match request {
+        OperatorRequest::Standby => "standby",
+        OperatorRequest::Active => "active",
+        OperatorRequest::Restore => "restore",
+        OperatorRequest::RestartHa => "restart-ha",
+        OperatorRequest::PlannedReboot => "planned-reboot",
+    }
+}
+
+/// `peer a failed 3/5 checks (unreachable), peer c failed …`
+fn failure_counts(cx: &Cx, state: &State) -> String {
+    cx.peers
+        .iter()
+        .map(|(p, status)| {
+            let n = state.peer_failures.get(&p.id).copied().unwrap_or(0);
+            let how = match status {
+                PeerStatus::Down(how) => how,
+                _ => "ok now",
+            };
+            count(&format!("peer {} failed", p.id), n, cx.n.failures, &format!("checks ({how})"))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `peer a failed 3/5 checks`, or past the limit (a count that kept running while a rule could not
+/// act, e.g. during a pending sync) `peer a failed 7 checks (limit 5)`.
+fn count(what: &str, n: u32, limit: u32, unit: &str) -> String {
+    if n <= limit {
+        format!("{what} {n}/{limit} {unit}")
+    } else {
+        format!("{what} {n} {unit} (limit {limit})")
+    }
+}
+
+/// `peer a ACTIVE, peer c STANDBY`
+fn peer_modes(cx: &Cx) -> String {
+    let word = |p: &Remote, s: PeerStatus| match s {
+        PeerStatus::Down(how) => format!("peer {} down ({how})", p.id),
+        PeerStatus::Active => format!("peer {} ACTIVE", p.id),
+        PeerStatus::Idle => format!("peer {} STANDBY", p.id),
+        PeerStatus::Unknown => format!("peer {} answers without a mode", p.id),
+    };
+    cx.peers.iter().map(|(p, s)| word(p, *s)).collect::<Vec<_>>().join(", ")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rules. Each returns the decision if it fires.
+// ---------------------------------------------------------------------------------------------
+
+/// `off`/`failed`: out of the group until the operator says otherwise. Services stay stopped.
+fn out_of_group(cx: &Cx, state: &mut State) -> Decision {
+    let mode = cx.tick.node.mode;
+    match cx.tick.operator {
+        Some(OperatorRequest::RestartHa) => {
+            Decision::to(Mode::Standby, format!("operator restart-ha: this node ({}) leaves {} and rejoins in STANDBY", cx.me(), word(mode)))
+        }
+        Some(OperatorRequest::Restore) => restore(cx, state),
+        Some(other) => {
+            let text = format!("operator {} ignored: this node is {}; use restart-ha or restore first", request_word(other), word(mode));
+            Decision::because(text.clone()).alarm(Level::Warn, text)
+        }
+        None => stop_leftovers(cx, Decision::because(format!("{}: waiting for operator restart-ha or restore", word(mode)))),
+    }
+}
+
+/// The operator's requests (delivered once).
+fn operator(cx: &Cx, request: OperatorRequest, state: &mut State) -> Option<Decision> {
+    Some(match request {
+        OperatorRequest::Active => take_over_by_operator(cx, state, "operator switch active"),
+        OperatorRequest::Standby => release_by_operator(cx, state, "operator switch standby"),
+        OperatorRequest::Restore => restore(cx, state),
+        OperatorRequest::RestartHa => {
+            Decision::because(format!("operator restart-ha: nothing to do, this node is already {}", word(cx.tick.node.mode)))
+        }
+        // Not part of this deployment: a planned reboot costs one ordinary failover.
+        OperatorRequest::PlannedReboot => Decision::because("operator planned-reboot: not used by hot-standby"),
+    })
+}
+
+/// `restore`: back to the configured role — server #1 active, server #2 standby.
+fn restore(cx: &Cx, state: &mut State) -> Decision {
+    if cx.is_primary() {
+        take_over_by_operator(cx, state, "operator restore (configured role primary)")
+    } else {
+        release_by_operator(cx, state, "operator restore (configured role secondary)")
+    }
+}
+
+fn take_over_by_operator(cx: &Cx, state: &mut State, why: &str) -> Decision {
+    state.operator_hold = false;
+    if cx.tick.sync.initial == InitialSync::Pending {
+        let text = format!("{why} refused: the initial configuration sync from the active peer is still pending");
+        return Decision::because(text.clone()).alarm(Level::Warn, text);
+    }
+    let peers = cx.peer_ids();
+    if cx.tick.node.mode == Mode::Active {
+        // Already active: make sure the services run and the peers know (covers a two-actives state).
+        let mut d = go_active(cx, format!("{why}: this node ({}) is already ACTIVE; telling peers to stand by", cx.me()), &peers);
+        d.mode = None;
+        return d;
+    }
+    go_active(cx, format!("{why}: switch this node ({}) to ACTIVE, peers to STANDBY", cx.me()), &peers)
+}
+
+fn release_by_operator(cx: &Cx, state: &mut State, why: &str) -> Decision {
+    state.operator_hold = true;
+    state.yielded = true;
+    let peers = cx.peer_ids();
+    let mut d = if cx.tick.node.mode == Mode::Active {
+        go_standby(cx, format!("{why}: switch this node ({}) to STANDBY, peers to ACTIVE", cx.me()))
+    } else {
+        Decision::because(format!("{why}: this node ({}) is already STANDBY; asking peers to take the role", cx.me()))
+    };
+    for p in peers {
+        d = d.command_peer(Some(p), PeerCommand::GoActive);
+    }
+    d
+}
+
+/// Commands from peers: the last `go-standby`/`go-active` of the tick counts.
+fn peer_command(cx: &Cx, state: &mut State) -> Option<Decision> {
+    let cmd = cx
+        .tick
+        .commands
+        .iter()
+        .rev()
+        .find(|c| matches!(c.command, PeerCommand::GoStandby | PeerCommand::GoActive))?;
+    let from = &cmd.from;
+    let active = cx.tick.node.mode == Mode::Active;
+    match cmd.command {
+        PeerCommand::GoStandby if active => {
+            state.yielded = true;
+            Some(go_standby(cx, format!("peer {from} took the role and commands go-standby: switch this node ({}) to STANDBY", cx.me())))
+        }
+        PeerCommand::GoActive if !active => Some(if cx.tick.sync.initial == InitialSync::Pending {
+            Decision::because(format!("peer {from} commands go-active: refused, initial configuration sync still pending"))
+        } else if !cx.lan.connected() {
+            // Taking a role nobody can reach would only bounce it back and forth.
+            Decision::because(format!("peer {from} commands go-active: refused, this node's LAN probe is failing"))
+        } else {
+            go_active(cx, format!("peer {from} hands over and commands go-active: switch this node ({}) to ACTIVE", cx.me()), &[])
+        }),
+        _ => None,
+    }
+}
+
+/// Rules of an active node.
+fn active_rules(cx: &Cx, state: &mut State) -> Decision {
+    if let Lan::Down(failed) = cx.lan {
+        if failed >= cx.n.lan_failures {
+            // §6.3.4. Tell the peers to take over: they may still hear us on another link, and would
+            // otherwise wait for the slow "nobody active" path.
+            state.yielded = true;
+            let mut d = go_standby(
+                cx,
+                format!(
+                    "LAN check failed {failed}/{} checks: switch this node ({}) to STANDBY, services nobody can reach are stopped",
+                    cx.n.lan_failures,
+                    cx.me()
+                ),
+            );
+            for p in cx.peer_ids() {
+                d = d.command_peer(Some(p), PeerCommand::GoActive);
+            }
+            return d;
+        }
+    }
+    let mut d = Decision::because(format!("ACTIVE; {}", peer_modes(cx)));
+    if let Lan::Down(failed) = cx.lan {
+        d = d.and_because(&format!("LAN check failed {failed}/{} checks", cx.n.lan_failures));
+    }
+    match two_actives(cx, state) {
+        Ok(step_down) => return step_down,
+        Err(Some((text, actions))) => d = d.and_because(&text).then_all(actions),
+        Err(None) => {}
+    }
+    watchdog(cx, d)
+}
+
+/// §6.3.3, counted in `state.seen_active`. `Ok` steps down; `Err` carries what to add to the decision.
+#[allow(clippy::type_complexity)]
+fn two_actives(cx: &Cx, state: &mut State) -> Result<Decision, Option<(String, Vec<Action>)>> {
+    let seen = state.seen_active;
+    let Some((other, _)) = cx.peers.iter().find(|(p, _)| reports_active(p)) else { return Err(None) };
+    if seen == 0 {
+        return Err(None);
+    }
+    let n = cx.n.failures;
+    let mut backup = cx.is_backup_against(other);
+    let mut keeps = if cx.params.test_vip_destination { cx.vip_reaches_me() } else { !backup };
+    let mut who = if backup { "backup" } else { "primary" };
+    if cx.params.switch_on_app_error {
+        // When application errors count, the node whose application is broken gives way, whatever its
+        // role: otherwise the healthy one would step down and fail over again, round and round.
+        let mine = cx.tick.app_healthy();
+        let theirs = other.report.as_ref().and_then(|r| r.app_healthy) != Some(false);
+        if mine && !theirs {
+            (backup, keeps, who) = (false, true, "peer has an application error");
+        } else if !mine && theirs {
+            (backup, keeps, who) = (true, false, "this node has an application error");
+        }
+    }
+    let vip = match (cx.params.test_vip_destination, cx.vip_reaches_me()) {
+        (false, _) => "",
+        (true, true) => ", VIP reaches this node",
+        (true, false) => ", VIP does not reach this node",
+    };
+    let count = format!("peer {} seen ACTIVE {seen}/{n} checks while this node is ACTIVE ({who}{vip})", other.id);
+    match step_down_after(backup, keeps, n) {
+        Some(limit) if seen >= limit => {
+            state.yielded = true;
+            let why = if limit == n { "this node gives way".to_string() } else { format!("still two actives after {limit} checks, giving way") };
+            Ok(go_standby(cx, format!("two actives: {count}: {why}: switch this node ({}) to STANDBY", cx.me())))
+        }
+        // `%` rather than `is_multiple_of`: the workspace's rust-version is 1.85.
+        #[allow(clippy::manual_is_multiple_of)]
+        _ if keeps && seen >= n && seen % n == 0 => Err(Some((
+            format!("two actives: {count}: this node keeps the role, commanding peer {} to STANDBY", other.id),
+            vec![Action::Command(vigil_sdk::PeerMessage { peer: Some(other.id.clone()), command: PeerCommand::GoStandby })],
+        ))),
+        _ => Err(Some((format!("possible two actives: {count}"), Vec::new()))),
+    }
+}
+
+fn reports_active(p: &Remote) -> bool {
+    p.reachable && p.report.as_ref().is_some_and(|r| r.mode == Mode::Active)
+}
+
+/// §6.3.4.1: a watchdog service that stopped is restarted; a due daily restart is made. The host
+/// applies its own backoff and cap and refuses a restart beyond them (a failed result).
+fn watchdog(cx: &Cx, mut d: Decision) -> Decision {
+    if cx.busy() {
+        return d;
+    }
+    for s in &cx.order {
+        if s.watchdog && s.state == ServiceState::Stopped {
+            let refused = cx.tick.results.iter().any(|r| !r.ok && matches!(&r.action, Action::Restart(n) if *n == s.name));
+            let note = if refused { " (the previous restart failed)" } else { "" };
+            d = d.restart(&s.name).and_because(&format!("watchdog: {} stopped, restarting{note}", s.name));
+        } else if s.restart_due {
+            d = d.restart(&s.name).and_because(&format!("daily restart of {}", s.name));
+        }
+    }
+    d
+}
+
+/// Rules of a node that is not active (standby or hold-off).
+fn standby_rules(cx: &Cx, state: &mut State) -> Decision {
+    let tick = cx.tick;
+    if cx.peers.is_empty() {
+        return stop_leftovers(cx, Decision::because("STANDBY: no peer configured, nothing to take over from"));
+    }
+    if tick.node.tick_count == 0 {
+        // A fresh daemon has at most one round of evidence: never claim the role on it.
+        return stop_leftovers(cx, Decision::because(format!("STANDBY: first tick, observing; {}", peer_modes(cx))));
+    }
+    if tick.sync.initial == InitialSync::Pending {
+        return stop_leftovers(cx, Decision::because("STANDBY: initial configuration sync from the active peer pending"));
+    }
+    if !cx.lan.connected() {
+        return stop_leftovers(cx, Decision::because(format!("STANDBY: LAN check failing, no failover; {}", peer_modes(cx))));
+    }
+    let peers = cx.peer_ids();
+    let n = cx.n.failures;
+    let failing = cx.peers.iter().any(|(p, _)| state.peer_failures.get(&p.id).copied().unwrap_or(0) > 0);
+    let all_failed = cx.peers.iter().all(|(p, _)| state.peer_failures.get(&p.id).copied().unwrap_or(0) >= n);
+    if all_failed {
+        let d = go_active(
+            cx,
+            format!("{}: maximum heartbeat fails, switch this node ({}) to ACTIVE, peers to STANDBY", failure_counts(cx, state), cx.me()),
+            &peers,
+        );
+        return with_sync_note(cx, d);
+    }
+    if let Some(d) = rollback(cx, state, &peers) {
+        return d;
+    }
+    if let Some(d) = nobody_active(cx, state, &peers) {
+        return d;
+    }
+    let status = if failing { failure_counts(cx, state) } else { format!("STANDBY; {}", peer_modes(cx)) };
+    stop_leftovers(cx, rollback_progress(cx, state, Decision::because(status)))
+}
+
+fn with_sync_note(cx: &Cx, d: Decision) -> Decision {
+    if cx.tick.sync.initial == InitialSync::Failed {
+        d.and_because("initial sync failed: running on the local configuration")
+    } else {
+        d
+    }
+}
+
+/// How many consecutive checks this node has been healthy, as rollback needs it (§6.3.2: "local
+/// server answers OK … the consecutive number of times defined"): the LAN probe, every local monitor,
+/// and the peer's reachability (the hand-over command must reach it) all good that long.
+fn healthy_for(cx: &Cx) -> u32 {
+    let lan = match cx.lan {
+        Lan::NotProbed => u32::MAX,
+        Lan::Up(n) => n,
+        Lan::NotYet | Lan::Down(_) => 0,
+    };
+    let monitors = cx.tick.monitors.iter().map(|m| m.consecutive_successes).min().unwrap_or(u32::MAX);
+    let peers = cx.peers.iter().map(|(p, _)| p.consecutive_successes).min().unwrap_or(u32::MAX);
+    lan.min(monitors).min(peers)
+}
+
+fn vip_self_for(cx: &Cx) -> u32 {
+    match &cx.tick.vip {
+        Some(v) if cx.vip_reaches_me() => v.consecutive_self,
+        _ => 0,
+    }
+}
+
+/// §6.3.2: server #1, with `first_server_auto_active`, takes the role back once healthy.
+fn rollback(cx: &Cx, state: &State, peers: &[&str]) -> Option<Decision> {
+    if !cx.is_primary() || !cx.params.first_server_auto_active || state.operator_hold {
+        return None;
+    }
+    let s = cx.n.successes;
+    let healthy = healthy_for(cx);
+    if healthy < s {
+        return None;
+    }
+    let vip = if cx.params.test_vip_destination {
+        let seen = vip_self_for(cx);
+        if seen < s {
+            return None;
+        }
+        format!(", VIP reaches this node {}/{s} tests", seen.min(s))
+    } else {
+        String::new()
+    };
+    Some(with_sync_note(
+        cx,
+        go_active(
+            cx,
+            format!("first server auto-active: local health good {s}/{s} checks{vip}: switch this node ({}) to ACTIVE, peers to STANDBY", cx.me()),
+            peers,
+        ),
+    ))
+}
+
+/// Adds the rollback's progress to a quiet standby decision of server #1.
+fn rollback_progress(cx: &Cx, state: &State, d: Decision) -> Decision {
+    if !cx.is_primary() || !cx.params.first_server_auto_active {
+        return d;
+    }
+    if state.operator_hold {
+        return d.and_because("rollback held by the operator's switchover (restore hands the role back)");
+    }
+    let s = cx.n.successes;
+    let mut text = format!("rollback: local health good {}/{s} checks", healthy_for(cx).min(s));
+    if cx.params.test_vip_destination {
+        text.push_str(&format!(", VIP reaches this node {}/{s} tests", vip_self_for(cx).min(s)));
+    }
+    d.and_because(&text)
+}
+
+/// Nobody is active (both servers restarted together, or a hand-over did not complete): the seed's
+/// "a mechanism forces the primary server to run and the backup to idle". The primary claims after
+/// two such checks; the backup — or a node that just gave the role away — only after the primary
+/// has had twice the failover count more, as a safety net.
+fn nobody_active(cx: &Cx, state: &State, peers: &[&str]) -> Option<Decision> {
+    let fast = cx.is_primary() && !state.yielded;
+    let slow = IDLE_CHECKS_PRIMARY + cx.n.failures.saturating_mul(2);
+    let needed = if fast { IDLE_CHECKS_PRIMARY } else { slow };
+    if state.idle < needed {
+        return None;
+    }
+    let who = if fast { "the primary runs" } else { "the primary did not take the role" };
+    Some(go_active(
+        cx,
+        format!("no node ACTIVE for {needed}/{needed} checks ({}; {who}): switch this node ({}) to ACTIVE", peer_modes(cx), cx.me()),
+        peers,
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Observation and the policy itself.
+// ---------------------------------------------------------------------------------------------
+
+/// Update the counters in `state` from this tick's observations.
+fn observe(cx: &Cx, state: &mut State) {
+    let mut failures = BTreeMap::new();
+    for (p, status) in &cx.peers {
+        let prev = state.peer_failures.get(&p.id).copied().unwrap_or(0);
+        failures.insert(p.id.clone(), next_failures(prev, p, *status, cx.lan));
+    }
+    state.peer_failures = failures;
+
+    let active = cx.tick.node.mode == Mode::Active;
+    let other_active = cx.peers.iter().any(|(p, _)| reports_active(p));
+    // While our own switch is being carried out, the peer's "active" is expected, not a conflict.
+    state.seen_active = if active && other_active && cx.lan.connected() && !cx.busy() { state.seen_active + 1 } else { 0 };
+
+    let all_idle = !cx.peers.is_empty() && cx.peers.iter().all(|(_, s)| *s == PeerStatus::Idle);
+    state.idle = if !active && all_idle && cx.lan.connected() { state.idle + 1 } else { 0 };
+
+    if other_active {
+        state.yielded = false;
+    }
+}
+
+/// Configuration problems only the tick can reveal; each raised once as an alarm.
+fn warnings(cx: &Cx, unknown_services: &[String], state: &mut State, mut d: Decision) -> Decision {
+    let mut raise = |key: String, text: String, d: Decision| {
+        if state.warned.insert(key) {
+            d.alarm(Level::Warn, text)
+        } else {
+            d
+        }
+    };
+    // The dry run of `vigil policy check` has no services: there is nothing to compare with.
+    if !cx.tick.services.is_empty() {
+        for name in unknown_services {
+            d = raise(
+                format!("start_order:{name}"),
+                format!("params.start_order names {name:?}, which the policy does not declare under [services]; ignored"),
+                d,
+            );
+        }
+    }
+    if cx.params.test_vip_destination && cx.tick.vip.is_none() && !cx.peers.is_empty() {
+        d = raise(
+            "vip".into(),
+            "params.test_vip_destination is set but the node does not test the VIP ([vip] in the node configuration): rollback waits forever and a primary loses two-actives conflicts".into(),
+            d,
+        );
+    }
+    d
+}
 
 struct HotStandby;
 
 impl Policy for HotStandby {
-    type Params = serde::de::IgnoredAny;
-    type State = ();
+    type Params = Params;
+    type State = State;
 
-    fn validate(_: &Self::Params) -> Result<(), String> {
-        Err("not implemented yet".into())
+    fn validate(p: &Params) -> Result<(), String> {
+        for (name, value) in [("failures", p.failures), ("successes", p.successes), ("lan_failures", p.lan_failures)] {
+            if let Some(v) = value {
+                if !(1..=MAX_COUNT).contains(&v) {
+                    return Err(format!("{name}: expected a count from 1 to {MAX_COUNT}, got {v}"));
+                }
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for name in &p.start_order {
+            if name.trim().is_empty() {
+                return Err("start_order: expected service names, got an empty one".into());
+            }
+            if !seen.insert(name) {
+                return Err(format!("start_order: service {name:?} is listed twice"));
+            }
+        }
+        Ok(())
     }
 
-    fn decide(_: &Self::Params, _: &Tick, _: &mut ()) -> Decision {
-        Decision::keep()
+    fn decide(params: &Params, tick: &Tick, state: &mut State) -> Decision {
+        let n = Counts::of(params, tick);
+        let lan = Lan::of(tick);
+        let (order, unknown) = start_order(params, tick);
+        let peers = tick.peers.iter().map(|p| (p, classify(p, params.switch_on_app_error))).collect();
+        let cx = Cx { tick, params, n, lan, peers, order };
+        observe(&cx, state);
+
+        let before = tick.node.mode;
+        let d = if matches!(before, Mode::Off | Mode::Failed) {
+            out_of_group(&cx, state)
+        } else if let Some(d) = tick.operator.and_then(|r| operator(&cx, r, state)) {
+            d
+        } else if let Some(d) = peer_command(&cx, state) {
+            d
+        } else if before == Mode::Active {
+            active_rules(&cx, state)
+        } else {
+            standby_rules(&cx, state)
+        };
+
+        // Counters describe the mode they were counted in; a switch starts them afresh.
+        match d.mode {
+            Some(Mode::Active) if before != Mode::Active => {
+                state.idle = 0;
+                state.yielded = false;
+                state.operator_hold = false;
+            }
+            Some(m) if m != Mode::Active && before == Mode::Active => state.seen_active = 0,
+            _ => {}
+        }
+        warnings(&cx, &unknown, state, d)
     }
 }
 

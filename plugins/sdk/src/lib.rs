@@ -51,6 +51,7 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "export_bindings",
         default_bindings_module: "vigil_sdk::bindings",
+        additional_derives: [PartialEq, Eq],
     });
 }
 
