@@ -20,6 +20,21 @@
 //! command = ["/usr/local/bin/register", "{0}"]   # never through a shell; {N} is argument N
 //! timeout_ms = 5000
 //!
+//! [monitors.smtp]                 # local checks the plugin sees in `tick.monitors`
+//! kind = "tcp"                    # tcp (address) | disk (path, min_free_mib) | command (command)
+//! address = "127.0.0.1:25"
+//!
+//! [[vip]]                         # virtual IPs, claimed and released by `claim-vip` / `release-vip`
+//! interface = "eth0"
+//! address = "10.0.0.100/24"
+//! action = "add"                  # add (an extra address) | set (replaces the interface's) | ignore
+//!
+//! [relay]                         # the traffic relay moved by `route` actions
+//! listen = "0.0.0.0:8443"         # built-in TCP relay; omit to use only the hook
+//! targets = { main = "10.0.0.1:443", standby = "10.0.0.2:443" }
+//! initial = "main"
+//! hook = "upstream"               # optional: a [hooks.NAME] run with (target id, address) on each route
+//!
 //! [limits]
 //! time_ms = 50                    # wall time per plugin call
 //! memory_mib = 32                 # linear memory per plugin instance
@@ -64,6 +79,73 @@ pub struct PolicyFile {
     /// Configuration key patterns this deployment never replicates (`*` matches any run of characters).
     #[serde(default)]
     pub local_only: Vec<String>,
+    /// Local checks, probed every tick.
+    #[serde(default)]
+    pub monitors: BTreeMap<String, MonitorSpec>,
+    /// Virtual IP addresses.
+    #[serde(default)]
+    pub vip: Vec<VipSpec>,
+    /// The traffic relay.
+    #[serde(default)]
+    pub relay: Option<RelaySpec>,
+}
+
+/// A local check.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "kebab-case")]
+pub enum MonitorSpec {
+    /// A TCP connect to `address` succeeds.
+    Tcp { address: String },
+    /// The filesystem holding `path` has at least `min_free_mib` free.
+    Disk { path: std::path::PathBuf, min_free_mib: u64 },
+    /// The command exits 0 within `timeout_ms`.
+    Command {
+        command: CommandSpec,
+        #[serde(default = "default_monitor_timeout_ms")]
+        timeout_ms: u64,
+    },
+}
+
+fn default_monitor_timeout_ms() -> u64 {
+    2_000
+}
+
+/// What claiming a virtual IP does to its interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VipAction {
+    /// Add the address beside the interface's own.
+    Add,
+    /// Replace the interface's addresses with it (restored on release).
+    Set,
+    /// Leave the interface alone.
+    Ignore,
+}
+
+/// One virtual IP address on one interface.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipSpec {
+    pub interface: String,
+    /// Address with prefix length, e.g. `10.0.0.100/24`.
+    pub address: String,
+    pub action: VipAction,
+}
+
+/// The traffic relay that `route` actions move.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySpec {
+    /// Where the built-in TCP relay listens; without it only the hook moves traffic.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Target ids and their addresses (`host:port`).
+    pub targets: BTreeMap<String, String>,
+    /// The target before the first `route` action.
+    pub initial: String,
+    /// A declared hook run as `hook(target id, address)` on every route change.
+    #[serde(default)]
+    pub hook: Option<String>,
 }
 
 /// A command: a string runs through `/bin/sh -c`, an array runs directly.
@@ -240,6 +322,47 @@ impl PolicyFile {
                 return Err(TomlError::at(path, format!("hooks.{name}.timeout_ms"), "expected a positive number of milliseconds"));
             }
         }
+        for (name, m) in &self.monitors {
+            check_name(path, &format!("monitors.{name}"), name)?;
+            match m {
+                MonitorSpec::Tcp { address } if !address.contains(':') => {
+                    return Err(TomlError::at(path, format!("monitors.{name}.address"), format!("expected host:port, got {address:?}")));
+                }
+                MonitorSpec::Command { command, .. } if command.is_empty() => {
+                    return Err(TomlError::at(path, format!("monitors.{name}.command"), "expected a command"));
+                }
+                _ => {}
+            }
+        }
+        for (i, v) in self.vip.iter().enumerate() {
+            if v.interface.is_empty() || v.interface.len() > 15 || v.interface.contains(['/', ' ']) {
+                return Err(TomlError::at(path, format!("vip[{i}].interface"), format!("expected an interface name, got {:?}", v.interface)));
+            }
+            if parse_cidr(&v.address).is_none() {
+                return Err(TomlError::at(path, format!("vip[{i}].address"), format!("expected ADDRESS/PREFIX, e.g. 10.0.0.100/24, got {:?}", v.address)));
+            }
+        }
+        if let Some(r) = &self.relay {
+            if r.targets.is_empty() {
+                return Err(TomlError::at(path, "relay.targets", "expected at least one target id = \"host:port\""));
+            }
+            for (id, address) in &r.targets {
+                if !address.contains(':') {
+                    return Err(TomlError::at(path, format!("relay.targets.{id}"), format!("expected host:port, got {address:?}")));
+                }
+            }
+            if !r.targets.contains_key(&r.initial) {
+                return Err(TomlError::at(path, "relay.initial", format!("expected one of the targets, got {:?}", r.initial)));
+            }
+            if let Some(hook) = &r.hook {
+                if !self.hooks.contains_key(hook) {
+                    return Err(TomlError::at(path, "relay.hook", format!("no [hooks.{hook}] declared")));
+                }
+            }
+            if r.listen.is_none() && r.hook.is_none() {
+                return Err(TomlError::at(path, "relay", "expected `listen` (the built-in relay), `hook`, or both"));
+            }
+        }
         for (i, pattern) in self.local_only.iter().enumerate() {
             if pattern.is_empty() {
                 return Err(TomlError::at(path, format!("local_only[{i}]"), "expected a non-empty key pattern"));
@@ -252,6 +375,15 @@ impl PolicyFile {
     pub fn params_json(&self) -> String {
         serde_json::to_string(&self.params).expect("a TOML table converts to JSON")
     }
+}
+
+/// Parse `ADDRESS/PREFIX` (IPv4 or IPv6).
+pub fn parse_cidr(text: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (addr, prefix) = text.split_once('/')?;
+    let addr: std::net::IpAddr = addr.parse().ok()?;
+    let prefix: u8 = prefix.parse().ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    (prefix <= max).then_some((addr, prefix))
 }
 
 fn check_name(path: &Path, key: &str, name: &str) -> Result<(), TomlError> {
@@ -327,6 +459,9 @@ after = 2
             ("plugin = \"x\"\n[fallback]\nmode = \"sideways\"", "fallback.mode"),
             ("plugin = \"x\"\n[services.\"a b\"]\nstart = \"a\"\nstop = \"b\"", "services.a b"),
             ("plugin = \"x\"\nplugins = \"y\"", "plugins"),
+            ("plugin = \"x\"\n[[vip]]\ninterface = \"eth0\"\naddress = \"10.0.0.1\"\naction = \"add\"", "vip[0].address"),
+            ("plugin = \"x\"\n[relay]\nlisten = \"127.0.0.1:1\"\ntargets = { a = \"h:1\" }\ninitial = \"b\"", "relay.initial"),
+            ("plugin = \"x\"\n[monitors.m]\nkind = \"tcp\"\naddress = \"nohost\"", "monitors.m.address"),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err();

@@ -129,6 +129,12 @@ impl LoadedPolicy {
                         return Err(format!("action {action}: hook {name:?} takes {wanted} argument(s), got {}", args.len()));
                     }
                 }
+                Action::ClaimVip | Action::ReleaseVip if self.file.vip.is_empty() => {
+                    return Err(format!("action {action}: the policy declares no [[vip]]"))
+                }
+                Action::Route(target) if !self.file.relay.as_ref().is_some_and(|r| r.targets.contains_key(target)) => {
+                    return undeclared("relay target", target)
+                }
                 Action::Command { peer: Some(p), .. } if !peers.contains(p) => {
                     return Err(format!("action {action}: no peer {p:?} in the node configuration"))
                 }
