@@ -16,22 +16,67 @@ use std::time::{Duration, Instant};
 pub const ADMIN_TOKEN: &str = "cluster-admin-token-0123456789";
 const PEER_KEY: &str = "cluster-peer-key-0123456789abcdef0123456789";
 
-/// How to build a pair.
-#[derive(Debug, Clone)]
-pub struct PairSpec {
+/// Heartbeat settings shared by the nodes of a cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
     pub interval_ms: u64,
     pub timeout_ms: u64,
     pub failures: u32,
     pub successes: u32,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing { interval_ms: 200, timeout_ms: 150, failures: 3, successes: 3 }
+    }
+}
+
+/// How to build a hot-standby pair.
+#[derive(Debug, Clone, Default)]
+pub struct PairSpec {
+    pub timing: Timing,
     /// The `[params]` lines of the hot-standby policy.
     pub params: String,
     /// Extra plugin directories.
     pub plugin_dirs: Vec<PathBuf>,
 }
 
-impl Default for PairSpec {
-    fn default() -> Self {
-        PairSpec { interval_ms: 200, timeout_ms: 150, failures: 3, successes: 3, params: String::new(), plugin_dirs: Vec::new() }
+/// One node to add to a cluster.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub id: String,
+    pub role: crate::model::Role,
+    /// The policy file's text; `{dir}` stands for the node's directory.
+    pub policy: String,
+    /// Ids of cluster nodes that are this node's pair peers (signed heartbeat on their loopback URL),
+    /// unless `peer_paths` names the paths explicitly.
+    pub peers: Vec<String>,
+    /// Explicit heartbeat paths per peer id: `(peer id, [(path name, base URL)])`.
+    pub peer_paths: Vec<(String, Vec<(String, String)>)>,
+    /// Watched nodes: `(id, base URL)`; a cluster node id as URL means that node's URL.
+    pub watched: Vec<(String, String)>,
+    /// Where the node listens (default: a free loopback port).
+    pub listen: Option<std::net::SocketAddr>,
+    /// A command prefix, e.g. `ip netns exec ns1`, to run the node inside a namespace.
+    pub prefix: Vec<String>,
+    /// Extra TOML appended to the node configuration (e.g. a `[lan]` table).
+    pub extra_config: String,
+}
+
+impl NodeSpec {
+    /// A node with a policy and nothing else.
+    pub fn new(id: &str, role: crate::model::Role, policy: &str) -> NodeSpec {
+        NodeSpec {
+            id: id.into(),
+            role,
+            policy: policy.into(),
+            peers: Vec::new(),
+            peer_paths: Vec::new(),
+            watched: Vec::new(),
+            listen: None,
+            prefix: Vec::new(),
+            extra_config: String::new(),
+        }
     }
 }
 
@@ -43,11 +88,13 @@ pub struct ClusterNode {
     pub dir: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
+    spec: NodeSpec,
+    listen: std::net::SocketAddr,
     child: Option<Child>,
 }
 
 impl ClusterNode {
-    /// The marker file the hot-standby policy's `cti` service writes while it runs.
+    /// The marker file the hot-standby pair's `cti` service writes while it runs.
     pub fn service_marker(&self) -> PathBuf {
         self.dir.join("cti.running")
     }
@@ -72,6 +119,8 @@ impl Drop for ClusterNode {
 pub struct Cluster {
     pub dir: PathBuf,
     exe: PathBuf,
+    timing: Timing,
+    plugin_dirs: Vec<PathBuf>,
     pub nodes: Vec<ClusterNode>,
     http: HttpClient,
 }
@@ -84,69 +133,114 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
+fn quoted(path: &Path) -> String {
+    format!("{:?}", path.display().to_string())
+}
+
 impl Cluster {
+    /// An empty cluster configured in `dir`, sharing a peer key and an admin token.
+    pub fn new(exe: &Path, dir: &Path, timing: Timing, plugin_dirs: Vec<PathBuf>) -> anyhow::Result<Cluster> {
+        write(&dir.join("peer.key"), PEER_KEY)?;
+        write(&dir.join("admin.token"), ADMIN_TOKEN)?;
+        Ok(Cluster { dir: dir.to_path_buf(), exe: exe.to_path_buf(), timing, plugin_dirs, nodes: Vec::new(), http: HttpClient::new() })
+    }
+
+    /// Add a node (configured when first started); returns its index.
+    pub fn add(&mut self, spec: NodeSpec) -> anyhow::Result<usize> {
+        let listen = match spec.listen {
+            Some(addr) => addr,
+            None => std::net::SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+        };
+        let dir = self.dir.join(&spec.id);
+        std::fs::create_dir_all(&dir)?;
+        self.nodes.push(ClusterNode {
+            id: spec.id.clone(),
+            url: format!("http://{listen}"),
+            config: dir.join("node.toml"),
+            log: dir.join("vigil.log"),
+            dir,
+            spec,
+            listen,
+            child: None,
+        });
+        Ok(self.nodes.len() - 1)
+    }
+
+    fn url_of(&self, id_or_url: &str) -> String {
+        self.nodes.iter().find(|n| n.id == id_or_url).map_or_else(|| id_or_url.to_string(), |n| n.url.clone())
+    }
+
+    fn write_config(&self, i: usize) -> anyhow::Result<()> {
+        let node = &self.nodes[i];
+        let spec = &node.spec;
+        let policy_file = node.dir.join("policy.toml");
+        write(&policy_file, &spec.policy.replace("{dir}", &node.dir.display().to_string()))?;
+        let t = self.timing;
+        let plugin_dirs: Vec<String> = self.plugin_dirs.iter().map(|d| quoted(d)).collect();
+        let mut config = format!(
+            "[node]\nid = \"{id}\"\nrole = \"{role}\"\nlisten = \"{listen}\"\ndata_dir = {data}\npolicy = {policy}\nplugin_dirs = [{dirs}]\n\n\
+             [heartbeat]\ninterval_ms = {}\ntimeout_ms = {}\nfailures = {}\nsuccesses = {}\n\n\
+             [security]\npeer_keys = [{key}]\nadmin_token_file = {token}\n",
+            t.interval_ms,
+            t.timeout_ms,
+            t.failures,
+            t.successes,
+            id = spec.id,
+            role = spec.role,
+            listen = node.listen,
+            data = quoted(&node.dir.join("data")),
+            policy = quoted(&policy_file),
+            dirs = plugin_dirs.join(", "),
+            key = quoted(&self.dir.join("peer.key")),
+            token = quoted(&self.dir.join("admin.token")),
+        );
+        for (peer, paths) in &spec.peer_paths {
+            let paths: Vec<String> = paths.iter().map(|(name, url)| format!("{{ name = \"{name}\", url = \"{url}\" }}")).collect();
+            config.push_str(&format!("\n[[peer]]\nid = \"{peer}\"\npaths = [{}]\n", paths.join(", ")));
+        }
+        for peer in spec.peers.iter().filter(|p| !spec.peer_paths.iter().any(|(id, _)| id == *p)) {
+            config.push_str(&format!("\n[[peer]]\nid = \"{peer}\"\nurl = \"{}\"\n", self.url_of(peer)));
+        }
+        for (id, url) in &spec.watched {
+            config.push_str(&format!("\n[[watch]]\nid = \"{id}\"\nurl = \"{}\"\n", self.url_of(url)));
+        }
+        config.push_str(&spec.extra_config);
+        write(&node.config, &config)
+    }
+
     /// A primary `a` and a secondary `b` running the hot-standby policy, configured in `dir` (not
     /// started). Each node's `cti` service writes a marker file in its own directory.
     pub fn hot_standby_pair(exe: &Path, dir: &Path, spec: &PairSpec) -> anyhow::Result<Cluster> {
-        write(&dir.join("peer.key"), PEER_KEY)?;
-        write(&dir.join("admin.token"), ADMIN_TOKEN)?;
-        let ports = [free_port()?, free_port()?];
-        let (ids, roles) = (["a", "b"], ["primary", "secondary"]);
-        let plugin_dirs: Vec<String> = spec.plugin_dirs.iter().map(|d| format!("{:?}", d.display().to_string())).collect();
-        let mut nodes = Vec::new();
-        for i in 0..2 {
-            let node_dir = dir.join(ids[i]);
-            std::fs::create_dir_all(&node_dir)?;
-            let marker = node_dir.join("cti.running").display().to_string();
-            write(
-                &node_dir.join("hot-standby.toml"),
-                &format!(
-                    "# Hot standby for node {id}: the service only writes a marker file.\nplugin = \"hot-standby\"\n\n[params]\n{params}\n\n\
-                     [services.cti]\nstart = \"echo running > '{marker}'\"\nstop = \"rm -f '{marker}'\"\nstatus = \"test -f '{marker}'\"\n\
-                     app_check = true\nwatchdog = true\ntimeout_ms = 2000\n",
-                    id = ids[i],
-                    params = spec.params,
-                ),
-            )?;
-            let peer = 1 - i;
-            let config = node_dir.join("node.toml");
-            write(
-                &config,
-                &format!(
-                    "[node]\nid = \"{id}\"\nrole = \"{role}\"\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\npolicy = \"hot-standby.toml\"\n\
-                     plugin_dirs = [{plugin_dirs}]\n\n\
-                     [heartbeat]\ninterval_ms = {interval}\ntimeout_ms = {timeout}\nfailures = {failures}\nsuccesses = {successes}\n\n\
-                     [[peer]]\nid = \"{peer_id}\"\nurl = \"http://127.0.0.1:{peer_port}\"\n\n\
-                     [security]\npeer_keys = [\"../peer.key\"]\nadmin_token_file = \"../admin.token\"\n",
-                    id = ids[i],
-                    role = roles[i],
-                    port = ports[i],
-                    plugin_dirs = plugin_dirs.join(", "),
-                    interval = spec.interval_ms,
-                    timeout = spec.timeout_ms,
-                    failures = spec.failures,
-                    successes = spec.successes,
-                    peer_id = ids[peer],
-                    peer_port = ports[peer],
-                ),
-            )?;
-            nodes.push(ClusterNode {
-                id: ids[i].to_string(),
-                url: format!("http://127.0.0.1:{}", ports[i]),
-                log: node_dir.join("vigil.log"),
-                dir: node_dir,
-                config,
-                child: None,
-            });
+        use crate::model::Role;
+        let mut cluster = Cluster::new(exe, dir, spec.timing, spec.plugin_dirs.clone())?;
+        let policy = format!(
+            "# Hot standby: the service only writes a marker file.\nplugin = \"hot-standby\"\n\n[params]\n{params}\n\n\
+             [services.cti]\nstart = \"echo running > '{{dir}}/cti.running'\"\nstop = \"rm -f '{{dir}}/cti.running'\"\n\
+             status = \"test -f '{{dir}}/cti.running'\"\napp_check = true\nwatchdog = true\ntimeout_ms = 2000\n",
+            params = spec.params,
+        );
+        for (id, role, peer) in [("a", Role::Primary, "b"), ("b", Role::Secondary, "a")] {
+            let mut node = NodeSpec::new(id, role, &policy);
+            node.peers = vec![peer.into()];
+            cluster.add(node)?;
         }
-        Ok(Cluster { dir: dir.to_path_buf(), exe: exe.to_path_buf(), nodes, http: HttpClient::new() })
+        Ok(cluster)
     }
 
     /// Start node `i` (its log goes to `vigil.log` in its directory, appended).
     pub fn start(&mut self, i: usize) -> anyhow::Result<()> {
+        self.write_config(i)?;
         let node = &mut self.nodes[i];
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
-        let child = Command::new(&self.exe)
+        let mut command = match node.spec.prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&self.exe);
+                c
+            }
+            None => Command::new(&self.exe),
+        };
+        let child = command
             .args(["run", "--config"])
             .arg(&node.config)
             .env("VIGIL_LOG", "info")

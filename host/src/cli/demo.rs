@@ -98,7 +98,7 @@ async fn demo(dir: &Path) -> Result<(), CliError> {
     let mut screen = Screen { started: Instant::now(), last: String::new() };
     println!(
         "vigil demo: a hot-standby pair on loopback (heartbeat every {} ms, {} failed checks to switch)",
-        spec.interval_ms, spec.failures
+        spec.timing.interval_ms, spec.timing.failures
     );
     println!("  node a (primary)   {}\n  node b (secondary) {}\n  files in {}\n", cluster.nodes[0].url, cluster.nodes[1].url, dir.display());
     cluster.start(0).map_err(fail)?;
@@ -121,7 +121,7 @@ async fn demo(dir: &Path) -> Result<(), CliError> {
     cluster.start(victim).map_err(fail)?;
     screen.wait(&cluster, Duration::from_secs(20), |m| m[victim].and(exactly_one_active(m))).await?;
     // The primary takes its role back after `successes` good checks (first_server_auto_active).
-    screen.watch(&cluster, Duration::from_millis(spec.interval_ms * 12)).await;
+    screen.watch(&cluster, Duration::from_millis(spec.timing.interval_ms * 12)).await;
     let modes = cluster.modes().await;
     match exactly_one_active(&modes) {
         Some(i) => screen.note(&format!(
