@@ -14,6 +14,8 @@
 //! - [`http`]: the HTTP server: public, admin and peer endpoints. [`http_client`]: the client side.
 //! - [`executor`]: the ordered action queue. [`services`]: starting, stopping, watching services.
 //! - [`events`]: the event log in SQLite. [`state`]: what the loop publishes and the server reads.
+//! - [`relay`]: the built-in TCP relay that `route` actions move. [`vip`]: virtual IP addresses.
+//!   [`monitors`]: local checks (ports, disks, commands).
 //! - [`config`]: the node configuration. [`toml_file`]: TOML errors that name file, key and line.
 //! - [`clock`]: time behind a trait, for tests and simulation.
 //! - [`scenario`]: golden-timeline replay of a policy (`vigil policy test`).
@@ -31,10 +33,13 @@ pub mod heartbeat;
 pub mod http;
 pub mod http_client;
 pub mod model;
+pub mod monitors;
 pub mod node;
 pub mod peer;
 pub mod policy;
+pub mod relay;
 pub mod scenario;
 pub mod services;
 pub mod state;
 pub mod toml_file;
+pub mod vip;
