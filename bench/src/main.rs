@@ -1,1 +1,197 @@
-fn main() {}
+//! vigil's benchmarks: what one plugin tick and one hot reload cost, measured on the real runtime with
+//! the real plugins (`cargo xtask plugins` first).
+//!
+//! `cargo run --release -p vigil-bench -- [tick|reload|all]` prints the figures as Markdown table
+//! rows for `bench/README.md`. Plain `Instant` timing over thousands of calls is enough here: the
+//! questions are "is a tick far below a heartbeat interval" and "how soon does an edit take effect",
+//! not nanosecond differences.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vigil::model::Tick;
+use vigil::policy::reload::{self, PolicyHandle};
+use vigil::policy::{load, LoadedPolicy, PluginDirs, Runtime};
+
+const WARM_UP: usize = 200;
+const CALLS: usize = 5_000;
+const RELOAD_RUNS: usize = 20;
+/// The debounce the daemon uses for policy file events.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+fn main() -> anyhow::Result<()> {
+    let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    if !matches!(what.as_str(), "tick" | "reload" | "all") {
+        anyhow::bail!("usage: vigil-bench [tick|reload|all]");
+    }
+    println!("| benchmark | figure |");
+    println!("|---|---|");
+    if what == "tick" || what == "all" {
+        ticks()?;
+    }
+    if what == "reload" || what == "all" {
+        reloads()?;
+    }
+    Ok(())
+}
+
+/// Durations sorted, with the usual summaries.
+struct Sample(Vec<Duration>);
+
+impl Sample {
+    fn new(mut d: Vec<Duration>) -> Sample {
+        d.sort();
+        Sample(d)
+    }
+    fn pct(&self, p: usize) -> Duration {
+        self.0[(self.0.len() * p / 100).min(self.0.len() - 1)]
+    }
+    fn max(&self) -> Duration {
+        *self.0.last().expect("a non-empty sample")
+    }
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn row(name: &str, figure: String) {
+    println!("| {name} | {figure} |");
+}
+
+/// A policy for `plugin` in `dir`, declaring the three services of the bench tick.
+fn write_policy(dir: &Path, name: &str, plugin: &str, params: &str) -> anyhow::Result<PathBuf> {
+    let mut text = format!("plugin = \"{plugin}\"\n\n[params]\n{params}\n");
+    for service in ["app", "db", "cron"] {
+        text.push_str(&format!("\n[services.{service}]\nstart = \"true\"\nstop = \"true\"\n"));
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// `decide` on the realistic tick (1 peer, 2 paths, 3 services, 200 state bytes), carrying the state
+/// from call to call as the node does. Every call instantiates the plugin afresh from its
+/// pre-instance: that is the strategy being measured.
+fn bench_decide(label: &str, policy: &LoadedPolicy, state: Vec<u8>) -> anyhow::Result<()> {
+    let peers = vec!["a".to_string()];
+    let mut tick: Tick = vigil_tests::tick(1_700_000_000_000, state);
+    let mut times = Vec::with_capacity(CALLS);
+    for i in 0..WARM_UP + CALLS {
+        tick.now_ms += 1000;
+        tick.node.tick_count += 1;
+        let started = Instant::now();
+        let decision = policy.decide(&tick, &peers).map_err(|f| anyhow::anyhow!("{label}: fault {f}"))?;
+        let took = started.elapsed();
+        tick.state = decision.state;
+        if i >= WARM_UP {
+            times.push(took);
+        }
+    }
+    let s = Sample::new(times);
+    row(
+        &format!("tick, {label} ({CALLS} calls, state {} B)", tick.state.len()),
+        format!("p50 {} · p99 {} · max {}", us(s.pct(50)), us(s.pct(99)), us(s.max())),
+    );
+    Ok(())
+}
+
+fn ticks() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let dirs = PluginDirs(vec![vigil_tests::plugins_dir()]);
+    let runtime = Runtime::new(None)?;
+
+    // 200 bytes of state: {"ticks":N,"padding":"xxx…"}.
+    let state = format!("{{\"ticks\":1,\"padding\":\"{}\"}}", "x".repeat(200 - 24)).into_bytes();
+    let testkit = write_policy(dir.path(), "testkit.toml", "testkit", "mode = \"standby\"\nstart = [\"app\"]")?;
+    let policy = load(&runtime, &dirs, &testkit).map_err(|e| anyhow::anyhow!("{e}"))?;
+    bench_decide("testkit", &policy, state)?;
+
+    let hot = vigil_tests::root().join("policies/hot-standby.toml");
+    let hot = if hot.is_file() { hot } else { write_policy(dir.path(), "hot-standby.toml", "hot-standby", "")? };
+    match load(&runtime, &dirs, &hot) {
+        Ok(policy) => bench_decide("hot-standby", &policy, Vec::new())?,
+        Err(e) => row("tick, hot-standby", format!("skipped: does not load yet ({e})")),
+    }
+
+    // Compile (cold, empty cache) against a cache hit, for each plugin: a fresh runtime every time, as
+    // a daemon start would have.
+    for name in ["testkit", "hot-standby"] {
+        let wasm = vigil_tests::plugins_dir().join(format!("{name}.wasm"));
+        let (mut cold, mut warm) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            let cache = tempfile::tempdir()?;
+            let rt = Runtime::new(Some(cache.path().to_path_buf()))?;
+            let started = Instant::now();
+            let plugin = rt.load(&wasm)?;
+            cold.push(started.elapsed());
+            assert!(!plugin.from_cache());
+            let rt = Runtime::new(Some(cache.path().to_path_buf()))?;
+            let started = Instant::now();
+            let plugin = rt.load(&wasm)?;
+            warm.push(started.elapsed());
+            assert!(plugin.from_cache());
+        }
+        let (cold, warm) = (Sample::new(cold), Sample::new(warm));
+        let size = std::fs::metadata(&wasm)?.len() / 1024;
+        row(&format!("load {name}.wasm ({size} KiB), compile (cold), 5 runs"), format!("p50 {} · max {}", ms(cold.pct(50)), ms(cold.max())));
+        row(&format!("load {name}.wasm, compile cache hit, 5 runs"), format!("p50 {} · max {}", ms(warm.pct(50)), ms(warm.max())));
+    }
+    Ok(())
+}
+
+fn reloads() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cache = tempfile::tempdir()?;
+    let wasm = dir.path().join("testkit.wasm");
+    std::fs::copy(vigil_tests::plugin("testkit"), &wasm)?;
+    let text = |mode: &str| format!("plugin = \"testkit.wasm\"\n\n[params]\nmode = \"{mode}\"\n");
+    let path = dir.path().join("policy.toml");
+    std::fs::write(&path, text("standby"))?;
+    // The daemon keeps a compile cache in its data directory: a params edit does not recompile.
+    let runtime = Arc::new(Runtime::new(Some(cache.path().to_path_buf()))?);
+    let dirs = PluginDirs(Vec::new());
+
+    // The load pipeline alone (parse, resolve, cache hit, validate, dry run); the first load fills
+    // the cache and is not counted.
+    load(&runtime, &dirs, &path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut pipeline = Vec::new();
+    for _ in 0..RELOAD_RUNS {
+        let started = Instant::now();
+        load(&runtime, &dirs, &path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        pipeline.push(started.elapsed());
+    }
+    let pipeline = Sample::new(pipeline);
+    row(&format!("load pipeline alone, cached plugin, {RELOAD_RUNS} runs"), format!("p50 {} · max {}", ms(pipeline.pct(50)), ms(pipeline.max())));
+
+    let handle = PolicyHandle::new(load(&runtime, &dirs, &path).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let _watcher = reload::watch(handle.clone(), runtime.clone(), dirs, DEBOUNCE, |_| {})?;
+    let mut latencies = Vec::new();
+    for run in 0..RELOAD_RUNS {
+        let mode = if run % 2 == 0 { "active" } else { "standby" };
+        let generation = handle.generation();
+        let written = Instant::now();
+        std::fs::write(&path, text(mode))?;
+        loop {
+            if handle.generation() != generation {
+                let d = handle.current().decide(&vigil_tests::tick(1_000, Vec::new()), &[]).map_err(|f| anyhow::anyhow!("{f}"))?;
+                anyhow::ensure!(d.mode.map(|m| m.as_str()) == Some(mode), "run {run}: the new params do not decide");
+                break;
+            }
+            anyhow::ensure!(written.elapsed() < Duration::from_secs(10), "run {run}: no reload within 10 s");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        latencies.push(written.elapsed());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let s = Sample::new(latencies);
+    row(
+        &format!("reload: write → new params deciding, debounce {} ms, {RELOAD_RUNS} runs", DEBOUNCE.as_millis()),
+        format!("p50 {} · max {}", ms(s.pct(50)), ms(s.max())),
+    );
+    Ok(())
+}

@@ -42,6 +42,20 @@
 //!
 //! [events]
 //! retention = 10000
+//!
+//! [sync]                          # configuration replication
+//! interval_ms = 30000             # full pull from every peer at least this often
+//! local_only = ["ha.*", "net.*"]  # keys never sent nor accepted (added to the policy's)
+//! max_clock_skew_ms = 2000        # warn (event, status, metrics) above this peer clock skew
+//! tombstone_days = 30             # how long deletes are remembered
+//!
+//! [[sync.directory]]              # a replicated directory
+//! name = "templates"
+//! path = "/etc/app/templates"
+//! include = ["*"]                 # patterns on the relative path; `*` matches anything
+//! exclude = ["*.swp"]
+//! interval_ms = 10000             # rescan period (file events also trigger a scan)
+//! max_file_mib = 8
 //! ```
 //!
 //! A probe (`paths`, `services`, `[lan]`, a `[[watch]]` entry) has a `kind`: `vigil` (the signed peer
@@ -79,6 +93,8 @@ pub struct NodeConfig {
     pub security: SecuritySection,
     #[serde(default)]
     pub events: EventsSection,
+    #[serde(default)]
+    pub sync: SyncSection,
     /// The file this was read from (for messages and relative paths).
     #[serde(skip)]
     pub path: PathBuf,
@@ -244,6 +260,48 @@ impl Default for EventsSection {
     }
 }
 
+/// `[sync]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncSection {
+    pub interval_ms: u64,
+    pub local_only: Vec<String>,
+    pub max_clock_skew_ms: u64,
+    pub tombstone_days: u64,
+    #[serde(rename = "directory")]
+    pub directories: Vec<DirectoryConfig>,
+}
+
+impl Default for SyncSection {
+    fn default() -> Self {
+        SyncSection { interval_ms: 30_000, local_only: Vec::new(), max_clock_skew_ms: 2_000, tombstone_days: 30, directories: Vec::new() }
+    }
+}
+
+/// `[[sync.directory]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryConfig {
+    pub name: String,
+    pub path: PathBuf,
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    #[serde(default = "default_dir_interval")]
+    pub interval_ms: u64,
+    #[serde(default = "default_max_file_mib")]
+    pub max_file_mib: u64,
+}
+
+fn default_dir_interval() -> u64 {
+    10_000
+}
+
+fn default_max_file_mib() -> u64 {
+    8
+}
+
 /// A probe with its kind and target resolved and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Probe {
@@ -270,6 +328,7 @@ impl NodeConfig {
         resolve(&mut config.node.data_dir);
         resolve(&mut config.node.policy);
         config.node.plugin_dirs.iter_mut().for_each(resolve);
+        config.sync.directories.iter_mut().for_each(|d| resolve(&mut d.path));
         config.security.peer_keys.iter_mut().for_each(resolve);
         if let Some(t) = config.security.admin_token_file.as_mut() {
             resolve(t);
@@ -337,6 +396,26 @@ impl NodeConfig {
         }
         if self.security.peer_keys.len() > 2 {
             return Err(self.err("security.peer_keys", "expected at most two keys (the current one and, during a rotation, the next)"));
+        }
+        let s = &self.sync;
+        if s.interval_ms < 100 {
+            return Err(self.err("sync.interval_ms", "expected at least 100"));
+        }
+        if s.tombstone_days == 0 {
+            return Err(self.err("sync.tombstone_days", "expected at least 1 day"));
+        }
+        let mut names: Vec<&str> = vec!["config"];
+        for (i, d) in s.directories.iter().enumerate() {
+            if !valid_id(&d.name) || names.contains(&d.name.as_str()) {
+                return Err(self.err(format!("sync.directory[{i}].name"), format!("expected a unique name of letters, digits, '-', '_' (not \"config\"), got {:?}", d.name)));
+            }
+            names.push(&d.name);
+            if d.interval_ms < 100 {
+                return Err(self.err(format!("sync.directory[{i}].interval_ms"), "expected at least 100"));
+            }
+            if !(1..=1024).contains(&d.max_file_mib) {
+                return Err(self.err(format!("sync.directory[{i}].max_file_mib"), "expected 1 to 1024"));
+            }
         }
         if self.events.retention < 100 {
             return Err(self.err("events.retention", "expected at least 100 events"));

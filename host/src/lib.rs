@@ -13,6 +13,7 @@
 //! - [`peer`]: the signed peer protocol (messages, HMAC signing, client).
 //! - [`http`]: the HTTP server: public, admin and peer endpoints. [`http_client`]: the client side.
 //! - [`executor`]: the ordered action queue. [`services`]: starting, stopping, watching services.
+//! - [`replication`]: the replicated configuration store and directories (HLC, last writer wins).
 //! - [`events`]: the event log in SQLite. [`state`]: what the loop publishes and the server reads.
 //! - [`relay`]: the built-in TCP relay that `route` actions move. [`vip`]: virtual IP addresses.
 //!   [`monitors`]: local checks (ports, disks, commands).
@@ -38,6 +39,7 @@ pub mod node;
 pub mod peer;
 pub mod policy;
 pub mod relay;
+pub mod replication;
 pub mod scenario;
 pub mod services;
 pub mod state;

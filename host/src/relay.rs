@@ -1,1 +1,476 @@
-//! (being written)
+//! The traffic relay that `route` actions move (`[relay]` in the policy file).
+//!
+//! Two back ends, usable together:
+//! - the **built-in TCP relay** (`listen`): every accepted connection is connected to the target that
+//!   is current *at accept time* and spliced both ways until either side closes. A `route` changes the
+//!   target of **new** connections only; open connections stay on the target they were opened to and
+//!   end when that target or the client closes them (a killed target closes them at once). Clients
+//!   keep one address across a failover and reconnect as they would after any dropped connection;
+//! - a **route hook** (`hook`): a declared `[hooks.NAME]` run as `NAME(target id, address)` on every
+//!   route, e.g. to rewrite an nginx upstream and reload it (`docs/relay.md`).
+//!
+//! This module owns sockets and the current target. It never decides where traffic goes: only a
+//! plugin's `route` action moves it. [`RelayHost`] is what the daemon keeps: the relay of the current
+//! policy, re-created when a hot reload changes `[relay]`.
+
+use crate::policy::file::{PolicyFile, RelaySpec};
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How long the relay waits for a target to accept a connection before it closes the client's. A
+/// target that does not answer within this is down for this client; the plugin's health checks decide
+/// whether to move everyone.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Counters of the built-in relay since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RelayCounters {
+    /// Connections accepted from clients.
+    pub accepted: u64,
+    /// Connections currently spliced (or connecting).
+    pub open: u64,
+    /// Connections closed because their target refused them or did not answer in time.
+    pub failed: u64,
+    /// Route changes.
+    pub routes: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    accepted: AtomicU64,
+    open: AtomicU64,
+    failed: AtomicU64,
+    routes: AtomicU64,
+}
+
+/// What the accept loop and the route action share.
+#[derive(Debug)]
+struct Shared {
+    /// Target id → `host:port`.
+    targets: RwLock<BTreeMap<String, String>>,
+    /// The id of the target of new connections.
+    current: RwLock<String>,
+    counters: Counters,
+    connect_timeout: Duration,
+}
+
+impl Shared {
+    /// The current target id and its address, read once per accepted connection.
+    fn target(&self) -> (String, String) {
+        let id = self.current.read().expect("relay lock").clone();
+        let address = self.targets.read().expect("relay lock").get(&id).cloned().unwrap_or_default();
+        (id, address)
+    }
+}
+
+/// A running relay. Dropping it closes the listener and every connection it relays.
+#[derive(Debug)]
+pub struct Relay {
+    shared: Arc<Shared>,
+    local_addr: Option<SocketAddr>,
+    accept: Option<JoinHandle<()>>,
+    /// Dropped with the relay: every connection task watches it and ends.
+    _stop: watch::Sender<()>,
+}
+
+impl Relay {
+    /// Start the relay of `spec`: bind `spec.listen` when set (the built-in relay), and begin with
+    /// `spec.initial` as the target. Without `listen` it only keeps the current target for the hook.
+    /// Must be called inside a tokio runtime.
+    pub fn start(spec: &RelaySpec) -> io::Result<Relay> {
+        Self::start_with(spec, CONNECT_TIMEOUT)
+    }
+
+    /// [`Relay::start`] with another connect timeout.
+    pub fn start_with(spec: &RelaySpec, connect_timeout: Duration) -> io::Result<Relay> {
+        if !spec.targets.contains_key(&spec.initial) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("initial target {:?} is not among the targets", spec.initial)));
+        }
+        let shared = Arc::new(Shared {
+            targets: RwLock::new(spec.targets.clone()),
+            current: RwLock::new(spec.initial.clone()),
+            counters: Counters::default(),
+            connect_timeout,
+        });
+        let (stop, stopped) = watch::channel(());
+        let (local_addr, accept) = match spec.listen {
+            Some(listen) => {
+                // std bind + from_std: binding is synchronous, so an address in use is reported to the
+                // caller now instead of by a task later.
+                let std_listener = std::net::TcpListener::bind(listen)?;
+                std_listener.set_nonblocking(true)?;
+                let listener = TcpListener::from_std(std_listener)?;
+                let local = listener.local_addr()?;
+                (Some(local), Some(tokio::spawn(accept_loop(listener, shared.clone(), stopped))))
+            }
+            None => (None, None),
+        };
+        Ok(Relay { shared, local_addr, accept, _stop: stop })
+    }
+
+    /// Send new connections to `target`. Open connections stay where they are. Returns a note for the
+    /// action result, or why the target was refused.
+    pub fn route(&self, target: &str) -> Result<String, String> {
+        let address = self.address_of(target)?;
+        let previous = std::mem::replace(&mut *self.shared.current.write().expect("relay lock"), target.to_string());
+        self.shared.counters.routes.fetch_add(1, Ordering::Relaxed);
+        let open = self.shared.counters.open.load(Ordering::Relaxed);
+        Ok(if previous == target {
+            format!("new connections already go to {target} ({address})")
+        } else if self.local_addr.is_some() {
+            format!("new connections go to {target} ({address}) instead of {previous}; {open} open connection(s) stay where they are")
+        } else {
+            format!("route moved from {previous} to {target} ({address})")
+        })
+    }
+
+    /// The address of `target`, or why it is not a target.
+    pub fn address_of(&self, target: &str) -> Result<String, String> {
+        let targets = self.shared.targets.read().expect("relay lock");
+        targets.get(target).cloned().ok_or_else(|| {
+            format!("unknown route target {target:?}: expected one of {}", targets.keys().cloned().collect::<Vec<_>>().join(", "))
+        })
+    }
+
+    /// The id of the target of new connections.
+    pub fn current(&self) -> String {
+        self.shared.current.read().expect("relay lock").clone()
+    }
+
+    /// Where the built-in relay listens (the bound address, so port 0 resolves), if it does.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// The counters so far.
+    pub fn counters(&self) -> RelayCounters {
+        let c = &self.shared.counters;
+        RelayCounters {
+            accepted: c.accepted.load(Ordering::Relaxed),
+            open: c.open.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            routes: c.routes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Take a changed spec with the same `listen` without closing anything: new targets, and the
+    /// current target kept if it still exists (else the new `initial`).
+    fn update(&self, spec: &RelaySpec) {
+        *self.shared.targets.write().expect("relay lock") = spec.targets.clone();
+        let mut current = self.shared.current.write().expect("relay lock");
+        if !spec.targets.contains_key(&*current) {
+            *current = spec.initial.clone();
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(accept) = self.accept.take() {
+            accept.abort();
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stopped: watch::Receiver<()>) {
+    loop {
+        let client = match listener.accept().await {
+            Ok((client, _)) => client,
+            Err(error) => {
+                // Out of descriptors and the like: back off instead of spinning; the listener stays.
+                tracing::warn!(%error, "relay: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        shared.counters.open.fetch_add(1, Ordering::Relaxed);
+        let (shared, mut stopped) = (shared.clone(), stopped.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = splice(client, &shared) => {}
+                // The relay was dropped (policy reload without a relay, daemon stop).
+                _ = stopped.changed() => {}
+            }
+            shared.counters.open.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// Connect `client` to the target current now and copy both ways until either side closes.
+async fn splice(mut client: TcpStream, shared: &Shared) {
+    let (id, address) = shared.target();
+    let upstream = tokio::time::timeout(shared.connect_timeout, TcpStream::connect(&address)).await;
+    let mut upstream = match upstream {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            shared.counters.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(target_id = %id, %address, %error, "relay: target refused a connection");
+            return;
+        }
+        Err(_) => {
+            shared.counters.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(target_id = %id, %address, "relay: target did not answer in time");
+            return;
+        }
+    };
+    // Request/response traffic: small writes must not wait for Nagle's algorithm on either leg.
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+}
+
+/// The relay of the node's current policy. The daemon calls [`RelayHost::sync`] on every tick with the
+/// policy's `[relay]`: the first call starts the relay, a changed section after a hot reload updates or
+/// re-creates it, a removed one stops it. The current target survives a reload when it still exists.
+#[derive(Debug, Default)]
+pub struct RelayHost {
+    inner: Mutex<Slot>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    /// The spec the relay runs (or last failed to start) with.
+    spec: Option<RelaySpec>,
+    relay: Option<Arc<Relay>>,
+}
+
+impl RelayHost {
+    /// Bring the relay in line with `spec`. Returns a note when something changed, an error when the
+    /// listener could not be bound (not retried until the spec changes, so a busy port is reported
+    /// once, not every tick).
+    pub fn sync(&self, spec: Option<&RelaySpec>) -> Result<Option<String>, String> {
+        let mut slot = self.inner.lock().expect("relay lock");
+        if slot.spec.as_ref() == spec {
+            return Ok(None);
+        }
+        let previous = std::mem::replace(&mut slot.spec, spec.cloned());
+        let Some(spec) = spec else {
+            slot.relay = None;
+            return Ok(Some("traffic relay stopped: the policy no longer has [relay]".into()));
+        };
+        // Same listen address: keep the listener and every open connection, take the new targets.
+        if let Some(relay) = slot.relay.as_ref().filter(|_| previous.as_ref().is_some_and(|p| p.listen == spec.listen)) {
+            relay.update(spec);
+            return Ok(Some(format!("traffic relay updated: new connections go to {}", relay.current())));
+        }
+        let carried = slot.relay.as_ref().map(|r| r.current()).filter(|c| spec.targets.contains_key(c));
+        // Release the old listener first: a re-created relay may listen on an address the old one held.
+        slot.relay = None;
+        match Relay::start(spec) {
+            Ok(relay) => {
+                if let Some(current) = carried {
+                    let _ = relay.route(&current);
+                }
+                let note = match relay.local_addr() {
+                    Some(addr) => format!("traffic relay listening on {addr}, new connections go to {}", relay.current()),
+                    None => format!("route hook only (no listen address), current target {}", relay.current()),
+                };
+                slot.relay = Some(Arc::new(relay));
+                Ok(Some(note))
+            }
+            Err(e) => Err(format!("traffic relay cannot listen on {}: {e}", spec.listen.map(|a| a.to_string()).unwrap_or_default())),
+        }
+    }
+
+    /// The running relay, if any.
+    pub fn get(&self) -> Option<Arc<Relay>> {
+        self.inner.lock().expect("relay lock").relay.clone()
+    }
+
+    /// The current target, for the tick's `route`.
+    pub fn current(&self) -> Option<String> {
+        self.get().map(|r| r.current())
+    }
+
+    /// Execute a `route` action: run the relay's route hook (if any; its command comes from `policy`'s
+    /// `[hooks]`) with `(target, address)`, then move the built-in relay. If the hook fails nothing moves, so the tick's `route` still shows the
+    /// old target and the plugin can try again.
+    pub async fn route(&self, target: &str, policy: &PolicyFile) -> Result<String, String> {
+        let (relay, hook) = {
+            let slot = self.inner.lock().expect("relay lock");
+            (slot.relay.clone(), slot.spec.as_ref().and_then(|s| s.hook.clone()))
+        };
+        let relay = relay.ok_or("this policy declares no traffic relay ([relay]) or it could not start")?;
+        let address = relay.address_of(target)?;
+        let mut note = String::new();
+        if let Some(name) = hook.as_deref() {
+            let hook = policy.hooks.get(name).ok_or_else(|| format!("route hook {name:?} is not declared under [hooks]"))?;
+            let argv = crate::executor::expand_hook(&hook.command, &[target.to_string(), address.clone()])?;
+            let outcome = crate::services::run_command(&argv, Duration::from_millis(hook.timeout_ms)).await;
+            if !outcome.success {
+                return Err(format!("route hook {name} failed, traffic not moved: {}", outcome.summary()));
+            }
+            note = format!("; route hook {name}: {}", outcome.summary());
+        }
+        Ok(format!("{}{note}", relay.route(target)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A backend that answers every read with its name and the bytes read.
+    async fn echo(name: &'static str) -> (SocketAddr, JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else { return };
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                let mut out = format!("{name}:").into_bytes();
+                                out.extend_from_slice(&buf[..n]);
+                                if s.write_all(&out).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, task)
+    }
+
+    fn spec(targets: &[(&str, SocketAddr)], initial: &str) -> RelaySpec {
+        RelaySpec {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            targets: targets.iter().map(|(id, a)| (id.to_string(), a.to_string())).collect(),
+            initial: initial.into(),
+            hook: None,
+        }
+    }
+
+    async fn ask(stream: &mut TcpStream, text: &str) -> String {
+        stream.write_all(text.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await.unwrap().unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    async fn wait_until(mut done: impl FnMut() -> bool) {
+        for _ in 0..200 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("condition not reached in 2 s");
+    }
+
+    #[tokio::test]
+    async fn new_connections_follow_the_route_and_open_ones_keep_their_target() {
+        let (main, _m) = echo("main").await;
+        let (standby, _s) = echo("standby").await;
+        let relay = Relay::start(&spec(&[("main", main), ("standby", standby)], "main")).unwrap();
+        let addr = relay.local_addr().unwrap();
+
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(ask(&mut first, "1").await, "main:1");
+
+        let note = relay.route("standby").unwrap();
+        assert!(note.contains("1 open connection(s) stay"), "{note}");
+        assert_eq!(relay.current(), "standby");
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(ask(&mut second, "2").await, "standby:2");
+        assert_eq!(ask(&mut first, "3").await, "main:3", "an open connection stays on its target");
+
+        let c = relay.counters();
+        assert_eq!((c.accepted, c.open, c.failed, c.routes), (2, 2, 0, 1));
+        drop(first);
+        wait_until(|| relay.counters().open == 1).await;
+    }
+
+    #[tokio::test]
+    async fn an_unknown_target_is_refused_and_changes_nothing() {
+        let (main, _m) = echo("main").await;
+        let relay = Relay::start(&spec(&[("main", main)], "main")).unwrap();
+        let error = relay.route("elsewhere").unwrap_err();
+        assert!(error.contains("unknown route target \"elsewhere\": expected one of main"), "{error}");
+        assert_eq!(relay.current(), "main");
+        assert_eq!(relay.counters().routes, 0);
+    }
+
+    #[tokio::test]
+    async fn a_target_that_is_down_closes_the_client_and_counts_as_failed() {
+        let (main, task) = echo("main").await;
+        task.abort();
+        let _ = task.await;
+        let relay = Relay::start(&spec(&[("main", main)], "main")).unwrap();
+        let mut client = TcpStream::connect(relay.local_addr().unwrap()).await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(2), client.read(&mut buf)).await.unwrap().unwrap_or(0);
+        assert_eq!(n, 0, "the client's connection is closed");
+        wait_until(|| relay.counters().failed == 1).await;
+        assert_eq!(relay.counters().open, 0);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_relay_closes_its_listener_and_connections() {
+        let (main, _m) = echo("main").await;
+        let relay = Relay::start(&spec(&[("main", main)], "main")).unwrap();
+        let addr = relay.local_addr().unwrap();
+        let mut open = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(ask(&mut open, "x").await, "main:x");
+        drop(relay);
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(2), open.read(&mut buf)).await.unwrap().unwrap_or(0);
+        assert_eq!(n, 0, "the relayed connection is closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(TcpStream::connect(addr).await.is_err(), "nobody listens any more");
+    }
+
+    #[tokio::test]
+    async fn the_host_keeps_the_target_across_a_reload_and_runs_the_route_hook() {
+        let (main, _m) = echo("main").await;
+        let (standby, _s) = echo("standby").await;
+        let host = RelayHost::default();
+        let mut s = spec(&[("main", main), ("standby", standby)], "main");
+        assert!(host.sync(Some(&s)).unwrap().unwrap().contains("listening on 127.0.0.1:"));
+        assert_eq!(host.sync(Some(&s)).unwrap(), None, "an unchanged spec changes nothing");
+
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("routes");
+        s.hook = Some("upstream".into());
+        let policy: PolicyFile = toml::from_str(&format!(
+            "plugin = \"edge\"\n[hooks.upstream]\ncommand = [\"/bin/sh\", \"-c\", \"echo $0 $1 >> '{}'\", \"{{0}}\", \"{{1}}\"]\n",
+            log.display()
+        ))
+        .unwrap();
+        host.sync(Some(&s)).unwrap();
+        let note = host.route("standby", &policy).await.unwrap();
+        assert!(note.contains("route hook upstream: exit 0"), "{note}");
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), format!("standby {standby}\n"));
+        assert_eq!(host.current().as_deref(), Some("standby"));
+
+        // A reload that adds a target keeps the listener and the current target.
+        let port = host.get().unwrap().local_addr().unwrap();
+        s.targets.insert("spare".into(), main.to_string());
+        host.sync(Some(&s)).unwrap();
+        assert_eq!(host.get().unwrap().local_addr().unwrap(), port);
+        assert_eq!(host.current().as_deref(), Some("standby"));
+
+        // A failing hook moves nothing.
+        let failing: PolicyFile = toml::from_str("plugin = \"edge\"\n[hooks.upstream]\ncommand = [\"/bin/false\"]\n").unwrap();
+        let error = host.route("main", &failing).await.unwrap_err();
+        assert!(error.contains("route hook upstream failed, traffic not moved"), "{error}");
+        assert_eq!(host.current().as_deref(), Some("standby"));
+
+        assert!(host.sync(None).unwrap().unwrap().contains("stopped"));
+        assert_eq!(host.current(), None);
+    }
+}

@@ -8,7 +8,7 @@ use crate::clock::Clock;
 use crate::config::NodeConfig;
 use crate::events::{Event, EventLog};
 use crate::heartbeat::Tracker;
-use crate::model::{Check, Mode, OperatorRequest, ReceivedCommand, Role, ServiceState, SyncView, VipView};
+use crate::model::{Check, Mode, OperatorRequest, ReceivedCommand, Role, ServiceState, VipView};
 use crate::peer::signing::Verifier;
 use crate::policy::reload::PolicyHandle;
 use crate::policy::{PluginDirs, Runtime};
@@ -44,6 +44,7 @@ pub struct NodeState {
     pub policy: PolicyHandle,
     pub events: EventLog,
     pub services: Arc<Services>,
+    pub replicator: Arc<crate::replication::Replicator>,
     pub verifier: Verifier,
     pub admin_token: Option<String>,
     pub status: RwLock<Status>,
@@ -91,7 +92,7 @@ pub struct Status {
     pub policy: PolicyStatus,
     pub services: Vec<ServiceStatus>,
     pub app_healthy: bool,
-    pub sync: SyncView,
+    pub sync: crate::replication::SyncStatus,
     pub ticks: u64,
     pub pending_actions: u32,
     /// Milliseconds since the loop last ran (filled in when served).

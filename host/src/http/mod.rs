@@ -29,6 +29,8 @@ use tokio::sync::watch;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 256 * 1024;
+/// Largest pushed replication batch (`POST /peer/changes`).
+pub const MAX_BATCH_BODY: usize = 16 << 20;
 
 /// A response with a small in-memory body.
 pub type Answer = Response<Full<Bytes>>;
@@ -71,7 +73,8 @@ pub async fn serve(listener: TcpListener, state: Arc<NodeState>, mut shutdown: w
 pub async fn handle(state: &NodeState, req: Request<Incoming>) -> Answer {
     state.counters.http_requests.fetch_add(1, Ordering::Relaxed);
     let (parts, body) = req.into_parts();
-    let body = match read_body(body, parts.headers.get(hyper::header::CONTENT_LENGTH)).await {
+    let limit = if parts.uri.path() == crate::replication::CHANGES_PATH { MAX_BATCH_BODY } else { MAX_BODY };
+    let body = match read_body(body, parts.headers.get(hyper::header::CONTENT_LENGTH), limit).await {
         Ok(b) => b,
         Err(answer) => return answer,
     };
@@ -88,7 +91,7 @@ pub async fn route(
     body: Bytes,
 ) -> Answer {
     let mut answer = if path.starts_with("/peer/") {
-        peer::handle(state, method, path, headers, body)
+        peer::handle(state, method, path, query, headers, body).await
     } else if path.starts_with("/admin/") || path == "/events" || path.starts_with("/config/") {
         admin::handle(state, method, path, query, headers, body).await
     } else {
@@ -102,16 +105,16 @@ pub async fn route(
     answer
 }
 
-async fn read_body(body: Incoming, declared: Option<&hyper::header::HeaderValue>) -> Result<Bytes, Answer> {
+async fn read_body(body: Incoming, declared: Option<&hyper::header::HeaderValue>, limit: usize) -> Result<Bytes, Answer> {
     if let Some(len) = declared.and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok()) {
-        if len > MAX_BODY {
-            return Err(text(StatusCode::PAYLOAD_TOO_LARGE, format!("body of {len} bytes is over the limit of {MAX_BODY}")));
+        if len > limit {
+            return Err(text(StatusCode::PAYLOAD_TOO_LARGE, format!("body of {len} bytes is over the limit of {limit}")));
         }
     }
-    match Limited::new(body, MAX_BODY).collect().await {
+    match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            Err(text(StatusCode::PAYLOAD_TOO_LARGE, format!("body over the limit of {MAX_BODY} bytes")))
+            Err(text(StatusCode::PAYLOAD_TOO_LARGE, format!("body over the limit of {limit} bytes")))
         }
         Err(e) => Err(text(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}"))),
     }

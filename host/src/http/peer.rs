@@ -5,14 +5,20 @@ use crate::events::{Event, EventKind};
 use crate::model::ReceivedCommand;
 use crate::peer::signing::{self, AuthError, SignedHeaders, HEADER_NODE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 use crate::peer::{CommandMessage, HeartbeatAnswer, COMMAND_PATH, HEARTBEAT_PATH};
+use crate::replication::{Batch, Page, CHANGES_PATH, PAGE_BYTES, PAGE_CHANGES};
 use crate::state::NodeState;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::{HeaderMap, Method, StatusCode};
 use std::sync::atomic::Ordering;
 
-pub fn handle(state: &NodeState, method: &Method, path: &str, headers: &HeaderMap, body: Bytes) -> Answer {
-    let signed = match authenticate(state, method, path, headers, &body) {
+pub async fn handle(state: &NodeState, method: &Method, path: &str, query: Option<&str>, headers: &HeaderMap, body: Bytes) -> Answer {
+    // The signature covers the query too: it says which changes are asked for.
+    let signed_path = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let signed = match authenticate(state, method, &signed_path, headers, &body) {
         Ok(h) => h,
         Err(e) => {
             state.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
@@ -27,6 +33,8 @@ pub fn handle(state: &NodeState, method: &Method, path: &str, headers: &HeaderMa
     let answer = match (method, path) {
         (&Method::GET, HEARTBEAT_PATH) => heartbeat(state),
         (&Method::POST, COMMAND_PATH) => command(state, &signed.node, &body),
+        (&Method::GET, CHANGES_PATH) => changes(state, query),
+        (&Method::POST, CHANGES_PATH) => pushed(state, &signed.node, &body).await,
         _ => text(StatusCode::NOT_FOUND, format!("{method} {path}: no such peer endpoint")),
     };
     sign(state, answer, &signed.nonce)
@@ -57,8 +65,50 @@ fn heartbeat(state: &NodeState) -> Answer {
             app_healthy: s.app_healthy,
             mode_since_ms: s.node.mode_since_ms,
             now_ms: state.clock.wall_ms(),
+            seq: state.replicator.latest_seq(),
         },
     )
+}
+
+/// A page of the change feed: `?since=N&limit=M`.
+fn changes(state: &NodeState, query: Option<&str>) -> Answer {
+    let param = |name: &str| query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')));
+    let since = match param("since").map(str::parse::<u64>) {
+        Some(Ok(n)) => n,
+        _ => return text(StatusCode::BAD_REQUEST, "since: expected a sequence number"),
+    };
+    let limit = match param("limit").map(str::parse::<usize>) {
+        None => PAGE_CHANGES,
+        Some(Ok(n)) if (1..=PAGE_CHANGES).contains(&n) => n,
+        _ => return text(StatusCode::BAD_REQUEST, format!("limit: expected 1 to {PAGE_CHANGES}")),
+    };
+    let store = &state.replicator.store;
+    let latest = match store.latest_seq() {
+        Ok(l) => l,
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    match store.changes_since(since, limit, PAGE_BYTES) {
+        Ok((changes, next)) => json(StatusCode::OK, &Page { changes, next: next.max(since), latest }),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// A pushed batch: checked whole, applied in one transaction, or refused with nothing changed.
+async fn pushed(state: &NodeState, from: &str, body: &[u8]) -> Answer {
+    if !state.config.peers.iter().any(|p| p.id == from) {
+        return text(StatusCode::FORBIDDEN, format!("{from:?} is not a peer of this node"));
+    }
+    let batch: Batch = match serde_json::from_slice(body) {
+        Ok(b) => b,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("malformed change batch: {e}")),
+    };
+    if let Err(e) = state.replicator.store.check_batch(&batch.changes, state.clock.wall_ms()) {
+        return text(StatusCode::UNPROCESSABLE_ENTITY, format!("change batch refused, nothing applied: {e}"));
+    }
+    match state.replicator.apply(batch.changes).await {
+        Ok(n) => json(StatusCode::OK, &serde_json::json!({ "applied": n })),
+        Err(e) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("change batch refused, nothing applied: {e}")),
+    }
 }
 
 fn command(state: &NodeState, from: &str, body: &[u8]) -> Answer {

@@ -17,11 +17,12 @@ use crate::events::{Event, EventKind, EventLog};
 use crate::executor::{Delegate, Executor};
 use crate::heartbeat::{prober_for, Prober, Targets, Tracker};
 use crate::http_client::HttpClient;
-use crate::model::{Action, Level, PeerCommand, SyncView};
+use crate::model::{Action, Level, PeerCommand};
 use crate::peer::client::PeerClient;
 use crate::peer::signing::Verifier;
 use crate::policy::reload::{self, PolicyHandle, ReloadOutcome};
 use crate::policy::{self, PluginDirs, Runtime};
+use crate::replication::Replicator;
 use crate::services::{Services, WatchdogLimits};
 use crate::state::{self, Inbox, NodeState, PolicyStatus, ServiceStatus, Status};
 use std::future::Future;
@@ -100,6 +101,9 @@ pub async fn build(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Arc<Node
             .map_err(|e| cfg_err(e.into()))?
     };
     let now = clock.wall_ms();
+    let peer_client = PeerClient::new(HttpClient::new(), config.node.id.clone(), keys.clone(), clock.clone());
+    let replicator = Replicator::open(&config, &loaded.file.local_only, peer_client, clock.clone())
+        .map_err(|e| StartError::Other(anyhow::anyhow!("{}: key `node.data_dir`: {e}", config.path.display())))?;
     let status = Status {
         node: state::NodeStatus {
             id: config.node.id.clone(),
@@ -119,6 +123,7 @@ pub async fn build(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Arc<Node
         policy: PolicyHandle::new(loaded),
         events,
         services: Arc::new(Services::with_clock(clock.clone(), WatchdogLimits::default())),
+        replicator: Arc::new(replicator),
         status: RwLock::new(status),
         last_loop_mono_ms: u64::MAX.into(),
         inbox: Mutex::new(Inbox::default()),
@@ -154,7 +159,11 @@ pub async fn node_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
     let prober = prober_for(config, state.verifier.keys().to_vec(), state.clock.clone(), http.clone());
     let mut tracker = Tracker::new(&config.node.id, &targets);
     let peer_ids: Vec<String> = config.peers.iter().map(|p| p.id.clone()).collect();
-    let delegate = Arc::new(HostDelegate { state: state.clone(), prober: prober.clone(), targets: targets.clone() });
+    // The traffic relay of the policy's `[relay]`: started on the first tick, kept in line with reloads.
+    let relay = Arc::new(crate::relay::RelayHost::default());
+    // The policy's `[[vip]]` addresses; what `set` replaced survives a restart in the data directory.
+    let vips = || crate::vip::Vips::new(Some(state.config.node.data_dir.join("vip-replaced.json")));
+    let delegate = Arc::new(HostDelegate { state: state.clone(), prober: prober.clone(), targets: targets.clone(), relay: relay.clone(), vips: vips() });
     let executor = Executor::start(state.services.clone(), delegate);
     let observer_state = state.clone();
     executor.set_observer(Arc::new(move |result| {
@@ -168,6 +177,10 @@ pub async fn node_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
         observer_state.record(event);
     }));
     let poller = tokio::spawn(poll_services(state.clone(), interval, stop.clone()));
+    let scanner = tokio::spawn(scan_directories(state.clone(), interval, stop.clone()));
+    // Local monitors are probed off the loop too: a slow check command must not delay a tick.
+    let monitors = Arc::new(crate::monitors::Monitors::new());
+    let monitor_poller = tokio::spawn(crate::monitors::poll(state.clone(), monitors.clone(), interval, stop.clone()));
     let mut core = NodeCore::new(&config.node.id, config.node.role, state.clock.wall_ms());
     let mut last_reason = String::new();
 
@@ -180,9 +193,58 @@ pub async fn node_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
         }
         let round = prober.round(&targets).await;
         tracker.record(&round, state.clock.mono_ms());
-        core = tick_once(&state, core, &tracker, &executor, &peer_ids, &mut last_reason).await;
+        state.replicator.after_round(&heartbeat_answers(&targets, &round));
+        core = tick_once(&state, core, &tracker, &monitors, &executor, &relay, &peer_ids, &mut last_reason).await;
     }
     poller.abort();
+    scanner.abort();
+    monitor_poller.abort();
+}
+
+/// Each peer's signed heartbeat answer in this round, with the clock skew it showed.
+fn heartbeat_answers(targets: &Targets, round: &crate::heartbeat::Round) -> Vec<(String, Option<(crate::peer::HeartbeatAnswer, i64)>)> {
+    targets
+        .peers
+        .iter()
+        .zip(&round.peers)
+        .map(|((id, _, _), r)| {
+            let answer = r.paths.iter().find_map(|p| p.heartbeat.as_ref()).map(|hb| (hb.answer.clone(), hb.clock_skew_ms()));
+            (id.clone(), answer)
+        })
+        .collect()
+}
+
+/// Scan the replicated directories when due, or at once when a file event says something changed.
+async fn scan_directories(state: Arc<NodeState>, interval: Duration, mut stop: watch::Receiver<bool>) {
+    use notify::Watcher as _;
+    let dirty = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = dirty.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            flag.store(true, Ordering::Release);
+        }
+    })
+    .map_err(|e| tracing::warn!(error = %e, "file events unavailable; replicated directories are rescanned periodically"))
+    .ok();
+    for root in state.replicator.directory_roots() {
+        let _ = std::fs::create_dir_all(root);
+        if let Some(w) = watcher.as_mut() {
+            if let Err(e) = w.watch(root, notify::RecursiveMode::Recursive) {
+                tracing::warn!(dir = %root.display(), error = %e, "cannot watch a replicated directory");
+            }
+        }
+    }
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let force = dirty.swap(false, Ordering::AcqRel);
+        let replicator = state.replicator.clone();
+        let _ = tokio::task::spawn_blocking(move || replicator.scan_due(force)).await;
+    }
 }
 
 /// One tick: observe, decide, hand over the actions, publish.
@@ -190,12 +252,22 @@ async fn tick_once(
     state: &Arc<NodeState>,
     mut core: NodeCore,
     tracker: &Tracker,
+    monitors: &crate::monitors::Monitors,
     executor: &Executor,
+    relay: &crate::relay::RelayHost,
     peer_ids: &[String],
     last_reason: &mut String,
 ) -> NodeCore {
     let policy = state.policy.current();
     let (now, mono) = (state.clock.wall_ms(), state.clock.mono_ms());
+    match relay.sync(policy.file.relay.as_ref()) {
+        Ok(None) => {}
+        Ok(Some(note)) => state.record(Event::new(now, EventKind::Reload, note)),
+        Err(error) => {
+            tracing::warn!(%error, "relay");
+            state.record(Event::new(now, EventKind::Reload, error));
+        }
+    }
     let Inbox { operator, commands } = std::mem::take(&mut *state.inbox.lock().expect("inbox lock"));
     let specs = &policy.file.services;
     let observations = Observations {
@@ -204,11 +276,11 @@ async fn tick_once(
         peers: tracker.peers(mono),
         watched: tracker.watched(mono),
         lan: tracker.lan.clone(),
-        monitors: Vec::new(),
+        monitors: monitors.latest(),
         vip: tracker.vip.clone(),
-        route: None,
+        route: relay.current(),
         services: state.services.view(specs, now),
-        sync: SyncView::default(),
+        sync: state.replicator.view(),
         operator,
         commands,
         results: executor.take_results(),
@@ -225,6 +297,9 @@ async fn tick_once(
         .expect("the decide task does not panic")
     };
     state.counters.ticks.fetch_add(1, Ordering::Relaxed);
+    for note in state.replicator.take_notes() {
+        state.record(Event::new(state.clock.wall_ms(), EventKind::Peer, note));
+    }
     record_outcome(state, &core, &outcome, last_reason);
     if !outcome.actions.is_empty() {
         executor.submit(policy.clone(), outcome.actions.clone());
@@ -301,7 +376,7 @@ fn publish(state: &NodeState, core: &NodeCore, tracker: &Tracker, policy: &polic
         },
         services: state.services.view(specs, now).into_iter().map(|s| ServiceStatus { name: s.name, state: s.state }).collect(),
         app_healthy: state.services.app_healthy(specs),
-        sync: SyncView::default(),
+        sync: state.replicator.status(),
         ticks: core.tick_count,
         pending_actions: executor.pending(),
         loop_age_ms: None,
@@ -345,6 +420,8 @@ struct HostDelegate {
     state: Arc<NodeState>,
     prober: Prober,
     targets: Targets,
+    relay: Arc<crate::relay::RelayHost>,
+    vips: crate::vip::Vips,
 }
 
 impl HostDelegate {
@@ -393,9 +470,10 @@ impl Delegate for HostDelegate {
                     }
                     Ok("recorded".into())
                 }
-                Action::ClaimVip | Action::ReleaseVip => Err("this policy declares no virtual IP addresses".into()),
-                Action::Route(_) => Err("this policy declares no traffic relay or route hook".into()),
-                Action::Sync => Err("configuration replication is not configured on this node".into()),
+                Action::ClaimVip => self.vips.claim(&self.state.policy.current().file.vip).await,
+                Action::ReleaseVip => self.vips.release(&self.state.policy.current().file.vip).await,
+                Action::Route(target) => self.relay.route(&target, &self.state.policy.current().file).await,
+                Action::Sync => self.state.replicator.full_exchange().await,
                 other => Err(format!("{other}: not a delegated action")),
             }
         })

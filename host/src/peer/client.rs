@@ -42,6 +42,16 @@ impl PeerClient {
         PeerClient { http, node_id, keys: Arc::new(keys), clock }
     }
 
+    /// A signed `GET base + path` (the path may carry a query; it is signed whole).
+    pub async fn get_signed(&self, base: &str, path: &str, timeout: Duration) -> Result<Bytes, String> {
+        self.signed(Method::GET, base, path, Bytes::new(), timeout).await
+    }
+
+    /// A signed `POST base + path` with a JSON body.
+    pub async fn post_signed(&self, base: &str, path: &str, body: Bytes, timeout: Duration) -> Result<Bytes, String> {
+        self.signed(Method::POST, base, path, body, timeout).await
+    }
+
     async fn signed(&self, method: Method, base: &str, path: &str, body: Bytes, timeout: Duration) -> Result<Bytes, String> {
         let key = self.keys.first().ok_or("no peer key configured")?;
         let sent = self.clock.wall_ms();

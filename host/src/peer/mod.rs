@@ -2,6 +2,8 @@
 //!
 //! - `GET /peer/heartbeat` → [`HeartbeatAnswer`]: who I am, my mode, my application health, my clock.
 //! - `POST /peer/command` with [`CommandMessage`]: a plugin's command to its peer's plugin.
+//! - `GET /peer/changes?since=N&limit=M` → a page of the replication feed; `POST /peer/changes` pushes a
+//!   batch (see `replication`).
 //!
 //! Owns the message types and the signed HTTP client ([`client`]); the server side lives in `http`.
 
@@ -27,6 +29,8 @@ pub struct HeartbeatAnswer {
     pub mode_since_ms: u64,
     /// The answering node's wall clock when it answered (for clock-skew measurement).
     pub now_ms: u64,
+    /// The answering node's latest replication sequence: a peer behind it pulls the difference.
+    pub seq: u64,
 }
 
 impl HeartbeatAnswer {

@@ -280,11 +280,21 @@ impl Plugin {
             } else if error.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
                 Fault::Timeout { limit_ms: limits.time_ms }
             } else {
-                let mut message = format!("{error:#}");
-                // A Rust plugin's panic message is on its stderr: it says more than the trap.
-                if let Some(panic) = said.lines().find(|l| l.contains("panicked")) {
-                    message = format!("{panic} ({})", message.lines().next().unwrap_or_default());
-                }
+                let trap = match error.downcast_ref::<wasmtime::Trap>() {
+                    Some(code) => code.to_string(),
+                    None => format!("{error:#}").lines().next().unwrap_or_default().to_string(),
+                };
+                // A Rust plugin's panic is on its stderr: "… panicked at FILE:L:C:" and the message on
+                // the next line. It says more than the trap code.
+                let mut lines = said.lines();
+                let message = match lines.by_ref().find(|l| l.contains("panicked at")) {
+                    Some(at) => {
+                        let why = lines.find(|l| !l.trim().is_empty()).unwrap_or_default().trim();
+                        let at = at.split("panicked at").nth(1).unwrap_or(at).trim().trim_end_matches(':');
+                        format!("panicked at {at}: {why} ({trap})")
+                    }
+                    None => trap,
+                };
                 Fault::Trap(message)
             };
             tracing::warn!(plugin = %self.name, fault = fault.kind(), error = %fault, "plugin fault");

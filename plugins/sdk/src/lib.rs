@@ -96,7 +96,18 @@ pub fn log(level: Level, message: &str) {
 fn parse_params<P: Policy>(params: &str) -> Result<P::Params, String> {
     // An empty table arrives as `{}`; the host never sends an empty string, but be lenient.
     let text = if params.trim().is_empty() { "{}" } else { params };
-    serde_json::from_str(text).map_err(|e| format!("params: {e}"))
+    // Name the parameter at fault; the JSON's line and column mean nothing to the author of the TOML.
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let inner = inner.split(" at line ").next().unwrap_or(&inner).to_string();
+        if path == "." || path.is_empty() {
+            format!("params: {inner}")
+        } else {
+            format!("params.{path}: {inner}")
+        }
+    })
 }
 
 /// The body of the exported `validate`; used by [`export_policy!`].

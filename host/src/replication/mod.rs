@@ -1,0 +1,399 @@
+//! Configuration replication: timestamp-based last-writer-wins for keys and files, in SQLite.
+//!
+//! Owns the replicated store ([`store`]), replicated directories ([`files`]), hybrid logical clocks
+//! ([`hlc`]), and the [`Replicator`] that moves changes between nodes over the signed peer protocol:
+//!
+//! - every heartbeat answer carries the peer's latest change sequence; when it is past what this node
+//!   has pulled (its *watermark* for that peer), the next tick pulls the difference, in pages, each
+//!   applied in one transaction;
+//! - every `sync.interval_ms` it pulls from every peer anyway, as a safety net;
+//! - `vigil sync` / `POST /admin/sync` forces a full exchange: pull everything, push everything;
+//! - a node that starts and finds an active peer pulls from it first; until that completes the
+//!   plugin sees `sync.initial = pending` (and `failed` when it fails), so no policy leaves standby on
+//!   stale configuration;
+//! - peer clock skew above `sync.max_clock_skew_ms` is reported: timestamps assume NTP.
+//!
+//! Never: decides a mode, or blocks the node loop (pulls and scans run on their own tasks).
+
+pub mod files;
+pub mod hlc;
+pub mod store;
+
+use crate::clock::Clock;
+use crate::config::NodeConfig;
+use crate::model::{InitialSync, Mode, SyncView};
+use crate::peer::client::PeerClient;
+use crate::peer::HeartbeatAnswer;
+use files::DirSync;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use store::{Change, Patterns, Scopes, Store, StoreError};
+
+/// The peer path of the change feed.
+pub const CHANGES_PATH: &str = "/peer/changes";
+/// Changes per page.
+pub const PAGE_CHANGES: usize = 2_000;
+/// Value bytes per page (about; one change always fits).
+pub const PAGE_BYTES: usize = 4 << 20;
+/// Deadline of one page request.
+const PAGE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One page of the change feed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    pub changes: Vec<Change>,
+    /// Ask from here next time.
+    pub next: u64,
+    /// The sender's latest sequence: the feed is exhausted when `next >= latest`.
+    pub latest: u64,
+}
+
+/// A pushed batch (`POST /peer/changes`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Batch {
+    pub changes: Vec<Change>,
+}
+
+/// `/status.sync`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncStatus {
+    pub initial: InitialSync,
+    pub consecutive_failures: u32,
+    pub last_ok_ms: Option<u64>,
+    pub next_at_ms: u64,
+    pub last_error: Option<String>,
+    /// Live entries in the store (keys and files).
+    pub items: u64,
+    /// Per peer: how many of its changes this node has not pulled yet (from its last heartbeat).
+    pub lag: HashMap<String, u64>,
+    /// Files a scan left out, with why.
+    pub skipped: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    status: SyncStatus,
+    running: HashSet<String>,
+    peer_seq: HashMap<String, u64>,
+    skew_warned: HashSet<String>,
+    /// Events for the event log, drained by the node loop.
+    notes: Vec<String>,
+    first_round_seen: bool,
+    next_scan_ms: HashMap<String, u64>,
+}
+
+/// A peer to replicate with.
+#[derive(Debug, Clone)]
+struct PeerLink {
+    id: String,
+    /// Base URLs of its vigil heartbeat paths.
+    urls: Vec<String>,
+}
+
+/// Moves changes between this node and its peers.
+#[derive(Debug)]
+pub struct Replicator {
+    pub store: Arc<Store>,
+    dirs: Vec<(DirSync, u64)>,
+    peers: Vec<PeerLink>,
+    client: PeerClient,
+    clock: Arc<dyn Clock>,
+    interval_ms: u64,
+    max_skew_ms: u64,
+    tombstone_ms: u64,
+    state: Mutex<State>,
+}
+
+impl Replicator {
+    /// Open the store under `data_dir` with the node's and the policy's local-only patterns.
+    pub fn open(config: &NodeConfig, policy_local_only: &[String], client: PeerClient, clock: Arc<dyn Clock>) -> Result<Replicator, StoreError> {
+        let s = &config.sync;
+        let local_only = Patterns::new(s.local_only.iter().chain(policy_local_only).cloned());
+        let mut scopes = Scopes::default();
+        let mut dirs = Vec::new();
+        for d in &s.directories {
+            let max = (d.max_file_mib as usize) << 20;
+            scopes.sizes.push((d.name.clone(), max));
+            dirs.push((DirSync::new(&d.name, &d.path, d.include.clone(), d.exclude.clone(), max), d.interval_ms));
+        }
+        let store = Store::open(&config.node.data_dir.join("store.sqlite"), &config.node.id, local_only, scopes)?;
+        let peers = config
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| PeerLink {
+                id: p.id.clone(),
+                urls: config
+                    .peer_paths(i)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|p| p.kind == crate::config::ProbeKind::Vigil)
+                    .map(|p| p.target)
+                    .collect(),
+            })
+            .collect();
+        let now = clock.wall_ms();
+        let state = State { status: SyncStatus { next_at_ms: now + s.interval_ms, ..SyncStatus::default() }, ..State::default() };
+        Ok(Replicator {
+            store: Arc::new(store),
+            dirs,
+            peers,
+            client,
+            clock,
+            interval_ms: s.interval_ms,
+            max_skew_ms: s.max_clock_skew_ms,
+            tombstone_ms: s.tombstone_days * 24 * 3600 * 1000,
+            state: Mutex::new(state),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("replication state lock")
+    }
+
+    /// What the plugin sees.
+    pub fn view(&self) -> SyncView {
+        let s = &self.lock().status;
+        SyncView { initial: s.initial, consecutive_failures: s.consecutive_failures, last_ok_ms: s.last_ok_ms }
+    }
+
+    /// What `/status` shows.
+    pub fn status(&self) -> SyncStatus {
+        let mut status = self.lock().status.clone();
+        status.items = self.store.items().unwrap_or(0);
+        status
+    }
+
+    /// The latest local sequence, carried by heartbeat answers.
+    pub fn latest_seq(&self) -> u64 {
+        self.store.latest_seq().unwrap_or(0)
+    }
+
+    /// Events to record (clock skew, sync failures), oldest first.
+    pub fn take_notes(&self) -> Vec<String> {
+        std::mem::take(&mut self.lock().notes)
+    }
+
+    /// After a heartbeat round: `answers[i]` is peer `i`'s answer, if it answered, with its skew.
+    /// Starts the pulls that are due, each on a task of its own.
+    pub fn after_round(self: &Arc<Self>, answers: &[(String, Option<(HeartbeatAnswer, i64)>)]) {
+        let now = self.clock.wall_ms();
+        let mut due: Vec<(String, bool)> = Vec::new();
+        {
+            let mut st = self.lock();
+            let first = !st.first_round_seen;
+            st.first_round_seen = true;
+            let periodic = now >= st.status.next_at_ms;
+            if periodic {
+                st.status.next_at_ms = now + self.interval_ms;
+            }
+            for (peer, answer) in answers {
+                let Some((answer, skew)) = answer else { continue };
+                self.watch_skew(&mut st, peer, *skew);
+                st.peer_seq.insert(peer.clone(), answer.seq);
+                let watermark = self.store.watermark(peer).unwrap_or(0);
+                st.status.lag.insert(peer.clone(), answer.seq.saturating_sub(watermark));
+                if first && answer.mode == Mode::Active {
+                    st.status.initial = InitialSync::Pending;
+                    due.push((peer.clone(), true));
+                } else if answer.seq > watermark || periodic {
+                    due.push((peer.clone(), st.status.initial == InitialSync::Pending || st.status.initial == InitialSync::Failed));
+                }
+            }
+            // A first sync that failed is retried from whichever peer is active now.
+            if st.status.initial == InitialSync::Failed {
+                for (peer, answer) in answers {
+                    if answer.as_ref().is_some_and(|(a, _)| a.mode == Mode::Active) && !due.iter().any(|(p, _)| p == peer) {
+                        due.push((peer.clone(), true));
+                    }
+                }
+            }
+            due.retain(|(peer, _)| st.running.insert(peer.clone()));
+        }
+        for (peer, initial) in due {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let result = me.pull(&peer, false).await;
+                me.finish(&peer, initial, result);
+            });
+        }
+    }
+
+    fn watch_skew(&self, st: &mut State, peer: &str, skew: i64) {
+        let over = skew.unsigned_abs() > self.max_skew_ms;
+        if over && st.skew_warned.insert(peer.to_string()) {
+            let note = format!(
+                "clock skew with {peer} is {skew} ms (over sync.max_clock_skew_ms = {}): replication orders writes by timestamp and assumes synchronized clocks (NTP)",
+                self.max_skew_ms
+            );
+            tracing::warn!(%peer, skew_ms = skew, "clock skew over the threshold");
+            st.notes.push(note);
+        } else if !over && st.skew_warned.remove(peer) {
+            st.notes.push(format!("clock skew with {peer} back to {skew} ms"));
+        }
+    }
+
+    fn finish(&self, peer: &str, initial: bool, result: Result<usize, String>) {
+        let now = self.clock.wall_ms();
+        let mut st = self.lock();
+        st.running.remove(peer);
+        match result {
+            Ok(n) => {
+                st.status.consecutive_failures = 0;
+                st.status.last_ok_ms = Some(now);
+                st.status.last_error = None;
+                if initial && matches!(st.status.initial, InitialSync::Pending | InitialSync::Failed) {
+                    st.status.initial = InitialSync::Done;
+                    st.notes.push(format!("initial sync from {peer} done ({n} changes)"));
+                }
+                let watermark = self.store.watermark(peer).unwrap_or(0);
+                let seq = st.peer_seq.get(peer).copied().unwrap_or(0);
+                st.status.lag.insert(peer.to_string(), seq.saturating_sub(watermark));
+            }
+            Err(error) => {
+                st.status.consecutive_failures += 1;
+                st.status.last_error = Some(error.clone());
+                if initial {
+                    st.status.initial = InitialSync::Failed;
+                }
+                let failures = st.status.consecutive_failures;
+                st.notes.push(format!("sync from {peer} failed ({failures} in a row): {error}"));
+                tracing::warn!(%peer, %error, "sync failed");
+            }
+        }
+    }
+
+    /// Pull `peer`'s changes since the watermark (or since 0 when `full`), page by page.
+    pub async fn pull(&self, peer: &str, full: bool) -> Result<usize, String> {
+        let link = self.peers.iter().find(|p| p.id == peer).ok_or_else(|| format!("no peer {peer:?}"))?;
+        let mut since = if full { 0 } else { self.store.watermark(peer).map_err(|e| e.to_string())? };
+        let mut total = 0;
+        loop {
+            let path = format!("{CHANGES_PATH}?since={since}&limit={PAGE_CHANGES}");
+            let body = self.on_any_path(link, |url| {
+                let path = path.clone();
+                async move { self.client.get_signed(&url, &path, PAGE_TIMEOUT).await }
+            }).await?;
+            let page: Page = serde_json::from_slice(&body).map_err(|e| format!("{peer}: malformed change page: {e}"))?;
+            if page.next < since {
+                return Err(format!("{peer}: change page goes backwards ({} < {since})", page.next));
+            }
+            total += self.apply(page.changes).await?;
+            since = page.next;
+            self.store.set_watermark(peer, since).map_err(|e| e.to_string())?;
+            if page.next >= page.latest {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn on_any_path<F, Fut>(&self, link: &PeerLink, f: F) -> Result<bytes::Bytes, String>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<bytes::Bytes, String>>,
+    {
+        let mut errors = Vec::new();
+        for url in &link.urls {
+            match f(url.clone()).await {
+                Ok(b) => return Ok(b),
+                Err(e) => errors.push(e),
+            }
+        }
+        Err(if errors.is_empty() { format!("{}: no vigil heartbeat path", link.id) } else { errors.join("; ") })
+    }
+
+    /// Apply a batch (from a pull or a push) and write replicated files.
+    pub async fn apply(&self, changes: Vec<Change>) -> Result<usize, String> {
+        let store = self.store.clone();
+        let now = self.clock.wall_ms();
+        let applied = tokio::task::spawn_blocking(move || store.apply(&changes, now))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        for change in &applied.written {
+            if let Some((dir, _)) = self.dirs.iter().find(|(d, _)| d.name == change.scope) {
+                if let Err(e) = dir.write_out(change) {
+                    tracing::error!(error = %e, "cannot write a replicated file");
+                    self.lock().notes.push(format!("cannot write a replicated file: {e}"));
+                }
+            }
+        }
+        Ok(applied.written.len())
+    }
+
+    /// Push every local change to `peer` (part of a full exchange).
+    async fn push(&self, peer: &str) -> Result<usize, String> {
+        let link = self.peers.iter().find(|p| p.id == peer).ok_or_else(|| format!("no peer {peer:?}"))?;
+        let mut since = 0;
+        let mut total = 0;
+        loop {
+            let (changes, next) = self.store.changes_since(since, PAGE_CHANGES, PAGE_BYTES).map_err(|e| e.to_string())?;
+            if changes.is_empty() && next == since {
+                return Ok(total);
+            }
+            total += changes.len();
+            let body = bytes::Bytes::from(serde_json::to_vec(&Batch { changes }).expect("serializes"));
+            self.on_any_path(link, |url| {
+                let body = body.clone();
+                async move { self.client.post_signed(&url, CHANGES_PATH, body, PAGE_TIMEOUT).await }
+            })
+            .await?;
+            since = next;
+        }
+    }
+
+    /// `vigil sync`: pull everything from and push everything to every peer.
+    pub async fn full_exchange(&self) -> Result<String, String> {
+        let mut report = Vec::new();
+        for link in &self.peers {
+            let pulled = self.pull(&link.id, true).await?;
+            let pushed = self.push(&link.id).await?;
+            report.push(format!("{}: {pulled} applied, {pushed} sent", link.id));
+        }
+        let now = self.clock.wall_ms();
+        let mut st = self.lock();
+        st.status.last_ok_ms = Some(now);
+        st.status.consecutive_failures = 0;
+        Ok(report.join("; "))
+    }
+
+    /// Scan the replicated directories that are due (or all when `force`); purge old tombstones.
+    pub fn scan_due(&self, force: bool) {
+        let now = self.clock.wall_ms();
+        let mut skipped = Vec::new();
+        for (dir, interval) in &self.dirs {
+            let due = {
+                let mut st = self.lock();
+                let next = st.next_scan_ms.entry(dir.name.clone()).or_insert(0);
+                let due = force || now >= *next;
+                if due {
+                    *next = now + interval;
+                }
+                due
+            };
+            if !due {
+                continue;
+            }
+            match dir.scan(&self.store, now) {
+                Ok(report) => skipped.extend(report.skipped),
+                Err(e) => skipped.push(e),
+            }
+        }
+        if !self.dirs.is_empty() {
+            self.lock().status.skipped = skipped;
+        }
+        if let Err(e) = self.store.purge_tombstones(now.saturating_sub(self.tombstone_ms)) {
+            tracing::warn!(error = %e, "cannot purge old tombstones");
+        }
+    }
+
+    /// The replicated directories' roots (for file-event watching).
+    pub fn directory_roots(&self) -> Vec<&Path> {
+        self.dirs.iter().map(|(d, _)| d.root.as_path()).collect()
+    }
+}

@@ -1,0 +1,586 @@
+//! The replicated store: entries in SQLite, versioned by hybrid logical clock, last writer wins.
+//!
+//! An entry is `(scope, key) → value` with a version `(hlc, origin)`; scope `config` holds the
+//! configuration keys, and each replicated directory has a scope of its own (key = relative path).
+//! A delete is a tombstone (no value) with a version like any write, so a deleted value cannot come
+//! back from a node that missed the delete. Tombstones older than the retention are purged; the purge
+//! raises a *horizon*, and a change older than the horizon for a key the store does not hold is
+//! refused — it can only be a value deleted long ago.
+//!
+//! Every write, local or applied from a peer, takes the next local sequence number; peers pull "what
+//! changed since sequence N" (their watermark) and so also receive what this node learned from a
+//! third node. Local-only keys (patterns) are never sent and never accepted.
+//!
+//! A batch from a peer is checked whole before anything is written, then applied in one
+//! transaction: a corrupt or oversized batch changes nothing.
+
+use super::hlc::{newer, Hlc, HlcClock};
+use base64::Engine as _;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// The scope of configuration keys.
+pub const CONFIG: &str = "config";
+/// Longest key, in bytes.
+pub const MAX_KEY: usize = 1024;
+/// Largest configuration value.
+pub const MAX_VALUE: usize = 1 << 20;
+/// How far in the future a peer's timestamp may be: a far-future version would win every later
+/// write, so it is refused as a sign of a broken clock.
+pub const MAX_FUTURE_MS: u64 = 10 * 60 * 1000;
+/// Most changes in one batch.
+pub const MAX_BATCH: usize = 10_000;
+
+/// Why the store refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {message}")]
+    Db { path: PathBuf, message: String },
+    #[error("change {index} ({scope}/{key}): {message}")]
+    BadChange { index: usize, scope: String, key: String, message: String },
+    #[error("batch of {0} changes is over the limit of {MAX_BATCH}")]
+    BatchTooLarge(usize),
+    #[error("key {key:?}: {message}")]
+    BadKey { key: String, message: String },
+}
+
+/// One versioned change, as replicated between nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Change {
+    pub scope: String,
+    pub key: String,
+    /// `None` for a delete.
+    #[serde(with = "b64")]
+    pub value: Option<Vec<u8>>,
+    /// File permissions (directory scopes).
+    #[serde(default)]
+    pub mode: Option<u32>,
+    pub hlc: Hlc,
+    pub origin: String,
+    /// The sender's local sequence number of this change.
+    pub seq: u64,
+}
+
+/// A live entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    pub scope: String,
+    pub key: String,
+    #[serde(with = "b64")]
+    pub value: Option<Vec<u8>>,
+    pub mode: Option<u32>,
+    pub hlc: Hlc,
+    pub origin: String,
+    pub seq: u64,
+}
+
+mod b64 {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(bytes) => s.serialize_some(&STANDARD.encode(bytes)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(text) => STANDARD.decode(text).map(Some).map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Key patterns where `*` matches any run of characters.
+#[derive(Debug, Clone, Default)]
+pub struct Patterns(Vec<String>);
+
+impl Patterns {
+    pub fn new(patterns: impl IntoIterator<Item = String>) -> Patterns {
+        Patterns(patterns.into_iter().collect())
+    }
+
+    pub fn matches(&self, key: &str) -> bool {
+        self.0.iter().any(|p| glob(p.as_bytes(), key.as_bytes()))
+    }
+}
+
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some((b'*', rest)) => (0..=text.len()).any(|i| glob(rest, &text[i..])),
+        Some((c, rest)) => text.first() == Some(c) && glob(rest, &text[1..]),
+    }
+}
+
+/// Per-scope limits: the configuration scope and each replicated directory.
+#[derive(Debug, Clone)]
+pub struct Scopes {
+    /// `(scope name, largest value)`; `config` is always there.
+    pub sizes: Vec<(String, usize)>,
+}
+
+impl Default for Scopes {
+    fn default() -> Self {
+        Scopes { sizes: vec![(CONFIG.to_string(), MAX_VALUE)] }
+    }
+}
+
+impl Scopes {
+    fn limit(&self, scope: &str) -> Option<usize> {
+        self.sizes.iter().find(|(s, _)| s == scope).map(|(_, l)| *l)
+    }
+}
+
+/// What applying a batch did.
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    /// Changes that won and were written.
+    pub written: Vec<Change>,
+    /// Changes that lost to what the store had, or were local-only.
+    pub ignored: usize,
+}
+
+/// The store of one node.
+#[derive(Debug)]
+pub struct Store {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+    node: String,
+    clock: HlcClock,
+    local_only: Patterns,
+    scopes: Scopes,
+}
+
+impl Store {
+    /// Open (or create) the store at `path` for node `node`.
+    pub fn open(path: &Path, node: &str, local_only: Patterns, scopes: Scopes) -> Result<Store, StoreError> {
+        let db = |e: rusqlite::Error| StoreError::Db { path: path.to_path_buf(), message: e.to_string() };
+        let conn = Connection::open(path).map_err(db)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             CREATE TABLE IF NOT EXISTS entries (
+                 scope TEXT NOT NULL, key TEXT NOT NULL, value BLOB, mode INTEGER,
+                 wall INTEGER NOT NULL, counter INTEGER NOT NULL, origin TEXT NOT NULL,
+                 seq INTEGER NOT NULL, PRIMARY KEY (scope, key));
+             CREATE INDEX IF NOT EXISTS entries_seq ON entries (seq);
+             CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS peers (id TEXT PRIMARY KEY, watermark INTEGER NOT NULL);",
+        )
+        .map_err(db)?;
+        let integrity: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(db)?;
+        if integrity != "ok" {
+            return Err(StoreError::Db { path: path.to_path_buf(), message: format!("integrity check failed: {integrity}") });
+        }
+        let last: Option<(u64, u32)> = conn
+            .query_row("SELECT wall, counter FROM entries ORDER BY wall DESC, counter DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(db)?;
+        let last = last.map(|(wall_ms, counter)| Hlc { wall_ms, counter }).unwrap_or_default();
+        Ok(Store { path: path.to_path_buf(), conn: Mutex::new(conn), node: node.to_string(), clock: HlcClock::new(last), local_only, scopes })
+    }
+
+    fn db(&self, e: rusqlite::Error) -> StoreError {
+        StoreError::Db { path: self.path.clone(), message: e.to_string() }
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Whether `key` of `scope` is local-only.
+    pub fn is_local_only(&self, scope: &str, key: &str) -> bool {
+        self.local_only.matches(&full_key(scope, key))
+    }
+
+    fn check_key(&self, key: &str) -> Result<(), StoreError> {
+        let bad = |message: &str| Err(StoreError::BadKey { key: key.chars().take(80).collect(), message: message.into() });
+        if key.is_empty() {
+            return bad("empty");
+        }
+        if key.len() > MAX_KEY {
+            return bad("longer than 1024 bytes");
+        }
+        if key.chars().any(char::is_control) {
+            return bad("contains control characters");
+        }
+        Ok(())
+    }
+
+    /// Write a value locally at wall time `wall_ms`.
+    pub fn put(&self, scope: &str, key: &str, value: Vec<u8>, mode: Option<u32>, wall_ms: u64) -> Result<Change, StoreError> {
+        self.check_key(key)?;
+        let limit = self.scopes.limit(scope).ok_or_else(|| StoreError::BadKey { key: key.into(), message: format!("no scope {scope:?}") })?;
+        if value.len() > limit {
+            return Err(StoreError::BadKey { key: key.into(), message: format!("value of {} bytes is over the limit of {limit}", value.len()) });
+        }
+        self.write_local(scope, key, Some(value), mode, wall_ms)
+    }
+
+    /// Delete locally (a tombstone). `None` when there was nothing to delete.
+    pub fn delete(&self, scope: &str, key: &str, wall_ms: u64) -> Result<Option<Change>, StoreError> {
+        self.check_key(key)?;
+        match self.get(scope, key)? {
+            Some(e) if e.value.is_some() => self.write_local(scope, key, None, None, wall_ms).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    fn write_local(&self, scope: &str, key: &str, value: Option<Vec<u8>>, mode: Option<u32>, wall_ms: u64) -> Result<Change, StoreError> {
+        let mut conn = self.conn.lock().expect("store lock");
+        let tx = conn.transaction().map_err(|e| self.db(e))?;
+        let seq = next_seq(&tx).map_err(|e| self.db(e))?;
+        let change = Change { scope: scope.into(), key: key.into(), value, mode, hlc: self.clock.now(wall_ms), origin: self.node.clone(), seq };
+        upsert(&tx, &change, seq).map_err(|e| self.db(e))?;
+        tx.commit().map_err(|e| self.db(e))?;
+        Ok(change)
+    }
+
+    /// The entry for a key, tombstones included.
+    pub fn get(&self, scope: &str, key: &str) -> Result<Option<Entry>, StoreError> {
+        let conn = self.conn.lock().expect("store lock");
+        conn.query_row(
+            "SELECT scope, key, value, mode, wall, counter, origin, seq FROM entries WHERE scope = ?1 AND key = ?2",
+            params![scope, key],
+            entry_of,
+        )
+        .optional()
+        .map_err(|e| self.db(e))
+    }
+
+    /// Live entries of a scope whose key starts with `prefix`, in key order.
+    pub fn list(&self, scope: &str, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        let conn = self.conn.lock().expect("store lock");
+        let mut stmt = conn
+            .prepare(
+                "SELECT scope, key, value, mode, wall, counter, origin, seq FROM entries
+                 WHERE scope = ?1 AND value IS NOT NULL AND substr(key, 1, length(?2)) = ?2 ORDER BY key",
+            )
+            .map_err(|e| self.db(e))?;
+        let rows = stmt.query_map(params![scope, prefix], entry_of).map_err(|e| self.db(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.db(e))
+    }
+
+    /// Number of live entries per scope.
+    pub fn items(&self) -> Result<u64, StoreError> {
+        let conn = self.conn.lock().expect("store lock");
+        conn.query_row("SELECT count(*) FROM entries WHERE value IS NOT NULL", [], |r| r.get(0)).map_err(|e| self.db(e))
+    }
+
+    /// The latest local sequence number (0 for an empty store).
+    pub fn latest_seq(&self) -> Result<u64, StoreError> {
+        let conn = self.conn.lock().expect("store lock");
+        conn.query_row("SELECT coalesce(max(seq), 0) FROM entries", [], |r| r.get(0)).map_err(|e| self.db(e))
+    }
+
+    /// Changes after sequence `since`, oldest first, at most `limit` of them or about `max_bytes` of
+    /// values; local-only keys are left out. Also returns the sequence to ask from next time.
+    pub fn changes_since(&self, since: u64, limit: usize, max_bytes: usize) -> Result<(Vec<Change>, u64), StoreError> {
+        let conn = self.conn.lock().expect("store lock");
+        let mut stmt = conn
+            .prepare("SELECT scope, key, value, mode, wall, counter, origin, seq FROM entries WHERE seq > ?1 ORDER BY seq LIMIT ?2")
+            .map_err(|e| self.db(e))?;
+        let rows = stmt.query_map(params![since, limit as i64], entry_of).map_err(|e| self.db(e))?;
+        let (mut changes, mut next, mut bytes) = (Vec::new(), since, 0usize);
+        for row in rows {
+            let e = row.map_err(|e| self.db(e))?;
+            let size = e.value.as_ref().map_or(0, Vec::len);
+            if bytes + size > max_bytes && !changes.is_empty() {
+                break;
+            }
+            next = e.seq;
+            if self.is_local_only(&e.scope, &e.key) {
+                continue;
+            }
+            bytes += size;
+            changes.push(Change { scope: e.scope, key: e.key, value: e.value, mode: e.mode, hlc: e.hlc, origin: e.origin, seq: e.seq });
+        }
+        Ok((changes, next))
+    }
+
+    /// Check a batch from a peer without writing anything.
+    pub fn check_batch(&self, changes: &[Change], now_ms: u64) -> Result<(), StoreError> {
+        if changes.len() > MAX_BATCH {
+            return Err(StoreError::BatchTooLarge(changes.len()));
+        }
+        for (index, c) in changes.iter().enumerate() {
+            let bad = |message: String| StoreError::BadChange { index, scope: c.scope.clone(), key: c.key.chars().take(80).collect(), message };
+            self.check_key(&c.key).map_err(|e| bad(e.to_string()))?;
+            let limit = self.scopes.limit(&c.scope).ok_or_else(|| bad(format!("no scope {:?} on this node", c.scope)))?;
+            if c.value.as_ref().is_some_and(|v| v.len() > limit) {
+                return Err(bad(format!("value over the scope's limit of {limit} bytes")));
+            }
+            if c.hlc.wall_ms > now_ms + MAX_FUTURE_MS {
+                return Err(bad(format!("timestamp {} is {} s in the future", c.hlc, (c.hlc.wall_ms - now_ms) / 1000)));
+            }
+            if c.origin.is_empty() || c.origin.len() > 64 {
+                return Err(bad("origin must be a node id".into()));
+            }
+            if c.scope != CONFIG && (c.key.starts_with('/') || c.key.split('/').any(|part| part == ".." || part.is_empty())) {
+                return Err(bad("a file key must be a relative path without '..'".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply a batch from a peer: check it whole, then write the winners in one transaction.
+    pub fn apply(&self, changes: &[Change], now_ms: u64) -> Result<Applied, StoreError> {
+        self.check_batch(changes, now_ms)?;
+        let mut conn = self.conn.lock().expect("store lock");
+        let tx = conn.transaction().map_err(|e| self.db(e))?;
+        let horizon = meta(&tx, "horizon_wall").map_err(|e| self.db(e))?.unwrap_or(0);
+        let mut applied = Applied::default();
+        for c in changes {
+            self.clock.observe(c.hlc);
+            if self.is_local_only(&c.scope, &c.key) {
+                applied.ignored += 1;
+                continue;
+            }
+            let current: Option<(u64, u32, String)> = tx
+                .query_row(
+                    "SELECT wall, counter, origin FROM entries WHERE scope = ?1 AND key = ?2",
+                    params![c.scope, c.key],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(|e| self.db(e))?;
+            let wins = match &current {
+                Some((wall, counter, origin)) => newer((c.hlc, &c.origin), (Hlc { wall_ms: *wall, counter: *counter }, origin)),
+                // Unknown key: older than the purge horizon means deleted long ago.
+                None => c.hlc.wall_ms >= horizon,
+            };
+            if !wins {
+                applied.ignored += 1;
+                continue;
+            }
+            let seq = next_seq(&tx).map_err(|e| self.db(e))?;
+            upsert(&tx, c, seq).map_err(|e| self.db(e))?;
+            applied.written.push(c.clone());
+        }
+        tx.commit().map_err(|e| self.db(e))?;
+        Ok(applied)
+    }
+
+    /// Purge tombstones older than `before_wall_ms`, raising the horizon to it.
+    pub fn purge_tombstones(&self, before_wall_ms: u64) -> Result<usize, StoreError> {
+        let mut conn = self.conn.lock().expect("store lock");
+        let tx = conn.transaction().map_err(|e| self.db(e))?;
+        let n = tx.execute("DELETE FROM entries WHERE value IS NULL AND wall < ?1", params![before_wall_ms]).map_err(|e| self.db(e))?;
+        let horizon = meta(&tx, "horizon_wall").map_err(|e| self.db(e))?.unwrap_or(0).max(before_wall_ms);
+        tx.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('horizon_wall', ?1)", params![horizon]).map_err(|e| self.db(e))?;
+        tx.commit().map_err(|e| self.db(e))?;
+        Ok(n)
+    }
+
+    /// The sequence number of `peer` this node has pulled up to.
+    pub fn watermark(&self, peer: &str) -> Result<u64, StoreError> {
+        let conn = self.conn.lock().expect("store lock");
+        conn.query_row("SELECT watermark FROM peers WHERE id = ?1", params![peer], |r| r.get(0))
+            .optional()
+            .map(|w| w.unwrap_or(0))
+            .map_err(|e| self.db(e))
+    }
+
+    /// Record that everything of `peer` up to `seq` is applied.
+    pub fn set_watermark(&self, peer: &str, seq: u64) -> Result<(), StoreError> {
+        let conn = self.conn.lock().expect("store lock");
+        conn.execute("INSERT OR REPLACE INTO peers (id, watermark) VALUES (?1, ?2)", params![peer, seq]).map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    /// The timestamp clock (for tests and diagnostics).
+    pub fn clock(&self) -> &HlcClock {
+        &self.clock
+    }
+}
+
+/// `scope:key` for configuration keys is just the key; files are `scope/path`.
+fn full_key(scope: &str, key: &str) -> String {
+    if scope == CONFIG {
+        key.to_string()
+    } else {
+        format!("{scope}/{key}")
+    }
+}
+
+fn entry_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
+    Ok(Entry {
+        scope: r.get(0)?,
+        key: r.get(1)?,
+        value: r.get(2)?,
+        mode: r.get(3)?,
+        hlc: Hlc { wall_ms: r.get(4)?, counter: r.get(5)? },
+        origin: r.get(6)?,
+        seq: r.get(7)?,
+    })
+}
+
+fn meta(conn: &Connection, name: &str) -> rusqlite::Result<Option<u64>> {
+    conn.query_row("SELECT value FROM meta WHERE name = ?1", params![name], |r| r.get(0)).optional()
+}
+
+fn next_seq(conn: &Connection) -> rusqlite::Result<u64> {
+    let next = meta(conn, "next_seq")?.unwrap_or(1);
+    conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('next_seq', ?1)", params![next + 1])?;
+    Ok(next)
+}
+
+fn upsert(conn: &Connection, c: &Change, seq: u64) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO entries (scope, key, value, mode, wall, counter, origin, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![c.scope, c.key, c.value, c.mode, c.hlc.wall_ms, c.hlc.counter, c.origin, seq],
+    )?;
+    Ok(())
+}
+
+/// Encode bytes as the text the change feed uses (for tools and tests).
+pub fn encode_value(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path, node: &str) -> Store {
+        Store::open(&dir.join(format!("{node}.sqlite")), node, Patterns::new(["ha.*".to_string()]), Scopes::default()).unwrap()
+    }
+
+    fn sync(from: &Store, to: &Store, now: u64) -> usize {
+        let since = to.watermark(from.node()).unwrap();
+        let (changes, next) = from.changes_since(since, 1000, 1 << 20).unwrap();
+        let applied = to.apply(&changes, now).unwrap();
+        to.set_watermark(from.node(), next).unwrap();
+        applied.written.len()
+    }
+
+    fn value(s: &Store, key: &str) -> Option<String> {
+        s.get(CONFIG, key).unwrap().and_then(|e| e.value).map(|v| String::from_utf8(v).unwrap())
+    }
+
+    #[test]
+    fn later_write_wins_and_both_converge() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (store(dir.path(), "a"), store(dir.path(), "b"));
+        a.put(CONFIG, "x", b"from-a".to_vec(), None, 1000).unwrap();
+        b.put(CONFIG, "x", b"from-b".to_vec(), None, 2000).unwrap();
+        a.put(CONFIG, "only-a", b"1".to_vec(), None, 1500).unwrap();
+        sync(&a, &b, 3000);
+        sync(&b, &a, 3000);
+        for s in [&a, &b] {
+            assert_eq!(value(s, "x").as_deref(), Some("from-b"));
+            assert_eq!(value(s, "only-a").as_deref(), Some("1"));
+        }
+        assert_eq!(sync(&a, &b, 3000), 0, "nothing new the second time");
+    }
+
+    #[test]
+    fn a_write_after_seeing_another_wins_despite_a_slow_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (store(dir.path(), "a"), store(dir.path(), "b"));
+        a.put(CONFIG, "k", b"1".to_vec(), None, 10_000).unwrap(); // a's clock runs ahead
+        sync(&a, &b, 10_000);
+        b.put(CONFIG, "k", b"2".to_vec(), None, 5_000).unwrap(); // b has seen a's write
+        sync(&b, &a, 10_000);
+        assert_eq!(value(&a, "k").as_deref(), Some("2"));
+    }
+
+    #[test]
+    fn deletes_do_not_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (store(dir.path(), "a"), store(dir.path(), "b"));
+        a.put(CONFIG, "k", b"v".to_vec(), None, 1000).unwrap();
+        sync(&a, &b, 1000);
+        b.delete(CONFIG, "k", 2000).unwrap();
+        sync(&a, &b, 3000); // a still has the value: it must not win
+        sync(&b, &a, 3000);
+        assert_eq!(value(&a, "k"), None);
+        assert_eq!(value(&b, "k"), None);
+        assert!(b.list(CONFIG, "").unwrap().is_empty());
+
+        // After the tombstone is purged, the stale value is still refused (horizon).
+        let stale = a.get(CONFIG, "k").unwrap().unwrap();
+        assert!(stale.value.is_none());
+        b.purge_tombstones(5000).unwrap();
+        let old = Change { scope: CONFIG.into(), key: "k".into(), value: Some(b"v".to_vec()), mode: None, hlc: Hlc { wall_ms: 1000, counter: 0 }, origin: "a".into(), seq: 1 };
+        assert!(b.apply(&[old], 6000).unwrap().written.is_empty());
+    }
+
+    #[test]
+    fn local_only_keys_are_never_sent_or_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (store(dir.path(), "a"), store(dir.path(), "b"));
+        a.put(CONFIG, "ha.peer", b"a-setting".to_vec(), None, 1000).unwrap();
+        b.put(CONFIG, "ha.peer", b"b-setting".to_vec(), None, 2000).unwrap();
+        let (changes, next) = a.changes_since(0, 100, 1 << 20).unwrap();
+        assert!(changes.is_empty(), "not sent");
+        assert_eq!(next, 1, "but the watermark moves past it");
+        let forced = Change { scope: CONFIG.into(), key: "ha.peer".into(), value: Some(b"x".to_vec()), mode: None, hlc: Hlc { wall_ms: 9000, counter: 0 }, origin: "a".into(), seq: 1 };
+        assert!(b.apply(&[forced], 9000).unwrap().written.is_empty(), "not accepted");
+        assert_eq!(value(&b, "ha.peer").as_deref(), Some("b-setting"));
+    }
+
+    #[test]
+    fn a_bad_batch_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = store(dir.path(), "b");
+        let good = Change { scope: CONFIG.into(), key: "ok".into(), value: Some(b"1".to_vec()), mode: None, hlc: Hlc { wall_ms: 1000, counter: 0 }, origin: "a".into(), seq: 1 };
+        let cases = [
+            Change { key: "".into(), ..good.clone() },
+            Change { value: Some(vec![0; MAX_VALUE + 1]), ..good.clone() },
+            Change { scope: "nowhere".into(), ..good.clone() },
+            Change { hlc: Hlc { wall_ms: 1000 + MAX_FUTURE_MS + 1_000_000, counter: 0 }, ..good.clone() },
+        ];
+        for bad in cases {
+            let e = b.apply(&[good.clone(), bad], 1000).unwrap_err();
+            assert!(matches!(e, StoreError::BadChange { index: 1, .. }), "{e}");
+            assert_eq!(b.items().unwrap(), 0, "the good change before it was not written either");
+        }
+        assert!(matches!(b.apply(&vec![good; MAX_BATCH + 1], 1000), Err(StoreError::BatchTooLarge(_))));
+    }
+
+    #[test]
+    fn changes_are_paged_by_count_and_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = store(dir.path(), "a");
+        for i in 0..10 {
+            a.put(CONFIG, &format!("k{i}"), vec![b'x'; 100], None, 1000 + i).unwrap();
+        }
+        let (page, next) = a.changes_since(0, 4, 1 << 20).unwrap();
+        assert_eq!((page.len(), next), (4, 4));
+        let (page, next) = a.changes_since(next, 100, 250).unwrap();
+        assert_eq!((page.len(), next), (2, 6));
+        let (page, _) = a.changes_since(0, 100, 1).unwrap();
+        assert_eq!(page.len(), 1, "one change always fits");
+    }
+
+    #[test]
+    fn the_store_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let a = store(dir.path(), "a");
+            a.put(CONFIG, "k", b"v".to_vec(), None, 5000).unwrap();
+            a.set_watermark("b", 42).unwrap();
+        }
+        let a = store(dir.path(), "a");
+        assert_eq!(value(&a, "k").as_deref(), Some("v"));
+        assert_eq!(a.watermark("b").unwrap(), 42);
+        assert!(a.clock().last() >= Hlc { wall_ms: 5000, counter: 0 }, "the clock resumes after the newest entry");
+        assert_eq!(a.latest_seq().unwrap(), 1);
+    }
+
+    #[test]
+    fn patterns() {
+        let p = Patterns::new(["ha.*".into(), "net.*.addr".into(), "exact".into()]);
+        assert!(p.matches("ha.peer") && p.matches("net.eth0.addr") && p.matches("exact"));
+        assert!(!p.matches("hab") && !p.matches("net.eth0.mask") && !p.matches("exact2"));
+    }
+}
