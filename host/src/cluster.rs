@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 /// The admin token of every cluster node.
 pub const ADMIN_TOKEN: &str = "cluster-admin-token-0123456789";
-const PEER_KEY: &str = "cluster-peer-key-0123456789abcdef0123456789";
+/// The shared peer key of every cluster node.
+pub const PEER_KEY: &str = "cluster-peer-key-0123456789abcdef0123456789";
 
 /// Heartbeat settings shared by the nodes of a cluster.
 #[derive(Debug, Clone, Copy)]
@@ -327,4 +328,93 @@ impl Cluster {
 pub fn exactly_one_active(modes: &[Option<Mode>]) -> Option<usize> {
     let active: Vec<usize> = modes.iter().enumerate().filter(|(_, m)| **m == Some(Mode::Active)).map(|(i, _)| i).collect();
     (active.len() == 1 && modes.iter().all(Option::is_some)).then(|| active[0])
+}
+
+/// A TCP link between two loopback addresses that a test can cut and heal: a partition without
+/// privileges. Cutting closes the open connections and refuses new ones (the peer sees its requests
+/// fail at once, as with a dead host's refused port).
+#[derive(Debug)]
+pub struct LinkProxy {
+    addr: std::net::SocketAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LinkProxy {
+    /// Forward a new loopback port to `target`. Needs a tokio runtime.
+    pub async fn start(target: std::net::SocketAddr) -> std::io::Result<LinkProxy> {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (generation, _) = tokio::sync::watch::channel(0u64);
+        let (flag, gen) = (open.clone(), generation.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !flag.load(Ordering::Acquire) {
+                    continue; // dropped: the connection is closed at once
+                }
+                let mut cut = gen.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Ok(LinkProxy { addr, open, generation, task })
+    }
+
+    /// The proxy's base URL (`http://127.0.0.1:PORT`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Cut the link: close every open connection, refuse new ones.
+    pub fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::Release);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Heal the link.
+    pub fn heal(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Drop for LinkProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.generation.send_modify(|g| *g += 1);
+    }
+}
+
+impl Cluster {
+    /// Node `i`'s listen address.
+    pub fn listen_addr(&self, i: usize) -> std::net::SocketAddr {
+        self.nodes[i].listen
+    }
+
+    /// The last lines of every node's log, for failure messages.
+    pub fn logs(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let text = std::fs::read_to_string(&node.log).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- {} ({})\n", node.id, node.log.display()));
+            for line in &all[all.len().saturating_sub(lines)..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Replace node `i`'s spec before it starts (e.g. to route its peer paths through proxies).
+    pub fn spec_mut(&mut self, i: usize) -> &mut NodeSpec {
+        &mut self.nodes[i].spec
+    }
 }

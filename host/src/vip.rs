@@ -180,14 +180,25 @@ impl Vips {
         if specs.is_empty() {
             return Err("this policy declares no virtual IP addresses ([[vip]])".into());
         }
-        let mut notes = Vec::new();
+        let mut claimed = Vec::new();
         for spec in specs {
-            let note = self.claim_one(spec).await?;
-            notes.push(note);
+            claimed.push((self.claim_one(spec).await?, spec));
         }
+        // The announcements last about a second each (arping waits for its interval): all at once,
+        // after every address is up, so the services can start sooner.
+        let announce = claimed.iter().map(|(_, spec)| async move {
+            if spec.action == VipAction::Ignore {
+                String::new()
+            } else {
+                self.announce(&spec.address, &spec.interface, spec.address.contains(':')).await
+            }
+        });
+        let garps = futures_util::future::join_all(announce).await;
+        let notes: Vec<String> = claimed.iter().zip(garps).map(|((note, _), garp)| format!("{note}{garp}")).collect();
         Ok(notes.join("; "))
     }
 
+    /// Bring one entry up (without the announcement); the note says what changed.
     async fn claim_one(&self, spec: &VipSpec) -> Result<String, String> {
         let (ifname, vip) = (spec.interface.as_str(), spec.address.as_str());
         if spec.action == VipAction::Ignore {
@@ -231,7 +242,7 @@ impl Vips {
             (VipAction::Set, false) => "set",
             _ => "added",
         };
-        Ok(format!("{ifname}: {verb} {vip}{note}{}", self.announce(vip, ifname, vip_v6).await))
+        Ok(format!("{ifname}: {verb} {vip}{note}"))
     }
 
     /// A gratuitous ARP after a claim; never fails the claim (the address is up, neighbours will

@@ -58,9 +58,13 @@ fn read_token(file: &PathBuf) -> Result<String, CliError> {
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn call(method: Method, url: &str, token: Option<&str>) -> Result<crate::http_client::Answer, CliError> {
+    call_with(method, url, token, Bytes::new(), TIMEOUT).await
+}
+
+async fn call_with(method: Method, url: &str, token: Option<&str>, body: Bytes, timeout: Duration) -> Result<crate::http_client::Answer, CliError> {
     let headers: Vec<(&str, String)> = token.map(|t| ("authorization", format!("Bearer {t}"))).into_iter().collect();
     let answer = HttpClient::new()
-        .send(method, url, &headers, Bytes::new(), TIMEOUT)
+        .send(method, url, &headers, body, timeout)
         .await
         .map_err(|e| CliError::Failure(anyhow::anyhow!(e)))?;
     if answer.status >= 400 {
@@ -125,7 +129,7 @@ pub fn render_status(s: &serde_json::Value) -> String {
 /// `vigil switch`.
 pub async fn switch(target: &Target, request: OperatorRequest) -> Result<(), CliError> {
     let (url, token) = target.resolve()?;
-    let token = token.ok_or_else(|| CliError::Config(anyhow::anyhow!("no admin token: use --token-file, --config or $VIGIL_ADMIN_TOKEN")))?;
+    let token = admin_token(token)?;
     call(Method::POST, &format!("{url}/admin/switch/{request}"), Some(&token)).await?;
     println!("{request}: accepted by {url}; the policy sees it on the next tick");
     Ok(())
@@ -134,7 +138,7 @@ pub async fn switch(target: &Target, request: OperatorRequest) -> Result<(), Cli
 /// `vigil events`.
 pub async fn events(target: &Target, limit: usize, as_json: bool) -> Result<(), CliError> {
     let (url, token) = target.resolve()?;
-    let token = token.ok_or_else(|| CliError::Config(anyhow::anyhow!("no admin token: use --token-file, --config or $VIGIL_ADMIN_TOKEN")))?;
+    let token = admin_token(token)?;
     let answer = call(Method::GET, &format!("{url}/events?limit={limit}"), Some(&token)).await?;
     if as_json {
         println!("{}", String::from_utf8_lossy(&answer.body));
@@ -145,6 +149,75 @@ pub async fn events(target: &Target, limit: usize, as_json: bool) -> Result<(), 
         let at = e["at_ms"].as_i64().and_then(chrono::DateTime::from_timestamp_millis);
         let at = at.map(|t| t.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S%.3f").to_string()).unwrap_or_default();
         println!("{at}  {:<8} {}", e["kind"].as_str().unwrap_or("?"), e["message"].as_str().unwrap_or(""));
+    }
+    Ok(())
+}
+
+fn admin_token(token: Option<String>) -> Result<String, CliError> {
+    token.ok_or_else(|| CliError::Config(anyhow::anyhow!("no admin token: use --token-file, --config or $VIGIL_ADMIN_TOKEN")))
+}
+
+/// `vigil sync`: a full exchange with every peer, now.
+pub async fn sync(target: &Target) -> Result<(), CliError> {
+    let (url, token) = target.resolve()?;
+    let token = admin_token(token)?;
+    let answer = call_with(Method::POST, &format!("{url}/admin/sync"), Some(&token), Bytes::new(), Duration::from_secs(120)).await?;
+    let v: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+    println!("sync done: {}", v["synced"].as_str().unwrap_or("(no peers)"));
+    Ok(())
+}
+
+/// A configuration store operation.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ConfigOp {
+    /// Print a key's value.
+    Get { key: String },
+    /// Set a key (replicated unless local-only).
+    Set { key: String, value: String },
+    /// Delete a key (the delete replicates).
+    Rm { key: String },
+    /// List keys, optionally under a prefix.
+    Ls { prefix: Option<String> },
+}
+
+fn escape(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `vigil config …`.
+pub async fn config(target: &Target, op: &ConfigOp) -> Result<(), CliError> {
+    let (url, token) = target.resolve()?;
+    let token = admin_token(token)?;
+    match op {
+        ConfigOp::Get { key } => {
+            let a = call(Method::GET, &format!("{url}/config/{}", escape(key)), Some(&token)).await?;
+            println!("{}", String::from_utf8_lossy(&a.body));
+        }
+        ConfigOp::Set { key, value } => {
+            let a = call_with(Method::PUT, &format!("{url}/config/{}", escape(key)), Some(&token), Bytes::from(value.clone()), TIMEOUT).await?;
+            let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap_or_default();
+            let scope = if v["local_only"].as_bool() == Some(true) { " (local-only: not replicated)" } else { "" };
+            println!("{key} set{scope}");
+        }
+        ConfigOp::Rm { key } => {
+            call(Method::DELETE, &format!("{url}/config/{}", escape(key)), Some(&token)).await?;
+            println!("{key} deleted");
+        }
+        ConfigOp::Ls { prefix } => {
+            let query = prefix.as_deref().map(|p| format!("?prefix={}", escape(p))).unwrap_or_default();
+            let a = call(Method::GET, &format!("{url}/config/{query}"), Some(&token)).await?;
+            let entries: Vec<serde_json::Value> = serde_json::from_slice(&a.body).map_err(|e| CliError::Failure(anyhow::anyhow!("{url}/config/: {e}")))?;
+            for e in entries {
+                let local = if e["local_only"].as_bool() == Some(true) { "  (local-only)" } else { "" };
+                println!("{} = {}{local}", e["key"].as_str().unwrap_or(""), e["value"].as_str().unwrap_or(""));
+            }
+        }
     }
     Ok(())
 }

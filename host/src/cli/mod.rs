@@ -47,6 +47,18 @@ pub enum Command {
         #[command(flatten)]
         target: client::Target,
     },
+    /// Start a configuration/data sync with every peer now (a full exchange).
+    Sync {
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// The replicated configuration store.
+    Config {
+        #[command(subcommand)]
+        op: client::ConfigOp,
+        #[command(flatten)]
+        target: client::Target,
+    },
     /// Show the failover event log (oldest first).
     Events {
         #[command(flatten)]
@@ -134,6 +146,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Demo { deployment } => demo::run(deployment.as_deref()),
         Command::Status { target, json } => runtime()?.block_on(client::status(&target, json)),
         Command::Switch { request, target } => runtime()?.block_on(client::switch(&target, request)),
+        Command::Sync { target } => runtime()?.block_on(client::sync(&target)),
+        Command::Config { op, target } => runtime()?.block_on(client::config(&target, &op)),
         Command::Events { target, limit, json } => runtime()?.block_on(client::events(&target, limit, json)),
         Command::Policy(PolicyCommand::Check { policy, plugin_dirs }) => policy_cmd::check(&policy, plugin_dirs),
         Command::Policy(PolicyCommand::Test { policy, scenarios, plugin_dirs, verbose }) => {

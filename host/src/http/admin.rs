@@ -10,7 +10,7 @@ use bytes::Bytes;
 use hyper::{HeaderMap, Method, StatusCode};
 use std::sync::atomic::Ordering;
 
-pub async fn handle(state: &NodeState, method: &Method, path: &str, query: Option<&str>, headers: &HeaderMap, _body: Bytes) -> Answer {
+pub async fn handle(state: &NodeState, method: &Method, path: &str, query: Option<&str>, headers: &HeaderMap, body: Bytes) -> Answer {
     let Some(expected) = &state.admin_token else {
         return text(StatusCode::FORBIDDEN, "the admin API is disabled: set security.admin_token_file in the node configuration");
     };
@@ -28,6 +28,8 @@ pub async fn handle(state: &NodeState, method: &Method, path: &str, query: Optio
     match (method, path) {
         (&Method::POST, p) if p.starts_with("/admin/switch/") => switch(state, &p["/admin/switch/".len()..]),
         (&Method::POST, "/admin/reload") => reload(state).await,
+        (&Method::POST, "/admin/sync") => sync(state).await,
+        (m, p) if p.starts_with("/config/") => config(state, m, &p["/config/".len()..], query, body),
         (&Method::GET, "/events") => events(state, query),
         _ => text(StatusCode::NOT_FOUND, format!("{method} {path}: no such admin endpoint")),
     }
@@ -59,6 +61,96 @@ async fn reload(state: &NodeState) -> Answer {
             &serde_json::json!({ "error": error, "note": "the previous policy keeps deciding" }),
         ),
     }
+}
+
+/// A full exchange with every peer, now.
+async fn sync(state: &NodeState) -> Answer {
+    state.record(Event::new(state.clock.wall_ms(), EventKind::Operator, "operator requested a sync".to_string()));
+    match state.replicator.full_exchange().await {
+        Ok(report) => {
+            state.record(Event::new(state.clock.wall_ms(), EventKind::Peer, format!("sync done: {report}")));
+            json(StatusCode::OK, &serde_json::json!({ "synced": report }))
+        }
+        Err(error) => {
+            state.record(Event::new(state.clock.wall_ms(), EventKind::Peer, format!("sync failed: {error}")));
+            json(StatusCode::BAD_GATEWAY, &serde_json::json!({ "error": error }))
+        }
+    }
+}
+
+/// `GET /config/KEY` (the value), `PUT /config/KEY` (body = value), `DELETE /config/KEY`,
+/// `GET /config/?prefix=P` (a JSON list).
+fn config(state: &NodeState, method: &Method, key: &str, query: Option<&str>, body: Bytes) -> Answer {
+    use crate::replication::store::CONFIG;
+    let key = match percent_decode(key) {
+        Ok(k) => k,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let store = &state.replicator.store;
+    let now = state.clock.wall_ms();
+    match *method {
+        Method::GET if key.is_empty() => {
+            let prefix = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("prefix="))).unwrap_or("");
+            let prefix = match percent_decode(prefix) {
+                Ok(p) => p,
+                Err(e) => return text(StatusCode::BAD_REQUEST, e),
+            };
+            match store.list(CONFIG, &prefix) {
+                Ok(entries) => {
+                    let list: Vec<serde_json::Value> = entries
+                        .iter()
+                        .map(|e| {
+                            serde_json::json!({
+                                "key": e.key,
+                                "value": e.value.as_deref().map(String::from_utf8_lossy),
+                                "origin": e.origin,
+                                "hlc": e.hlc.to_string(),
+                                "local_only": store.is_local_only(CONFIG, &e.key),
+                            })
+                        })
+                        .collect();
+                    json(StatusCode::OK, &list)
+                }
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+        Method::GET => match store.get(CONFIG, &key) {
+            Ok(Some(crate::replication::store::Entry { value: Some(v), .. })) => hyper::Response::builder()
+                .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
+                .body(http_body_util::Full::new(Bytes::from(v)))
+                .expect("valid response"),
+            Ok(_) => text(StatusCode::NOT_FOUND, format!("no key {key:?}")),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+        Method::PUT => match store.put(CONFIG, &key, body.to_vec(), None, now) {
+            Ok(change) => json(StatusCode::OK, &serde_json::json!({ "key": key, "hlc": change.hlc.to_string(), "local_only": store.is_local_only(CONFIG, &key) })),
+            Err(e) => text(StatusCode::BAD_REQUEST, e.to_string()),
+        },
+        Method::DELETE => match store.delete(CONFIG, &key, now) {
+            Ok(Some(_)) => json(StatusCode::OK, &serde_json::json!({ "deleted": key })),
+            Ok(None) => text(StatusCode::NOT_FOUND, format!("no key {key:?}")),
+            Err(e) => text(StatusCode::BAD_REQUEST, e.to_string()),
+        },
+        _ => text(StatusCode::METHOD_NOT_ALLOWED, "/config/KEY: use GET, PUT or DELETE"),
+    }
+}
+
+/// Decode `%XX` escapes of a URL path segment.
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3).ok_or("malformed %-escape in the key")?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| "malformed %-escape in the key")?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "the key is not UTF-8".to_string())
 }
 
 fn events(state: &NodeState, query: Option<&str>) -> Answer {

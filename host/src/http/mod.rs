@@ -73,7 +73,11 @@ pub async fn serve(listener: TcpListener, state: Arc<NodeState>, mut shutdown: w
 pub async fn handle(state: &NodeState, req: Request<Incoming>) -> Answer {
     state.counters.http_requests.fetch_add(1, Ordering::Relaxed);
     let (parts, body) = req.into_parts();
-    let limit = if parts.uri.path() == crate::replication::CHANGES_PATH { MAX_BATCH_BODY } else { MAX_BODY };
+    let limit = match parts.uri.path() {
+        crate::replication::CHANGES_PATH => MAX_BATCH_BODY,
+        p if p.starts_with("/config/") => crate::replication::store::MAX_VALUE,
+        _ => MAX_BODY,
+    };
     let body = match read_body(body, parts.headers.get(hyper::header::CONTENT_LENGTH), limit).await {
         Ok(b) => b,
         Err(answer) => return answer,

@@ -248,6 +248,7 @@ async fn scan_directories(state: Arc<NodeState>, interval: Duration, mut stop: w
 }
 
 /// One tick: observe, decide, hand over the actions, publish.
+#[allow(clippy::too_many_arguments)]
 async fn tick_once(
     state: &Arc<NodeState>,
     mut core: NodeCore,

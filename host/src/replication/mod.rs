@@ -218,7 +218,13 @@ impl Replicator {
         for (peer, initial) in due {
             let me = self.clone();
             tokio::spawn(async move {
+                let started = std::time::Instant::now();
                 let result = me.pull(&peer, false).await;
+                if let Ok(n) = &result {
+                    if *n > 0 {
+                        tracing::info!(%peer, changes = n, ms = started.elapsed().as_millis() as u64, "pulled changes");
+                    }
+                }
                 me.finish(&peer, initial, result);
             });
         }

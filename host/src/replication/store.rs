@@ -369,12 +369,18 @@ impl Store {
         Ok(applied)
     }
 
-    /// Purge tombstones older than `before_wall_ms`, raising the horizon to it.
+    /// Purge tombstones older than `before_wall_ms`. The horizon rises to the newest purged one: only
+    /// changes older than a delete this node has forgotten are refused for unknown keys, so a node
+    /// that never purged anything (a new one) accepts every old key.
     pub fn purge_tombstones(&self, before_wall_ms: u64) -> Result<usize, StoreError> {
         let mut conn = self.conn.lock().expect("store lock");
         let tx = conn.transaction().map_err(|e| self.db(e))?;
+        let newest: Option<u64> = tx
+            .query_row("SELECT max(wall) FROM entries WHERE value IS NULL AND wall < ?1", params![before_wall_ms], |r| r.get(0))
+            .map_err(|e| self.db(e))?;
+        let Some(newest) = newest else { return Ok(0) };
         let n = tx.execute("DELETE FROM entries WHERE value IS NULL AND wall < ?1", params![before_wall_ms]).map_err(|e| self.db(e))?;
-        let horizon = meta(&tx, "horizon_wall").map_err(|e| self.db(e))?.unwrap_or(0).max(before_wall_ms);
+        let horizon = meta(&tx, "horizon_wall").map_err(|e| self.db(e))?.unwrap_or(0).max(newest + 1);
         tx.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('horizon_wall', ?1)", params![horizon]).map_err(|e| self.db(e))?;
         tx.commit().map_err(|e| self.db(e))?;
         Ok(n)
@@ -509,7 +515,11 @@ mod tests {
         // After the tombstone is purged, the stale value is still refused (horizon).
         let stale = a.get(CONFIG, "k").unwrap().unwrap();
         assert!(stale.value.is_none());
-        b.purge_tombstones(5000).unwrap();
+        assert_eq!(b.purge_tombstones(5000).unwrap(), 1);
+        let unrelated = Change { scope: CONFIG.into(), key: "never-seen".into(), value: Some(b"v".to_vec()), mode: None, hlc: Hlc { wall_ms: 900, counter: 0 }, origin: "a".into(), seq: 1 };
+        let fresh = store(tempfile::tempdir().unwrap().path(), "c");
+        fresh.purge_tombstones(5000).unwrap();
+        assert_eq!(fresh.apply(&[unrelated], 6000).unwrap().written.len(), 1, "a node that purged nothing accepts old keys");
         let old = Change { scope: CONFIG.into(), key: "k".into(), value: Some(b"v".to_vec()), mode: None, hlc: Hlc { wall_ms: 1000, counter: 0 }, origin: "a".into(), seq: 1 };
         assert!(b.apply(&[old], 6000).unwrap().written.is_empty());
     }
