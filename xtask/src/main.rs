@@ -96,9 +96,11 @@ fn main() -> ExitCode {
             run(cargo().current_dir(&root).args(["test", "--workspace", "--exclude", "vigil-sdk"]).args(excluded_plugins(&root)).args(&args[1..]))
         }),
         Some("bench") => build_plugins(&root).and_then(|_| {
+            // The cluster benchmarks run the release daemon.
+            run(cargo().current_dir(&root).args(["build", "--release", "-p", "vigil"]))?;
             run(cargo().current_dir(&root).args(["run", "--release", "-p", "vigil-bench", "--"]).args(&args[1..]))
         }),
-        _ => Err("usage: cargo xtask plugins | demo [DEPLOYMENT] | test [CARGO TEST ARGS] | bench".into()),
+        _ => Err("usage: cargo xtask plugins | demo [DEPLOYMENT] | test [CARGO TEST ARGS] | bench [tick|reload|relay|failover|sync|all]".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
