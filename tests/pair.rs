@@ -7,7 +7,7 @@
 
 use hyper::Method;
 use std::time::{Duration, Instant};
-use vigil::cluster::{exactly_one_active, Cluster, PairSpec, Timing};
+use vigil::cluster::{eventually, exactly_one_active, Cluster, PairSpec, Timing};
 use vigil::model::Mode;
 use vigil_tests::{plugins_dir, vigil_bin};
 
@@ -42,7 +42,7 @@ async fn kill_9_of_the_active_fails_over_and_the_killed_node_returns_standby() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = pair(dir.path(), "");
     assert_eq!(stable(&cluster).await, 0, "the primary takes the role when both start");
-    assert!(cluster.nodes[0].service_marker().exists(), "the active node runs its service");
+    assert!(eventually(Duration::from_secs(5), || cluster.nodes[0].service_marker().exists()).await, "the active node runs its service");
 
     let killed = Instant::now();
     cluster.kill(0);
@@ -50,7 +50,7 @@ async fn kill_9_of_the_active_fails_over_and_the_killed_node_returns_standby() {
     let failover = killed.elapsed();
     println!("failover after kill -9: {} ms (bound {} ms + margin)", failover.as_millis(), bound().as_millis());
     assert!(failover <= bound() + MARGIN, "failover took {failover:?}, bound {:?}", bound());
-    assert!(cluster.nodes[1].service_marker().exists(), "the new active node started its service");
+    assert!(eventually(Duration::from_secs(5), || cluster.nodes[1].service_marker().exists()).await, "the new active node started its service");
 
     // The killed primary comes back: without first_server_auto_active it stays standby, and it stops
     // the service its killed predecessor left running.
@@ -58,7 +58,10 @@ async fn kill_9_of_the_active_fails_over_and_the_killed_node_returns_standby() {
     cluster.wait_for(Duration::from_secs(10), |m| (m[0] == Some(Mode::Standby)).then_some(())).await.unwrap();
     tokio::time::sleep(Duration::from_millis(INTERVAL * 10)).await;
     assert_eq!(cluster.modes().await, vec![Some(Mode::Standby), Some(Mode::Active)]);
-    assert!(!cluster.nodes[0].service_marker().exists(), "the returning standby stopped the leftover service");
+    assert!(
+        eventually(Duration::from_secs(5), || !cluster.nodes[0].service_marker().exists()).await,
+        "the returning standby stopped the leftover service"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -73,9 +76,8 @@ async fn the_primary_takes_its_role_back_with_first_server_auto_active() {
         .wait_for(Duration::from_secs(10), |m| (m == [Some(Mode::Active), Some(Mode::Standby)]).then_some(()))
         .await
         .expect("the primary is active again and the secondary standby");
-    assert!(cluster.nodes[0].service_marker().exists());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!cluster.nodes[1].service_marker().exists(), "the secondary stopped its service");
+    assert!(eventually(Duration::from_secs(5), || cluster.nodes[0].service_marker().exists()).await);
+    assert!(eventually(Duration::from_secs(5), || !cluster.nodes[1].service_marker().exists()).await, "the secondary stopped its service");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -19,18 +19,36 @@ const RELOAD_RUNS: usize = 20;
 /// The debounce the daemon uses for policy file events.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
+mod cluster;
+mod relay;
+
+const USAGE: &str = "usage: vigil-bench [tick|reload|relay|failover|sync|all]";
+
 fn main() -> anyhow::Result<()> {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
-    if !matches!(what.as_str(), "tick" | "reload" | "all") {
-        anyhow::bail!("usage: vigil-bench [tick|reload|all]");
+    if !matches!(what.as_str(), "tick" | "reload" | "relay" | "failover" | "sync" | "all") {
+        anyhow::bail!(USAGE);
     }
+    let wants = |name: &str| what == name || what == "all";
     println!("| benchmark | figure |");
     println!("|---|---|");
-    if what == "tick" || what == "all" {
+    if wants("tick") {
         ticks()?;
     }
-    if what == "reload" || what == "all" {
+    if wants("reload") {
         reloads()?;
+    }
+    if wants("relay") {
+        print!("{}", relay::run()?);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    if wants("failover") {
+        rt.block_on(cluster::failover(20))?;
+    }
+    if wants("sync") {
+        rt.block_on(cluster::initial_sync(100_000))?;
+        rt.block_on(cluster::key_latency(20, 200))?;
+        rt.block_on(cluster::key_latency(20, 1000))?;
     }
     Ok(())
 }

@@ -324,6 +324,21 @@ impl Cluster {
     }
 }
 
+/// Poll `condition` every 20 ms until it holds (true) or `limit` passes (false). Actions run after
+/// the decision that asks for them, so "the active node runs its service" is a matter of moments.
+pub async fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The index of the single active node, when exactly one node is active and all answer.
 pub fn exactly_one_active(modes: &[Option<Mode>]) -> Option<usize> {
     let active: Vec<usize> = modes.iter().enumerate().filter(|(_, m)| **m == Some(Mode::Active)).map(|(i, _)| i).collect();

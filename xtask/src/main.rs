@@ -93,7 +93,7 @@ fn main() -> ExitCode {
             run(Command::new(root.join("target/debug/vigil")).arg("demo").args(&args[1..]))
         }),
         Some("test") => build_plugins(&root).and_then(|_| {
-            run(cargo().current_dir(&root).args(["test", "--workspace", "--exclude", "vigil-sdk"]).args(excluded_plugins(&root)).args(&args[1..]))
+            run(cargo().current_dir(&root).args(["test", "--no-fail-fast", "--workspace", "--exclude", "vigil-sdk"]).args(excluded_plugins(&root)).args(&args[1..]))
         }),
         Some("bench") => build_plugins(&root).and_then(|_| {
             // The cluster benchmarks run the release daemon.

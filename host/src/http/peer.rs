@@ -88,7 +88,13 @@ fn changes(state: &NodeState, query: Option<&str>) -> Answer {
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     match store.changes_since(since, limit, PAGE_BYTES) {
-        Ok((changes, next)) => json(StatusCode::OK, &Page { changes, next: next.max(since), latest }),
+        // Compact JSON: a page is megabytes, and only a machine reads it.
+        Ok((changes, next)) => hyper::Response::builder()
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(Bytes::from(
+                serde_json::to_vec(&Page { changes, next: next.max(since), latest }).expect("serializes"),
+            )))
+            .expect("valid response"),
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -162,8 +162,8 @@ pub async fn node_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
     // The traffic relay of the policy's `[relay]`: started on the first tick, kept in line with reloads.
     let relay = Arc::new(crate::relay::RelayHost::default());
     // The policy's `[[vip]]` addresses; what `set` replaced survives a restart in the data directory.
-    let vips = || crate::vip::Vips::new(Some(state.config.node.data_dir.join("vip-replaced.json")));
-    let delegate = Arc::new(HostDelegate { state: state.clone(), prober: prober.clone(), targets: targets.clone(), relay: relay.clone(), vips: vips() });
+    let vips = crate::vip::Vips::new(Some(state.config.node.data_dir.join("vip-replaced.json")));
+    let delegate = Arc::new(HostDelegate { state: state.clone(), prober: prober.clone(), targets: targets.clone(), relay: relay.clone(), vips });
     let executor = Executor::start(state.services.clone(), delegate);
     let observer_state = state.clone();
     executor.set_observer(Arc::new(move |result| {

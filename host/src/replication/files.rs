@@ -3,7 +3,9 @@
 //!
 //! A scan compares the directory with the store and records local changes; files changed since the
 //! previous scan are found by size and modification time, so a rescan of an unchanged tree reads
-//! only metadata. A change from a peer is written atomically (a temporary file in the same
+//! only metadata. A changed file is versioned by its modification time (an HLC never goes back, so
+//! at worst just after the latest version this node has seen): the file written last wins, whichever
+//! node happened to scan first. A change from a peer is written atomically (a temporary file in the same
 //! directory, then a rename) with its permissions. Temporary files are never replicated.
 
 use super::store::{Change, Patterns, Store};
@@ -92,7 +94,11 @@ impl DirSync {
             let stored = store.get(&self.name, &rel).map_err(|e| e.to_string())?;
             let same = stored.as_ref().is_some_and(|e| e.value.as_deref() == Some(&content[..]) && e.mode == Some(mode));
             if !same {
-                report.written.push(store.put(&self.name, &rel, content, Some(mode), wall_ms).map_err(|e| e.to_string())?);
+                // The version is the file's modification time (never later than now), so between two
+                // nodes the file written last wins, not the one scanned last.
+                let modified = stamp.1.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(wall_ms);
+                let version = modified.min(wall_ms);
+                report.written.push(store.put(&self.name, &rel, content, Some(mode), version).map_err(|e| e.to_string())?);
             }
         }
         for entry in store.list(&self.name, "").map_err(|e| e.to_string())? {

@@ -156,6 +156,8 @@ pub struct Store {
     clock: HlcClock,
     local_only: Patterns,
     scopes: Scopes,
+    /// Live entries, kept up to date by every write (a count(*) per status read would scan the table).
+    items: std::sync::atomic::AtomicU64,
 }
 
 impl Store {
@@ -184,7 +186,16 @@ impl Store {
             .optional()
             .map_err(db)?;
         let last = last.map(|(wall_ms, counter)| Hlc { wall_ms, counter }).unwrap_or_default();
-        Ok(Store { path: path.to_path_buf(), conn: Mutex::new(conn), node: node.to_string(), clock: HlcClock::new(last), local_only, scopes })
+        let items: u64 = conn.query_row("SELECT count(*) FROM entries WHERE value IS NOT NULL", [], |r| r.get(0)).map_err(db)?;
+        Ok(Store {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+            node: node.to_string(),
+            clock: HlcClock::new(last),
+            local_only,
+            scopes,
+            items: items.into(),
+        })
     }
 
     fn db(&self, e: rusqlite::Error) -> StoreError {
@@ -237,10 +248,16 @@ impl Store {
     fn write_local(&self, scope: &str, key: &str, value: Option<Vec<u8>>, mode: Option<u32>, wall_ms: u64) -> Result<Change, StoreError> {
         let mut conn = self.conn.lock().expect("store lock");
         let tx = conn.transaction().map_err(|e| self.db(e))?;
+        let was_live: bool = tx
+            .prepare_cached("SELECT value IS NOT NULL FROM entries WHERE scope = ?1 AND key = ?2")
+            .and_then(|mut st| st.query_row(params![scope, key], |r| r.get(0)).optional())
+            .map_err(|e| self.db(e))?
+            .unwrap_or(false);
         let seq = next_seq(&tx).map_err(|e| self.db(e))?;
         let change = Change { scope: scope.into(), key: key.into(), value, mode, hlc: self.clock.now(wall_ms), origin: self.node.clone(), seq };
         upsert(&tx, &change, seq).map_err(|e| self.db(e))?;
         tx.commit().map_err(|e| self.db(e))?;
+        self.adjust_items(i64::from(change.value.is_some()) - i64::from(was_live));
         Ok(change)
     }
 
@@ -269,10 +286,9 @@ impl Store {
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.db(e))
     }
 
-    /// Number of live entries per scope.
+    /// Number of live entries (keys and files).
     pub fn items(&self) -> Result<u64, StoreError> {
-        let conn = self.conn.lock().expect("store lock");
-        conn.query_row("SELECT count(*) FROM entries WHERE value IS NOT NULL", [], |r| r.get(0)).map_err(|e| self.db(e))
+        Ok(self.items.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// The latest local sequence number (0 for an empty store).
@@ -337,36 +353,50 @@ impl Store {
         let mut conn = self.conn.lock().expect("store lock");
         let tx = conn.transaction().map_err(|e| self.db(e))?;
         let horizon = meta(&tx, "horizon_wall").map_err(|e| self.db(e))?.unwrap_or(0);
+        let mut seq = meta(&tx, "next_seq").map_err(|e| self.db(e))?.unwrap_or(1);
         let mut applied = Applied::default();
-        for c in changes {
-            self.clock.observe(c.hlc);
-            if self.is_local_only(&c.scope, &c.key) {
-                applied.ignored += 1;
-                continue;
-            }
-            let current: Option<(u64, u32, String)> = tx
-                .query_row(
-                    "SELECT wall, counter, origin FROM entries WHERE scope = ?1 AND key = ?2",
-                    params![c.scope, c.key],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()
+        let mut live_delta: i64 = 0;
+        {
+            let mut current_of = tx
+                .prepare_cached("SELECT wall, counter, origin, value IS NOT NULL FROM entries WHERE scope = ?1 AND key = ?2")
                 .map_err(|e| self.db(e))?;
-            let wins = match &current {
-                Some((wall, counter, origin)) => newer((c.hlc, &c.origin), (Hlc { wall_ms: *wall, counter: *counter }, origin)),
-                // Unknown key: older than the purge horizon means deleted long ago.
-                None => c.hlc.wall_ms >= horizon,
-            };
-            if !wins {
-                applied.ignored += 1;
-                continue;
+            for c in changes {
+                self.clock.observe(c.hlc);
+                if self.is_local_only(&c.scope, &c.key) {
+                    applied.ignored += 1;
+                    continue;
+                }
+                let current: Option<(u64, u32, String, bool)> = current_of
+                    .query_row(params![c.scope, c.key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                    .optional()
+                    .map_err(|e| self.db(e))?;
+                let wins = match &current {
+                    Some((wall, counter, origin, _)) => newer((c.hlc, &c.origin), (Hlc { wall_ms: *wall, counter: *counter }, origin)),
+                    // Unknown key: older than the purge horizon means deleted long ago.
+                    None => c.hlc.wall_ms >= horizon,
+                };
+                if !wins {
+                    applied.ignored += 1;
+                    continue;
+                }
+                upsert(&tx, c, seq).map_err(|e| self.db(e))?;
+                seq += 1;
+                live_delta += i64::from(c.value.is_some()) - i64::from(current.is_some_and(|(_, _, _, live)| live));
+                applied.written.push(c.clone());
             }
-            let seq = next_seq(&tx).map_err(|e| self.db(e))?;
-            upsert(&tx, c, seq).map_err(|e| self.db(e))?;
-            applied.written.push(c.clone());
         }
+        set_meta(&tx, "next_seq", seq).map_err(|e| self.db(e))?;
         tx.commit().map_err(|e| self.db(e))?;
+        self.adjust_items(live_delta);
         Ok(applied)
+    }
+
+    fn adjust_items(&self, delta: i64) {
+        if delta >= 0 {
+            self.items.fetch_add(delta as u64, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            self.items.fetch_sub(delta.unsigned_abs(), std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Purge tombstones older than `before_wall_ms`. The horizon rises to the newest purged one: only
@@ -381,7 +411,7 @@ impl Store {
         let Some(newest) = newest else { return Ok(0) };
         let n = tx.execute("DELETE FROM entries WHERE value IS NULL AND wall < ?1", params![before_wall_ms]).map_err(|e| self.db(e))?;
         let horizon = meta(&tx, "horizon_wall").map_err(|e| self.db(e))?.unwrap_or(0).max(newest + 1);
-        tx.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('horizon_wall', ?1)", params![horizon]).map_err(|e| self.db(e))?;
+        set_meta(&tx, "horizon_wall", horizon).map_err(|e| self.db(e))?;
         tx.commit().map_err(|e| self.db(e))?;
         Ok(n)
     }
@@ -430,20 +460,25 @@ fn entry_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
 }
 
 fn meta(conn: &Connection, name: &str) -> rusqlite::Result<Option<u64>> {
-    conn.query_row("SELECT value FROM meta WHERE name = ?1", params![name], |r| r.get(0)).optional()
+    conn.prepare_cached("SELECT value FROM meta WHERE name = ?1")?.query_row(params![name], |r| r.get(0)).optional()
+}
+
+fn set_meta(conn: &Connection, name: &str, value: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached("INSERT OR REPLACE INTO meta (name, value) VALUES (?1, ?2)")?.execute(params![name, value])?;
+    Ok(())
 }
 
 fn next_seq(conn: &Connection) -> rusqlite::Result<u64> {
     let next = meta(conn, "next_seq")?.unwrap_or(1);
-    conn.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('next_seq', ?1)", params![next + 1])?;
+    set_meta(conn, "next_seq", next + 1)?;
     Ok(next)
 }
 
 fn upsert(conn: &Connection, c: &Change, seq: u64) -> rusqlite::Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT OR REPLACE INTO entries (scope, key, value, mode, wall, counter, origin, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![c.scope, c.key, c.value, c.mode, c.hlc.wall_ms, c.hlc.counter, c.origin, seq],
-    )?;
+    )?
+    .execute(params![c.scope, c.key, c.value, c.mode, c.hlc.wall_ms, c.hlc.counter, c.origin, seq])?;
     Ok(())
 }
 
@@ -486,6 +521,10 @@ mod tests {
             assert_eq!(value(s, "only-a").as_deref(), Some("1"));
         }
         assert_eq!(sync(&a, &b, 3000), 0, "nothing new the second time");
+        assert_eq!((a.items().unwrap(), b.items().unwrap()), (2, 2), "the live count follows every write");
+        b.delete(CONFIG, "x", 4000).unwrap();
+        sync(&b, &a, 5000);
+        assert_eq!((a.items().unwrap(), b.items().unwrap()), (1, 1));
     }
 
     #[test]

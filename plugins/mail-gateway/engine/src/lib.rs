@@ -1,0 +1,971 @@
+//! active-passive: the HA rules of a FortiMail-like mail gateway (deployments.md §6, seeds `001_…`,
+//! `002_…`), shared with the FortiVoice-like voice pair (§7, seed `000_…`) which is "active-passive
+//! like the mail gateway, plus" a planned-reboot hold-off and a calls-interrupted alarm.
+//!
+//! Words of the seed and of vigil: configured mode master/slave = configured role primary/secondary;
+//! effective mode master = `active`, slave = `standby`, plus `off`, `failed` and (voice) `hold-off`.
+//!
+//! Every tick the engine first observes (its own counters in the state), then applies the first rule
+//! that fires, in this order:
+//!
+//! 1. config-only group: every node serves, nothing ever switches;
+//! 2. `off` / `failed`: automatic exits only where the seed has them (a failed first sync, recovery of
+//!    local monitoring); otherwise only an operator `restart-ha` or `restore`;
+//! 3. an operator request (explicit human intent beats every automatic rule);
+//! 4. a peer command (`go-standby`, `go-active`, `planned-reboot`);
+//! 5. `hold-off`: wait for the rebooting peer, until the deadline;
+//! 6. active: local monitoring failure → on-failure option; two actives → configured roles decide;
+//! 7. standby: failed first sync → `off`; heartbeat lost on every path → failover; failback;
+//!    nobody active.
+//!
+//! The host does the mechanics (heartbeat paths, remote service probes, local monitors, `ip addr`,
+//! the sync); this crate only decides. `docs/plugins/mail-gateway.md` maps each rule to the seed.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use vigil_sdk::prelude::*;
+use vigil_sdk::Service;
+
+/// What a node does when its local monitoring fails while active (FortiMail "On failure").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFailure {
+    /// "switch off": go `off` until an operator restarts HA.
+    #[default]
+    SwitchOff,
+    /// "wait for recovery then restore original role": `failed`; once healthy, back to the configured
+    /// role (a primary takes the role back, the peer hands it over).
+    RestoreOriginalRole,
+    /// "wait for recovery then restore slave role": `failed`; once healthy, `standby`, pushing the mail
+    /// queue to the new active node; the peer stays active.
+    RestoreSlaveRole,
+}
+
+impl OnFailure {
+    fn word(self) -> &'static str {
+        match self {
+            OnFailure::SwitchOff => "switch-off",
+            OnFailure::RestoreOriginalRole => "restore-original-role",
+            OnFailure::RestoreSlaveRole => "restore-slave-role",
+        }
+    }
+}
+
+/// Upper bound for counts and times: beyond these a typo is more likely than intent.
+pub const MAX_COUNT: u32 = 1000;
+/// One day.
+pub const MAX_MS: u64 = 86_400_000;
+
+/// The rules' settings, built by each plugin from its own `[params]`.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// The plugin's name, for reasons.
+    pub plugin: &'static str,
+    /// A config-only group: configuration sync only, no failover, every node serves.
+    pub config_only: bool,
+    /// How long the heartbeat must be lost on every path before failover; default: the node's
+    /// `[heartbeat] failures` checks.
+    pub heartbeat_lost_threshold_ms: Option<u64>,
+    /// Remote service probes of the peer (`[[peer]] services` in the node configuration) count as
+    /// heartbeat: failover also needs every one of them lost for the threshold.
+    pub remote_services_as_heartbeat: bool,
+    /// Consecutive failed local monitor checks before the on-failure option; default `failures`.
+    pub local_failures: Option<u32>,
+    /// Consecutive good local checks before a `failed` node recovers, and before a failback; default
+    /// the node's `[heartbeat] successes`.
+    pub recovery_successes: Option<u32>,
+    pub on_failure: OnFailure,
+    /// The hook that pushes this node's mail queue to the active peer (`restore-slave-role`), run with
+    /// the peer's id.
+    pub push_queue_hook: Option<String>,
+    /// A configured primary that finds the secondary active (after its restart, a failover, or a
+    /// healed heartbeat outage) takes the role back by itself once healthy.
+    pub failback: bool,
+    /// Planned reboots (voice): how long the secondary holds off when the primary announces one.
+    pub planned_reboot_hold_ms: Option<u64>,
+    /// An alarm raised by every automatic takeover (voice: calls are interrupted).
+    pub takeover_alarm: Option<String>,
+    /// Service names in start order (stopped in reverse); the others follow in the policy's order.
+    pub start_order: Vec<String>,
+    /// The policy declares `[[vip]]` entries: claim them on takeover, release them when leaving
+    /// active. The host refuses VIP actions of a policy without any, and the plugin cannot see the
+    /// policy file, so the parameter says it.
+    pub vip: bool,
+}
+
+impl Config {
+    /// Checks shared by both plugins; the message names the parameter.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(ms) = self.heartbeat_lost_threshold_ms {
+            if !(1..=MAX_MS).contains(&ms) {
+                return Err(format!("heartbeat_lost_threshold_ms: expected 1 to {MAX_MS} milliseconds, got {ms}"));
+            }
+        }
+        for (name, value) in [("local_failures", self.local_failures), ("recovery_successes", self.recovery_successes)] {
+            if let Some(v) = value {
+                if !(1..=MAX_COUNT).contains(&v) {
+                    return Err(format!("{name}: expected a count from 1 to {MAX_COUNT}, got {v}"));
+                }
+            }
+        }
+        if let Some(ms) = self.planned_reboot_hold_ms {
+            if !(1_000..=MAX_MS).contains(&ms) {
+                return Err(format!("planned_reboot_hold_ms: expected 1000 to {MAX_MS} milliseconds, got {ms}"));
+            }
+        }
+        if self.push_queue_hook.as_deref().is_some_and(|h| h.trim().is_empty()) {
+            return Err("push_queue_hook: expected a hook name declared under [hooks]".into());
+        }
+        let mut seen = BTreeSet::new();
+        for name in &self.start_order {
+            if name.trim().is_empty() {
+                return Err("start_order: expected service names, got an empty one".into());
+            }
+            if !seen.insert(name) {
+                return Err(format!("start_order: service {name:?} is listed twice"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a node is `off`: only some causes have an automatic way out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OffCause {
+    /// A secondary's first configuration sync failed (seed: "to prevent both … acting as primary").
+    SyncFailed,
+    /// Local monitoring failed with on-failure `switch-off`.
+    LocalFailure,
+    /// The primary found the secondary active after a heartbeat outage, with `switch-off`.
+    TwoActives,
+}
+
+/// What the engine remembers between ticks. Every field defaults, so an older state still loads.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct State {
+    /// Consecutive checks in which a peer reported active while this node was active.
+    pub seen_active: u32,
+    /// Consecutive checks in which no node was active.
+    pub idle: u32,
+    /// This node gave the role away; no fast "nobody active" reclaim until a peer is seen active.
+    pub yielded: bool,
+    /// The operator switched this node to standby: failback waits for `restore`/`active`.
+    pub operator_hold: bool,
+    /// Why the node is `off`, when it is.
+    pub off_cause: Option<OffCause>,
+    /// Hold-off (voice): when it ends (tick time, ms since the epoch).
+    pub hold_until_ms: Option<u64>,
+    /// Hold-off: the rebooting peer has been seen unreachable since the hold began.
+    pub hold_saw_peer_down: bool,
+    /// The mail queue is to be pushed to the active peer (restore-slave-role).
+    pub push_queue_due: bool,
+    /// Configuration warnings already raised (each is raised once).
+    pub warned: BTreeSet<String>,
+}
+
+/// How many consecutive "nobody is active" checks the primary waits before it takes the role: two,
+/// so that one stale answer of a peer switching right now is not enough.
+const IDLE_CHECKS_PRIMARY: u32 = 2;
+
+/// The counts this tick runs with.
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    /// Checks the heartbeat must be lost on every path.
+    lost: u32,
+    local_failures: u32,
+    successes: u32,
+}
+
+/// `ceil(threshold / interval)`, at least one: the seed's threshold is a time, the host counts checks.
+fn checks_for(threshold_ms: u64, interval_ms: u32) -> u32 {
+    let interval = u64::from(interval_ms.max(1));
+    u32::try_from(threshold_ms.div_ceil(interval)).unwrap_or(u32::MAX).max(1)
+}
+
+impl Counts {
+    fn of(cfg: &Config, tick: &Tick) -> Counts {
+        let failures = tick.heartbeat.failures.max(1);
+        let lost = cfg.heartbeat_lost_threshold_ms.map_or(failures, |ms| checks_for(ms, tick.heartbeat.interval_ms));
+        Counts {
+            lost,
+            local_failures: cfg.local_failures.unwrap_or(failures).max(1),
+            successes: cfg.recovery_successes.unwrap_or(tick.heartbeat.successes).max(1),
+        }
+    }
+}
+
+/// One peer as the rules see it in this check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    /// No heartbeat on any path (and, when they count, no remote service answers) this check.
+    Lost,
+    /// It answered and says it does not serve (`off`, `failed`).
+    Out(Mode),
+    Active,
+    /// Standby or hold-off: it does not serve but could.
+    Idle,
+    /// It answered without a mode.
+    Unknown,
+}
+
+fn classify(p: &Remote, services_count: bool) -> Peer {
+    let services_answer = services_count && p.services.iter().any(|s| s.ok);
+    if !p.reachable && !services_answer {
+        return Peer::Lost;
+    }
+    match p.report.as_ref().map(|r| r.mode) {
+        // Reached only through its services: alive, mode unknown.
+        _ if !p.reachable => Peer::Unknown,
+        Some(m @ (Mode::Off | Mode::Failed)) => Peer::Out(m),
+        Some(Mode::Active) => Peer::Active,
+        Some(Mode::Standby | Mode::HoldOff) => Peer::Idle,
+        None => Peer::Unknown,
+    }
+}
+
+/// Everything a rule needs, computed once per tick.
+struct Cx<'a> {
+    cfg: &'a Config,
+    tick: &'a Tick,
+    n: Counts,
+    peers: Vec<(&'a Remote, Peer)>,
+    order: Vec<&'a Service>,
+}
+
+impl<'a> Cx<'a> {
+    fn me(&self) -> &str {
+        &self.tick.node.id
+    }
+
+    fn is_primary(&self) -> bool {
+        self.tick.node.configured_role == Role::Primary
+    }
+
+    fn peer_ids(&self) -> Vec<&'a str> {
+        self.peers.iter().map(|(p, _)| p.id.as_str()).collect()
+    }
+
+    fn busy(&self) -> bool {
+        self.tick.pending_actions > 0
+    }
+
+    fn active_peer(&self) -> Option<&'a Remote> {
+        self.peers.iter().find(|(_, s)| *s == Peer::Active).map(|(p, _)| *p)
+    }
+
+    /// The least run of successes over the local monitors (`u32::MAX` without monitors).
+    fn monitors_good_for(&self) -> u32 {
+        self.tick.monitors.iter().map(|m| m.consecutive_successes).min().unwrap_or(u32::MAX)
+    }
+
+    /// The local monitors that failed at least `n` consecutive checks, with their counts.
+    fn monitors_failed(&self, n: u32) -> Vec<String> {
+        self.tick
+            .monitors
+            .iter()
+            .filter(|m| m.consecutive_failures >= n)
+            .map(|m| format!("{} failed {}/{n} checks", m.name, m.consecutive_failures.min(n)))
+            .collect()
+    }
+}
+
+/// The word the seed's status page uses for a mode.
+fn word(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Active => "ACTIVE (master)",
+        Mode::Standby => "STANDBY (slave)",
+        Mode::Off => "OFF",
+        Mode::Failed => "FAILED",
+        Mode::HoldOff => "HOLD-OFF",
+    }
+}
+
+fn request_word(r: OperatorRequest) -> &'static str {
+    match r {
+        OperatorRequest::Standby => "standby",
+        OperatorRequest::Active => "active",
+        OperatorRequest::Restore => "restore",
+        OperatorRequest::RestartHa => "restart-ha",
+        OperatorRequest::PlannedReboot => "planned-reboot",
+    }
+}
+
+/// `peer a: heartbeat lost 3/5 checks (hb1 3, hb2 3)`, `peer a ACTIVE`, …
+fn describe_peers(cx: &Cx) -> String {
+    cx.peers
+        .iter()
+        .map(|(p, s)| match s {
+            Peer::Lost | Peer::Unknown if p.consecutive_failures > 0 || *s == Peer::Lost => {
+                format!("peer {}: heartbeat lost {}", p.id, lost_detail(cx, p))
+            }
+            Peer::Out(m) => format!("peer {} reports {}", p.id, word(*m)),
+            Peer::Active => format!("peer {} ACTIVE{}", p.id, paths_note(p)),
+            Peer::Idle => format!("peer {} {}{}", p.id, word(p.report.as_ref().map_or(Mode::Standby, |r| r.mode)), paths_note(p)),
+            _ => format!("peer {} answers without a mode", p.id),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `3/5 checks (hb1 3, hb2 3; smtp 3)`: the peer's run of lost rounds and each path's and service's.
+fn lost_detail(cx: &Cx, p: &Remote) -> String {
+    let n = cx.n.lost;
+    let counts = |checks: &[Check]| checks.iter().map(|c| format!("{} {}", c.name, c.consecutive_failures)).collect::<Vec<_>>().join(", ");
+    let mut inner = counts(&p.paths);
+    if cx.cfg.remote_services_as_heartbeat && !p.services.is_empty() {
+        inner.push_str("; services ");
+        inner.push_str(&counts(&p.services));
+    }
+    let head = if p.consecutive_failures <= n {
+        format!("{}/{n} checks", p.consecutive_failures)
+    } else {
+        format!("{} checks (threshold {n})", p.consecutive_failures)
+    };
+    if inner.is_empty() {
+        head
+    } else {
+        format!("{head} ({inner})")
+    }
+}
+
+/// `, link hb2 down 4 checks`: a heartbeat path that fails while another still reaches the peer.
+fn paths_note(p: &Remote) -> String {
+    let down: Vec<String> =
+        p.paths.iter().filter(|c| !c.ok && c.consecutive_failures > 0).map(|c| format!("{} down {} checks", c.name, c.consecutive_failures)).collect();
+    if down.is_empty() || !p.reachable {
+        String::new()
+    } else {
+        format!(" (heartbeat link {}; still reached on another link)", down.join(", "))
+    }
+}
+
+/// The declared services in start order.
+fn start_order<'a>(cfg: &Config, tick: &'a Tick) -> Vec<&'a Service> {
+    let mut order: Vec<&Service> = cfg.start_order.iter().filter_map(|n| tick.services.iter().find(|s| &s.name == n)).collect();
+    order.extend(tick.services.iter().filter(|s| !cfg.start_order.contains(&s.name)));
+    order
+}
+
+// ---------------------------------------------------------------------------------------------
+// Switches: what becoming active or leaving active does, in one place.
+// ---------------------------------------------------------------------------------------------
+
+/// Become active: the VIPs first (so the services answer on them at once), then the services in order,
+/// then tell `peers` to stand by.
+fn go_active(cx: &Cx, reason: String, peers: &[&str]) -> Decision {
+    let mut d = Decision::to(Mode::Active, reason);
+    if cx.cfg.vip {
+        d = d.then(Action::ClaimVip);
+    }
+    for s in &cx.order {
+        d = d.start(&s.name);
+    }
+    for p in peers {
+        d = d.command_peer(Some(p), PeerCommand::GoStandby);
+    }
+    d
+}
+
+/// An automatic takeover: as [`go_active`], plus the flavour's alarm (voice: calls were interrupted).
+fn take_over(cx: &Cx, reason: String, peers: &[&str]) -> Decision {
+    let d = go_active(cx, reason, peers);
+    match &cx.cfg.takeover_alarm {
+        Some(text) => d.alarm(Level::Warn, text.clone()),
+        None => d,
+    }
+}
+
+/// Leave active (or make sure nothing is held): release the VIPs, stop the services in reverse.
+fn leave_active(cx: &Cx, mode: Mode, reason: String) -> Decision {
+    let mut d = Decision::to(mode, reason);
+    if cx.cfg.vip {
+        d = d.then(Action::ReleaseVip);
+    }
+    for s in cx.order.iter().rev() {
+        d = d.stop(&s.name);
+    }
+    d
+}
+
+/// Not active, not switching: stop services left running (e.g. by a killed daemon). Not while our own
+/// actions are in flight, whose effect the status does not show yet.
+fn stop_leftovers(cx: &Cx, d: Decision) -> Decision {
+    if cx.busy() {
+        return d;
+    }
+    let running: Vec<&str> = cx.order.iter().rev().filter(|s| s.state == ServiceState::Running).map(|s| s.name.as_str()).collect();
+    if running.is_empty() {
+        return d;
+    }
+    let mut d = d.and_because(&format!("stopping {} left running while not active", running.join(", ")));
+    for name in running {
+        d = d.stop(name);
+    }
+    d
+}
+
+/// Push the mail queue to the active peer (restore-slave-role), once; a failed push is retried.
+fn push_queue(cx: &Cx, state: &mut State, d: Decision) -> Decision {
+    let Some(hook) = cx.cfg.push_queue_hook.as_deref() else {
+        state.push_queue_due = false;
+        return d;
+    };
+    let failed = cx.tick.results.iter().any(|r| !r.ok && matches!(&r.action, Action::Hook(h) if h.name == hook));
+    if failed {
+        state.push_queue_due = true;
+    }
+    if !state.push_queue_due || cx.busy() {
+        return d;
+    }
+    let Some(active) = cx.active_peer() else { return d };
+    state.push_queue_due = false;
+    let retry = if failed { " (the previous push failed, retrying)" } else { "" };
+    d.hook(hook, &[&active.id]).and_because(&format!("pushing the mail queue to the active peer {}{retry}", active.id))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rules.
+// ---------------------------------------------------------------------------------------------
+
+/// Config-only group (seed: "config master"/"config slave"): every node serves and only the
+/// configuration is synchronized (by the host). Nothing fails over, nothing is monitored.
+fn config_only(cx: &Cx) -> Decision {
+    let role = if cx.is_primary() { "config primary" } else { "config secondary" };
+    if let Some(r) = cx.tick.operator {
+        return Decision::because(format!(
+            "config-only group ({role}): operator {} has no mode to switch; only `vigil sync` applies",
+            request_word(r)
+        ));
+    }
+    if cx.tick.node.mode != Mode::Active {
+        return Decision::to(Mode::Active, format!("config-only group ({role}): every node serves; only the configuration is synchronized"));
+    }
+    Decision::because(format!("config-only group ({role}): serving; configuration sync only, no failover"))
+}
+
+/// `off` / `failed`.
+fn out_of_group(cx: &Cx, state: &mut State) -> Decision {
+    let mode = cx.tick.node.mode;
+    match cx.tick.operator {
+        Some(OperatorRequest::RestartHa) => {
+            state.off_cause = None;
+            let d = Decision::to(Mode::Standby, format!("operator restart-ha: this node ({}) leaves {} and rejoins the group in STANDBY", cx.me(), word(mode)));
+            return stop_leftovers(cx, d);
+        }
+        Some(OperatorRequest::Restore) => {
+            state.off_cause = None;
+            return restore(cx, state);
+        }
+        Some(other) => {
+            return Decision::because(format!("operator {} ignored: this node is {}; use restart-ha or restore first", request_word(other), word(mode)));
+        }
+        None => {}
+    }
+    if mode == Mode::Failed {
+        return recovery(cx, state);
+    }
+    if state.off_cause == Some(OffCause::SyncFailed) {
+        if let Some(d) = sync_failed_again(cx, state) {
+            return d;
+        }
+    }
+    let why = match state.off_cause {
+        Some(OffCause::SyncFailed) => "first configuration sync failed; waiting for the next attempt",
+        Some(OffCause::LocalFailure) => "local monitoring failed (on failure: switch-off)",
+        Some(OffCause::TwoActives) => "the secondary took over during a heartbeat outage (on failure: switch-off)",
+        None => "out of the group",
+    };
+    stop_leftovers(cx, Decision::because(format!("OFF: {why}; waiting for operator restart-ha or restore")))
+}
+
+/// A secondary `off` after its first sync failed: the next sync result decides (seed table 31:
+/// "If subsequent synchronization fails, the secondary unit's effective HA mode becomes master").
+fn sync_failed_again(cx: &Cx, state: &mut State) -> Option<Decision> {
+    let sync = &cx.tick.sync;
+    match sync.initial {
+        InitialSync::Done | InitialSync::NotNeeded => {
+            state.off_cause = None;
+            Some(Decision::to(Mode::Standby, format!("configuration sync succeeded after {} failure(s): this node ({}) rejoins in STANDBY", sync.consecutive_failures.max(1), cx.me())))
+        }
+        InitialSync::Failed if sync.consecutive_failures >= 2 => {
+            if let Some(peer) = cx.active_peer() {
+                // The off mode exists to prevent two actives: with the primary visibly serving, taking
+                // the role would create exactly that.
+                return Some(Decision::because(format!(
+                    "configuration sync failed {} times, but peer {} answers ACTIVE: staying OFF (two actives is what OFF prevents); check the sync",
+                    sync.consecutive_failures, peer.id
+                )));
+            }
+            state.off_cause = None;
+            Some(take_over(cx, format!("configuration sync failed {} times and no peer is active: switch this node ({}) to ACTIVE", sync.consecutive_failures, cx.me()), &[]))
+        }
+        _ => None,
+    }
+}
+
+/// `failed`: wait until the local monitors are good again, then apply the on-failure option.
+fn recovery(cx: &Cx, state: &mut State) -> Decision {
+    let s = cx.n.successes;
+    let good = cx.monitors_good_for();
+    if good < s {
+        let detail = if cx.tick.monitors.is_empty() { String::new() } else { format!(": local monitors good {}/{s} checks", good.min(s)) };
+        return stop_leftovers(cx, Decision::because(format!("FAILED, waiting for recovery ({}){detail}", cx.cfg.on_failure.word())));
+    }
+    match cx.cfg.on_failure {
+        OnFailure::RestoreOriginalRole if cx.is_primary() => {
+            let peers = cx.peer_ids();
+            go_active(cx, format!("recovered: local monitors good {s}/{s} checks: restore original role, switch this node ({}) to ACTIVE, peers to STANDBY", cx.me()), &peers)
+        }
+        OnFailure::RestoreOriginalRole => Decision::to(Mode::Standby, format!("recovered: local monitors good {s}/{s} checks: restore original role (secondary): STANDBY")),
+        OnFailure::RestoreSlaveRole | OnFailure::SwitchOff => {
+            state.push_queue_due = true;
+            let d = Decision::to(Mode::Standby, format!("recovered: local monitors good {s}/{s} checks: restore slave role, this node ({}) is STANDBY, the peer stays ACTIVE", cx.me()));
+            push_queue(cx, state, d)
+        }
+    }
+}
+
+/// The operator's requests (delivered once).
+fn operator(cx: &Cx, request: OperatorRequest, state: &mut State) -> Decision {
+    match request {
+        OperatorRequest::Active => take_by_operator(cx, state, "operator switch active"),
+        OperatorRequest::Standby => release_by_operator(cx, state, "operator switch to slave mode (standby)"),
+        OperatorRequest::Restore => restore(cx, state),
+        OperatorRequest::RestartHa => Decision::because(format!("operator restart-ha: nothing to restart, this node is {}", word(cx.tick.node.mode))),
+        OperatorRequest::PlannedReboot => planned_reboot(cx),
+    }
+}
+
+/// "click HERE to restore configured operating mode": primary active, secondary standby.
+fn restore(cx: &Cx, state: &mut State) -> Decision {
+    if cx.is_primary() {
+        take_by_operator(cx, state, "operator restore configured mode (primary)")
+    } else {
+        release_by_operator(cx, state, "operator restore configured mode (secondary)")
+    }
+}
+
+fn take_by_operator(cx: &Cx, state: &mut State, why: &str) -> Decision {
+    state.operator_hold = false;
+    if cx.tick.sync.initial == InitialSync::Pending {
+        let text = format!("{why} refused: the initial configuration sync from the active peer is still pending");
+        return Decision::because(text.clone()).alarm(Level::Warn, text);
+    }
+    let peers = cx.peer_ids();
+    let mut d = go_active(cx, format!("{why}: switch this node ({}) to ACTIVE, peers to STANDBY", cx.me()), &peers);
+    if cx.tick.node.mode == Mode::Active {
+        d.mode = None;
+        d.reason = format!("{why}: this node ({}) is already ACTIVE; VIPs and services ensured, peers told to stand by", cx.me());
+    }
+    d
+}
+
+fn release_by_operator(cx: &Cx, state: &mut State, why: &str) -> Decision {
+    state.operator_hold = true;
+    state.yielded = true;
+    let peers = cx.peer_ids();
+    let mut d = if cx.tick.node.mode == Mode::Standby {
+        Decision::because(format!("{why}: this node ({}) is already STANDBY; asking peers to take the role", cx.me()))
+    } else {
+        leave_active(cx, Mode::Standby, format!("{why}: switch this node ({}) to STANDBY, peers to ACTIVE", cx.me()))
+    };
+    for p in peers {
+        d = d.command_peer(Some(p), PeerCommand::GoActive);
+    }
+    d
+}
+
+/// Operator `planned-reboot` (voice): an active node tells its peers to hold off instead of taking
+/// over; it keeps serving until the reboot itself takes it down.
+fn planned_reboot(cx: &Cx) -> Decision {
+    let Some(hold) = cx.cfg.planned_reboot_hold_ms else {
+        return Decision::because(format!("operator planned-reboot: not used by {}; the reboot costs one ordinary failover", cx.cfg.plugin));
+    };
+    if cx.tick.node.mode != Mode::Active {
+        return Decision::because("operator planned-reboot: this node is not ACTIVE, its reboot causes no failover; peers not told");
+    }
+    let mut d = Decision::because(format!(
+        "operator planned-reboot: peers told to hold off {} s instead of taking over; this node keeps serving until it goes down",
+        hold / 1000
+    ));
+    for p in cx.peer_ids() {
+        d = d.command_peer(Some(p), PeerCommand::PlannedReboot);
+    }
+    d
+}
+
+/// Commands from peers: the last one of the tick counts.
+fn peer_command(cx: &Cx, state: &mut State) -> Option<Decision> {
+    let cmd = cx.tick.commands.last()?;
+    let from = &cmd.from;
+    let mode = cx.tick.node.mode;
+    match cmd.command {
+        PeerCommand::GoStandby if mode == Mode::Active || mode == Mode::HoldOff => {
+            state.yielded = true;
+            state.hold_until_ms = None;
+            Some(leave_active(cx, Mode::Standby, format!("peer {from} holds the role and commands go-standby: switch this node ({}) to STANDBY", cx.me())))
+        }
+        PeerCommand::GoActive if mode != Mode::Active => Some(if cx.tick.sync.initial == InitialSync::Pending {
+            Decision::because(format!("peer {from} commands go-active: refused, initial configuration sync still pending"))
+        } else {
+            go_active(cx, format!("peer {from} hands over and commands go-active: switch this node ({}) to ACTIVE", cx.me()), &[])
+        }),
+        PeerCommand::PlannedReboot if mode == Mode::Standby => {
+            let Some(hold) = cx.cfg.planned_reboot_hold_ms else {
+                return Some(Decision::because(format!("peer {from} announces a planned reboot: {} does not hold off; ordinary failover rules apply", cx.cfg.plugin)));
+            };
+            state.hold_until_ms = Some(cx.tick.now_ms.saturating_add(hold));
+            state.hold_saw_peer_down = false;
+            Some(Decision::to(
+                Mode::HoldOff,
+                format!("peer {from} announces a planned reboot: HOLD-OFF for {} s instead of taking over", hold / 1000),
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// `hold-off` (voice): the primary announced a planned reboot.
+fn hold_off(cx: &Cx, state: &mut State) -> Decision {
+    let Some(until) = state.hold_until_ms else {
+        // A hold-off without a deadline (state lost, e.g. a plugin downgrade): decide as standby.
+        return Decision::to(Mode::Standby, "HOLD-OFF without a deadline in the state: back to STANDBY");
+    };
+    if cx.peers.iter().any(|(_, s)| *s == Peer::Lost) {
+        state.hold_saw_peer_down = true;
+    }
+    let now = cx.tick.now_ms;
+    let back = cx.active_peer().filter(|_| state.hold_saw_peer_down);
+    if let Some(peer) = back {
+        state.hold_until_ms = None;
+        return Decision::to(Mode::Standby, format!("peer {} is back from its planned reboot and ACTIVE: resume STANDBY", peer.id));
+    }
+    if now >= until {
+        state.hold_until_ms = None;
+        if let Some(peer) = cx.active_peer() {
+            return Decision::to(Mode::Standby, format!("hold-off ended: peer {} is still ACTIVE (the reboot did not happen): resume STANDBY", peer.id));
+        }
+        let peers = cx.peer_ids();
+        return take_over(cx, format!("hold-off ended and the peer did not return ({}): switch this node ({}) to ACTIVE", describe_peers(cx), cx.me()), &peers);
+    }
+    let left = (until - now).div_ceil(1000);
+    Decision::because(format!("HOLD-OFF for the peer's planned reboot, {left} s left; {}", describe_peers(cx)))
+}
+
+/// Rules of an active node.
+fn active_rules(cx: &Cx, state: &mut State) -> Decision {
+    let failed = cx.monitors_failed(cx.n.local_failures);
+    if !failed.is_empty() {
+        return local_failure(cx, state, &failed);
+    }
+    if let Some(d) = two_actives(cx, state) {
+        return d;
+    }
+    let mut d = Decision::because(format!("ACTIVE; {}", describe_peers(cx)));
+    let n = cx.n.local_failures;
+    let weak: Vec<String> =
+        cx.tick.monitors.iter().filter(|m| m.consecutive_failures > 0).map(|m| format!("{} failed {}/{n} checks", m.name, m.consecutive_failures)).collect();
+    if !weak.is_empty() {
+        d = d.and_because(&format!("local monitoring: {}", weak.join(", ")));
+    }
+    d
+}
+
+/// Local monitoring failed on the active node (FortiMail "service-based failover"): give the role
+/// away at once (release the VIPs, stop mail services, tell the peer to take over) and go `off` or
+/// `failed` per the on-failure option.
+fn local_failure(cx: &Cx, state: &mut State, failed: &[String]) -> Decision {
+    let (mode, next) = match cx.cfg.on_failure {
+        OnFailure::SwitchOff => {
+            state.off_cause = Some(OffCause::LocalFailure);
+            (Mode::Off, "OFF until an operator restarts HA")
+        }
+        OnFailure::RestoreOriginalRole => (Mode::Failed, "FAILED, waiting for recovery, then the original role"),
+        OnFailure::RestoreSlaveRole => (Mode::Failed, "FAILED, waiting for recovery, then the slave role"),
+    };
+    state.yielded = true;
+    let mut d = leave_active(cx, mode, format!("local monitoring: {}: on failure {}: this node ({}) goes {next}; peers to ACTIVE", failed.join(", "), cx.cfg.on_failure.word(), cx.me()));
+    for p in cx.peer_ids() {
+        d = d.command_peer(Some(p), PeerCommand::GoActive);
+    }
+    d
+}
+
+/// Two actives (a heartbeat outage healed: each side saw the other lost). The configured roles and
+/// the on-failure option decide, so the end state is always one active node:
+/// - the primary treats the outage as its own failure and recovers per `on_failure` (with failback or
+///   `restore-original-role` it keeps the role and commands the secondary to stand by);
+/// - the secondary waits for the primary's decision; if the conflict outlives 3× the count (the
+///   primary runs something else), it gives way.
+fn two_actives(cx: &Cx, state: &mut State) -> Option<Decision> {
+    let other = cx.active_peer()?;
+    let seen = state.seen_active;
+    let n = cx.n.lost;
+    let count = format!("peer {} seen ACTIVE {}/{n} checks while this node is ACTIVE", other.id, seen.min(n));
+    if cx.is_primary() {
+        if seen < n {
+            return Some(Decision::because(format!("possible two actives: {count}")));
+        }
+        let keeps = cx.cfg.failback || cx.cfg.on_failure == OnFailure::RestoreOriginalRole;
+        if keeps {
+            #[allow(clippy::manual_is_multiple_of)]
+            let d = if seen % n == 0 {
+                // Claiming again (idempotent) re-announces the VIPs with a gratuitous ARP: the LAN learnt
+                // the secondary's MAC during the outage and must come back to this node.
+                let d = Decision::because(format!("two actives: {count}: restore original role, this node (primary) keeps the role"));
+                let d = if cx.cfg.vip { d.then(Action::ClaimVip) } else { d };
+                d.command_peer(Some(&other.id), PeerCommand::GoStandby)
+            } else {
+                Decision::because(format!("two actives: {count}: waiting for peer {} to stand by", other.id))
+            };
+            return Some(d);
+        }
+        state.yielded = true;
+        return Some(match cx.cfg.on_failure {
+            OnFailure::SwitchOff => {
+                state.off_cause = Some(OffCause::TwoActives);
+                leave_active(cx, Mode::Off, format!("two actives: {count}: the secondary took over during the heartbeat outage; on failure switch-off: this node ({}) goes OFF until an operator restarts HA", cx.me()))
+            }
+            _ => {
+                state.push_queue_due = true;
+                let d = leave_active(cx, Mode::Standby, format!("two actives: {count}: the secondary took over during the heartbeat outage; restore slave role: this node ({}) goes STANDBY", cx.me()));
+                push_queue(cx, state, d)
+            }
+        });
+    }
+    let limit = n.saturating_mul(3);
+    if seen >= limit {
+        state.yielded = true;
+        return Some(leave_active(cx, Mode::Standby, format!("two actives: peer {} still ACTIVE after {limit} checks: this node (secondary) gives way, STANDBY", other.id)));
+    }
+    Some(Decision::because(format!("two actives: peer {} seen ACTIVE {seen} checks: waiting for the primary to resolve (this node gives way after {limit})", other.id)))
+}
+
+/// Rules of a standby node.
+fn standby_rules(cx: &Cx, state: &mut State) -> Decision {
+    let tick = cx.tick;
+    if cx.peers.is_empty() {
+        return stop_leftovers(cx, Decision::because("STANDBY: no peer configured, nothing to take over from"));
+    }
+    if tick.node.tick_count == 0 {
+        // A fresh daemon has one round of evidence: never claim the role on it. A VIP left by a killed
+        // predecessor must not answer from two nodes: release it (idempotent).
+        if cx.is_primary() && cx.active_peer().is_some() && cx.cfg.on_failure == OnFailure::RestoreSlaveRole {
+            state.push_queue_due = true;
+        }
+        let mut d = Decision::because(format!("STANDBY: first tick, observing; {}", describe_peers(cx)));
+        if cx.cfg.vip {
+            d = d.then(Action::ReleaseVip);
+        }
+        return stop_leftovers(cx, d);
+    }
+    if tick.sync.initial == InitialSync::Pending {
+        return stop_leftovers(cx, Decision::because("STANDBY: initial configuration sync from the active peer pending"));
+    }
+    if !cx.is_primary() && tick.sync.initial == InitialSync::Failed {
+        if tick.sync.consecutive_failures <= 1 {
+            state.off_cause = Some(OffCause::SyncFailed);
+            return Decision::to(
+                Mode::Off,
+                "first configuration sync failed (1 failure): OFF so that two actives cannot appear; retrying the sync, a second failure makes this node ACTIVE",
+            )
+            .then(Action::Sync);
+        }
+        state.off_cause = Some(OffCause::SyncFailed);
+        if let Some(d) = sync_failed_again(cx, state) {
+            return d;
+        }
+    }
+    let peers = cx.peer_ids();
+    if let Some(d) = failover(cx, &peers) {
+        return d;
+    }
+    if let Some(d) = failback(cx, state, &peers) {
+        return d;
+    }
+    if let Some(d) = nobody_active(cx, state, &peers) {
+        return d;
+    }
+    let d = push_queue(cx, state, Decision::because(format!("STANDBY; {}", describe_peers(cx))));
+    stop_leftovers(cx, failback_progress(cx, state, d))
+}
+
+/// Failover (seed 002: "If the maximum number of consecutive failures is reached, and no secondary
+/// heartbeat or remote service monitoring heartbeat is available, the secondary unit will change its
+/// effective HA operating mode to become the new primary unit"). A peer that says it is `off` or
+/// `failed` serves nobody: take over at once.
+fn failover(cx: &Cx, peers: &[&str]) -> Option<Decision> {
+    let n = cx.n.lost;
+    if let Some((p, Peer::Out(m))) = cx.peers.iter().find(|(_, s)| matches!(s, Peer::Out(_))) {
+        if cx.peers.iter().all(|(_, s)| !matches!(s, Peer::Active)) {
+            return Some(take_over(cx, format!("peer {} reports {}: switch this node ({}) to ACTIVE", p.id, word(*m), cx.me()), peers));
+        }
+    }
+    let services_count = cx.cfg.remote_services_as_heartbeat;
+    let lost = |p: &Remote| {
+        p.consecutive_failures >= n && (!services_count || p.services.iter().all(|s| !s.ok && s.consecutive_failures >= n))
+    };
+    if cx.peers.iter().all(|(p, _)| lost(p)) {
+        let what = if services_count && cx.peers.iter().any(|(p, _)| !p.services.is_empty()) {
+            "heartbeat and remote services lost"
+        } else {
+            "heartbeat lost on every path"
+        };
+        let detail = cx.peers.iter().map(|(p, _)| format!("peer {}: heartbeat lost {}", p.id, lost_detail(cx, p))).collect::<Vec<_>>().join(", ");
+        return Some(take_over(cx, format!("{what}: {detail}: switch this node ({}) to ACTIVE, claiming the VIPs", cx.me()), peers));
+    }
+    None
+}
+
+/// A configured primary with failback (or restore-original-role) takes the role back from the active
+/// secondary once its local monitors and the peer link have been good `successes` checks.
+fn failback(cx: &Cx, state: &State, peers: &[&str]) -> Option<Decision> {
+    if !cx.is_primary() || !failback_enabled(cx) || state.operator_hold {
+        return None;
+    }
+    let other = cx.active_peer()?;
+    let s = cx.n.successes;
+    if healthy_for(cx) < s {
+        return None;
+    }
+    Some(go_active(cx, format!("failback: local health good {s}/{s} checks, peer {} ACTIVE: restore original role, switch this node ({}) to ACTIVE", other.id, cx.me()), peers))
+}
+
+fn failback_enabled(cx: &Cx) -> bool {
+    cx.cfg.failback || cx.cfg.on_failure == OnFailure::RestoreOriginalRole
+}
+
+/// Local monitors and the peer link good this many consecutive checks.
+fn healthy_for(cx: &Cx) -> u32 {
+    let peers = cx.peers.iter().map(|(p, _)| p.consecutive_successes).min().unwrap_or(u32::MAX);
+    cx.monitors_good_for().min(peers)
+}
+
+fn failback_progress(cx: &Cx, state: &State, d: Decision) -> Decision {
+    if !cx.is_primary() || !failback_enabled(cx) || cx.active_peer().is_none() {
+        return d;
+    }
+    if state.operator_hold {
+        return d.and_because("failback held by the operator's switchover (restore hands the role back)");
+    }
+    let s = cx.n.successes;
+    d.and_because(&format!("failback: local health good {}/{s} checks", healthy_for(cx).min(s)))
+}
+
+/// Nobody active (both restarted together, a hand-over that did not complete, the primary back from a
+/// planned reboot while the secondary holds off): the primary claims after two such checks; the
+/// secondary — or a node that just gave the role away — only after 2 + 2 × the count.
+fn nobody_active(cx: &Cx, state: &State, peers: &[&str]) -> Option<Decision> {
+    let fast = cx.is_primary() && !state.yielded;
+    let needed = if fast { IDLE_CHECKS_PRIMARY } else { IDLE_CHECKS_PRIMARY + cx.n.lost.saturating_mul(2) };
+    if state.idle < needed {
+        return None;
+    }
+    let who = if fast { "the primary runs" } else { "the primary did not take the role" };
+    Some(go_active(cx, format!("no node ACTIVE for {needed}/{needed} checks ({}; {who}): switch this node ({}) to ACTIVE", describe_peers(cx), cx.me()), peers))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Observation, warnings, entry point.
+// ---------------------------------------------------------------------------------------------
+
+fn observe(cx: &Cx, state: &mut State) {
+    let active = cx.tick.node.mode == Mode::Active;
+    let other_active = cx.active_peer().is_some();
+    // While our own switch is carried out, the peer's "active" is expected, not a conflict.
+    state.seen_active = if active && other_active && !cx.busy() { state.seen_active.saturating_add(1) } else { 0 };
+    let all_idle = !cx.peers.is_empty() && cx.peers.iter().all(|(_, s)| *s == Peer::Idle);
+    state.idle = if cx.tick.node.mode == Mode::Standby && all_idle { state.idle.saturating_add(1) } else { 0 };
+    if other_active {
+        state.yielded = false;
+    }
+}
+
+/// Configuration problems only the tick can reveal; each raised once.
+fn warnings(cx: &Cx, state: &mut State, mut d: Decision) -> Decision {
+    let mut raise = |key: &str, text: String, d: Decision| if state.warned.insert(key.to_string()) { d.alarm(Level::Warn, text) } else { d };
+    if cx.cfg.config_only || cx.peers.is_empty() {
+        return d;
+    }
+    if cx.cfg.remote_services_as_heartbeat && cx.peers.iter().all(|(p, _)| p.services.is_empty()) {
+        d = raise(
+            "services",
+            "params.remote_services_as_heartbeat is set but the node configuration probes no services of the peer ([[peer]] services): only the heartbeat paths count".into(),
+            d,
+        );
+    }
+    if cx.peers.iter().any(|(p, _)| p.paths.len() < 2) {
+        d = raise(
+            "paths",
+            "a peer has a single heartbeat path: a cut cable fails over; configure a primary and a secondary link ([[peer]] paths)".into(),
+            d,
+        );
+    }
+    d
+}
+
+/// Decide one tick.
+pub fn decide(cfg: &Config, tick: &Tick, state: &mut State) -> Decision {
+    let n = Counts::of(cfg, tick);
+    let peers = tick.peers.iter().map(|p| (p, classify(p, cfg.remote_services_as_heartbeat))).collect();
+    let cx = Cx { cfg, tick, n, peers, order: start_order(cfg, tick) };
+    if cfg.config_only {
+        return config_only(&cx);
+    }
+    observe(&cx, state);
+    let before = tick.node.mode;
+    let d = if matches!(before, Mode::Off | Mode::Failed) {
+        out_of_group(&cx, state)
+    } else if let Some(r) = tick.operator {
+        operator(&cx, r, state)
+    } else if let Some(d) = peer_command(&cx, state) {
+        d
+    } else if before == Mode::HoldOff {
+        hold_off(&cx, state)
+    } else if before == Mode::Active {
+        active_rules(&cx, state)
+    } else {
+        standby_rules(&cx, state)
+    };
+    match d.mode {
+        Some(Mode::Active) if before != Mode::Active => {
+            state.idle = 0;
+            state.yielded = false;
+            state.operator_hold = false;
+            state.push_queue_due = false;
+            state.off_cause = None;
+        }
+        Some(m) if m != Mode::Active && before == Mode::Active => state.seen_active = 0,
+        _ => {}
+    }
+    if !matches!(d.mode.unwrap_or(before), Mode::HoldOff) {
+        state.hold_until_ms = None;
+    }
+    warnings(&cx, state, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threshold_in_ms_becomes_whole_checks() {
+        assert_eq!(checks_for(15_000, 3_000), 5);
+        assert_eq!(checks_for(15_001, 3_000), 6, "a partial interval still has to be waited for");
+        assert_eq!(checks_for(1, 3_000), 1);
+        assert_eq!(checks_for(1000, 0), 1000, "a zero interval is treated as 1 ms, never a division by zero");
+    }
+
+    #[test]
+    fn validation_names_the_parameter() {
+        let bad = Config { local_failures: Some(0), ..Config::default() };
+        assert!(bad.validate().unwrap_err().starts_with("local_failures:"));
+        let bad = Config { planned_reboot_hold_ms: Some(10), ..Config::default() };
+        assert!(bad.validate().unwrap_err().starts_with("planned_reboot_hold_ms:"));
+        let bad = Config { start_order: vec!["a".into(), "a".into()], ..Config::default() };
+        assert!(bad.validate().unwrap_err().contains("listed twice"));
+        assert!(Config::default().validate().is_ok());
+    }
+}
