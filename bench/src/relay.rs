@@ -113,5 +113,51 @@ pub fn run() -> anyhow::Result<String> {
     let c = relay.counters();
     anyhow::ensure!(c.failed == 0, "the relay failed {} connection(s)", c.failed);
     drop(relay);
+    match nginx_reference(target)? {
+        Some(n) => {
+            let n = summarize(n);
+            let nginx_added = (us(n.mean) - us(d.mean)) / us(d.mean) * 100.0;
+            out.push_str(&row("through nginx's stream proxy (reference; 1 worker, tcp_nodelay)", &n));
+            out.push_str(&format!("| relay: nginx stream proxy adds | +{:.1} µs mean (+{nginx_added:.0} %) |\n", us(n.mean) - us(d.mean)));
+        }
+        None => out.push_str("| relay: nginx reference | skipped: nginx with the stream module is not installed (apt-get install nginx libnginx-mod-stream) |\n"),
+    }
     Ok(out)
+}
+
+/// The same round trips through nginx's stream proxy in front of the same backend, when nginx and
+/// its stream module are installed: what an established user-space proxy adds on loopback.
+fn nginx_reference(target: SocketAddr) -> anyhow::Result<Option<Vec<Duration>>> {
+    let module = std::path::Path::new("/usr/lib/nginx/modules/ngx_stream_module.so");
+    if std::process::Command::new("nginx").arg("-v").output().is_err() || !module.exists() {
+        return Ok(None);
+    }
+    let dir = tempfile::tempdir()?;
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "load_module {};\nmaster_process off;\nworker_processes 1;\npid {}/nginx.pid;\nerror_log {}/error.log;\nevents {{ worker_connections 64; }}\n\
+             stream {{ server {{ listen 127.0.0.1:{port}; proxy_pass {target}; tcp_nodelay on; }} }}\n",
+            module.display(),
+            dir.path().display(),
+            dir.path().display()
+        ),
+    )?;
+    let mut nginx = std::process::Command::new("nginx")
+        .args(["-p", &dir.path().display().to_string(), "-c", &conf.display().to_string(), "-g", "daemon off;"])
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(addr).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "nginx did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut times = round_trips(addr)?;
+    times.extend(round_trips(addr)?);
+    let _ = nginx.kill();
+    let _ = nginx.wait();
+    Ok(Some(times))
 }
