@@ -89,6 +89,8 @@ pub struct Status {
     pub watched: Vec<PeerStatus>,
     pub lan: Option<Check>,
     pub vip: Option<VipView>,
+    /// The traffic relay, when the policy has one.
+    pub relay: Option<RelayStatus>,
     pub policy: PolicyStatus,
     pub services: Vec<ServiceStatus>,
     pub app_healthy: bool,
@@ -141,6 +143,16 @@ pub struct PolicyStatus {
     pub reload_failures: u64,
     /// The latest reload error (the previous policy is still deciding).
     pub last_error: Option<String>,
+}
+
+/// The relay's target and counters.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RelayStatus {
+    pub target: String,
+    pub listen: Option<String>,
+    pub accepted: u64,
+    pub open: u64,
+    pub failed: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]

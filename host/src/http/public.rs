@@ -96,6 +96,14 @@ fn metrics(state: &NodeState) -> Answer {
     metric("vigil_peer_reachable", "gauge", "1 while the peer answers on at least one path.", peer_lines(&|p| Some(u8::from(p.reachable).to_string())));
     metric("vigil_peer_consecutive_failures", "gauge", "Consecutive failed heartbeat checks.", peer_lines(&|p| Some(p.consecutive_failures.to_string())));
     metric("vigil_peer_clock_skew_ms", "gauge", "The peer's clock minus this node's, from heartbeats.", peer_lines(&|p| p.clock_skew_ms.map(|v| v.to_string())));
+    if let Some(r) = &s.relay {
+        let target = |v: u64| vec![(format!("{{target=\"{}\"}}", r.target), v.to_string())];
+        metric("vigil_relay_accepted_total", "counter", "Client connections accepted by the relay.", target(r.accepted));
+        metric("vigil_relay_open_connections", "gauge", "Connections the relay splices now.", target(r.open));
+        metric("vigil_relay_failed_total", "counter", "Connections closed because the target did not answer.", target(r.failed));
+    }
+    metric("vigil_sync_items", "gauge", "Live entries in the replicated store.", one(s.sync.items));
+    metric("vigil_sync_consecutive_failures", "gauge", "Failed sync attempts in a row.", one(u64::from(s.sync.consecutive_failures)));
     Response::builder()
         .header(hyper::header::CONTENT_TYPE, "text/plain; version=0.0.4")
         .body(Full::new(Bytes::from(out)))

@@ -24,7 +24,7 @@ use crate::policy::reload::{self, PolicyHandle, ReloadOutcome};
 use crate::policy::{self, PluginDirs, Runtime};
 use crate::replication::Replicator;
 use crate::services::{Services, WatchdogLimits};
-use crate::state::{self, Inbox, NodeState, PolicyStatus, ServiceStatus, Status};
+use crate::state::{self, Inbox, NodeState, PolicyStatus, RelayStatus, ServiceStatus, Status};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -152,38 +152,8 @@ pub fn record_reload(state: &NodeState, outcome: &ReloadOutcome) {
 
 /// The loop, until `stop` turns true.
 pub async fn node_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
-    let config = &state.config;
-    let interval = Duration::from_millis(u64::from(config.heartbeat.interval_ms));
-    let http = HttpClient::new();
-    let targets = Targets::from_config(config);
-    let prober = prober_for(config, state.verifier.keys().to_vec(), state.clock.clone(), http.clone());
-    let mut tracker = Tracker::new(&config.node.id, &targets);
-    let peer_ids: Vec<String> = config.peers.iter().map(|p| p.id.clone()).collect();
-    // The traffic relay of the policy's `[relay]`: started on the first tick, kept in line with reloads.
-    let relay = Arc::new(crate::relay::RelayHost::default());
-    // The policy's `[[vip]]` addresses; what `set` replaced survives a restart in the data directory.
-    let vips = crate::vip::Vips::new(Some(state.config.node.data_dir.join("vip-replaced.json")));
-    let delegate = Arc::new(HostDelegate { state: state.clone(), prober: prober.clone(), targets: targets.clone(), relay: relay.clone(), vips });
-    let executor = Executor::start(state.services.clone(), delegate);
-    let observer_state = state.clone();
-    executor.set_observer(Arc::new(move |result| {
-        let verdict = if result.ok { "ok" } else { "FAILED" };
-        let mut event = Event::new(
-            result.finished_ms,
-            EventKind::Action,
-            format!("{} {verdict} in {} ms: {}", result.action, result.duration_ms, result.message),
-        );
-        event.detail = serde_json::json!({ "action": result.action, "ok": result.ok, "duration_ms": result.duration_ms });
-        observer_state.record(event);
-    }));
-    let poller = tokio::spawn(poll_services(state.clone(), interval, stop.clone()));
-    let scanner = tokio::spawn(scan_directories(state.clone(), interval, stop.clone()));
-    // Local monitors are probed off the loop too: a slow check command must not delay a tick.
-    let monitors = Arc::new(crate::monitors::Monitors::new());
-    let monitor_poller = tokio::spawn(crate::monitors::poll(state.clone(), monitors.clone(), interval, stop.clone()));
-    let mut core = NodeCore::new(&config.node.id, config.node.role, state.clock.wall_ms());
-    let mut last_reason = String::new();
-
+    let interval = Duration::from_millis(u64::from(state.config.heartbeat.interval_ms));
+    let mut node = NodeLoop::start(state, interval, &stop);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -191,14 +161,183 @@ pub async fn node_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
             _ = ticker.tick() => {}
             _ = stop.changed() => break,
         }
-        let round = prober.round(&targets).await;
-        tracker.record(&round, state.clock.mono_ms());
-        state.replicator.after_round(&heartbeat_answers(&targets, &round));
-        core = tick_once(&state, core, &tracker, &monitors, &executor, &relay, &peer_ids, &mut last_reason).await;
+        node.tick().await;
     }
-    poller.abort();
-    scanner.abort();
-    monitor_poller.abort();
+}
+
+/// What the loop keeps from tick to tick.
+struct NodeLoop {
+    state: Arc<NodeState>,
+    core: NodeCore,
+    targets: Targets,
+    prober: Prober,
+    tracker: Tracker,
+    monitors: Arc<crate::monitors::Monitors>,
+    executor: Executor,
+    relay: Arc<crate::relay::RelayHost>,
+    peer_ids: Vec<String>,
+    /// The reason of the last decision written to the event log.
+    last_reason: String,
+    /// Service polling, directory scans, monitor probes: each on a task of its own, so that nothing
+    /// slow sits in a tick. Aborted when the loop ends.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl NodeLoop {
+    fn start(state: Arc<NodeState>, interval: Duration, stop: &watch::Receiver<bool>) -> NodeLoop {
+        let config = &state.config;
+        let targets = Targets::from_config(config);
+        let prober = prober_for(config, state.verifier.keys().to_vec(), state.clock.clone(), HttpClient::new());
+        // The traffic relay of the policy's `[relay]`: started on the first tick, kept in line with reloads.
+        let relay = Arc::new(crate::relay::RelayHost::default());
+        // The policy's `[[vip]]` addresses; what `set` replaced survives a restart in the data directory.
+        let vips = crate::vip::Vips::new(Some(config.node.data_dir.join("vip-replaced.json")));
+        let delegate = Arc::new(HostDelegate { state: state.clone(), prober: prober.clone(), targets: targets.clone(), relay: relay.clone(), vips });
+        let executor = Executor::start(state.services.clone(), delegate);
+        let observer_state = state.clone();
+        executor.set_observer(Arc::new(move |result| {
+            let verdict = if result.ok { "ok" } else { "FAILED" };
+            let mut event = Event::new(
+                result.finished_ms,
+                EventKind::Action,
+                format!("{} {verdict} in {} ms: {}", result.action, result.duration_ms, result.message),
+            );
+            event.detail = serde_json::json!({ "action": result.action, "ok": result.ok, "duration_ms": result.duration_ms });
+            observer_state.record(event);
+        }));
+        let monitors = Arc::new(crate::monitors::Monitors::new());
+        let tasks = vec![
+            tokio::spawn(poll_services(state.clone(), interval, stop.clone())),
+            tokio::spawn(scan_directories(state.clone(), interval, stop.clone())),
+            tokio::spawn(crate::monitors::poll(state.clone(), monitors.clone(), interval, stop.clone())),
+        ];
+        NodeLoop {
+            core: NodeCore::new(&config.node.id, config.node.role, state.clock.wall_ms()),
+            tracker: Tracker::new(&config.node.id, &targets),
+            peer_ids: config.peers.iter().map(|p| p.id.clone()).collect(),
+            targets,
+            prober,
+            monitors,
+            executor,
+            relay,
+            last_reason: String::new(),
+            tasks,
+            state,
+        }
+    }
+
+    /// One tick: observe, decide, hand over the actions, publish.
+    async fn tick(&mut self) {
+        let state = self.state.clone();
+        let round = self.prober.round(&self.targets).await;
+        self.tracker.record(&round, state.clock.mono_ms());
+        state.replicator.after_round(&heartbeat_answers(&self.targets, &round));
+
+        let policy = state.policy.current();
+        let (now, mono) = (state.clock.wall_ms(), state.clock.mono_ms());
+        match self.relay.sync(policy.file.relay.as_ref()) {
+            Ok(None) => {}
+            Ok(Some(note)) => state.record(Event::new(now, EventKind::Reload, note)),
+            Err(error) => {
+                tracing::warn!(%error, "relay");
+                state.record(Event::new(now, EventKind::Reload, error));
+            }
+        }
+        let Inbox { operator, commands } = std::mem::take(&mut *state.inbox.lock().expect("inbox lock"));
+        let observations = Observations {
+            now_ms: now,
+            heartbeat: state.config.heartbeat.model(),
+            peers: self.tracker.peers(mono),
+            watched: self.tracker.watched(mono),
+            lan: self.tracker.lan.clone(),
+            monitors: self.monitors.latest(),
+            vip: self.tracker.vip.clone(),
+            route: self.relay.current(),
+            services: state.services.view(&policy.file.services, now),
+            sync: state.replicator.view(),
+            operator,
+            commands,
+            results: self.executor.take_results(),
+            pending_actions: self.executor.pending(),
+        };
+        // The plugin call is bounded by its time limit, but it is CPU work: keep it off the I/O threads.
+        let outcome = tokio::task::block_in_place(|| self.core.step(&policy, observations, &self.peer_ids));
+
+        state.counters.ticks.fetch_add(1, Ordering::Relaxed);
+        for note in state.replicator.take_notes() {
+            state.record(Event::new(state.clock.wall_ms(), EventKind::Peer, note));
+        }
+        record_outcome(&state, &self.core, &outcome, &mut self.last_reason);
+        if !outcome.actions.is_empty() {
+            self.executor.submit(policy.clone(), outcome.actions.clone());
+        }
+        self.publish(&policy, now, mono);
+        state.last_loop_mono_ms.store(state.clock.mono_ms(), Ordering::Release);
+    }
+
+    /// Write the status snapshot the HTTP server answers from.
+    fn publish(&self, policy: &policy::LoadedPolicy, now: u64, mono: u64) {
+        let (state, core) = (&self.state, &self.core);
+        let (peers, watched) = state::remote_statuses(&self.tracker, now, mono);
+        let reload = state.policy.status();
+        let specs = &policy.file.services;
+        let relay = self.relay.current().map(|target| {
+            let built_in = self.relay.get();
+            let counters = built_in.as_ref().map(|r| r.counters()).unwrap_or_default();
+            RelayStatus {
+                target,
+                listen: built_in.and_then(|r| r.local_addr()).map(|a| a.to_string()),
+                accepted: counters.accepted,
+                open: counters.open,
+                failed: counters.failed,
+            }
+        });
+        let mut status = Status {
+            node: state::NodeStatus {
+                id: core.id.clone(),
+                configured_role: core.role,
+                mode: core.mode,
+                mode_since_ms: core.mode_since_ms,
+                reason: core.reason.clone(),
+            },
+            peers,
+            watched,
+            lan: self.tracker.lan.clone(),
+            vip: self.tracker.vip.clone(),
+            relay,
+            policy: PolicyStatus {
+                name: policy.name(),
+                path: policy.path.display().to_string(),
+                plugin: policy.plugin.name().to_string(),
+                plugin_sha256: policy.plugin.sha256().to_string(),
+                loaded_at_ms: policy.loaded_at_ms,
+                faults: core.faults,
+                consecutive_faults: core.consecutive_faults,
+                last_fault: core.last_fault.clone(),
+                reloads: reload.reloads,
+                reload_failures: reload.failures,
+                last_error: reload.last_error,
+            },
+            services: state.services.view(specs, now).into_iter().map(|s| ServiceStatus { name: s.name, state: s.state }).collect(),
+            app_healthy: state.services.app_healthy(specs),
+            sync: state.replicator.status(),
+            ticks: core.tick_count,
+            pending_actions: self.executor.pending(),
+            loop_age_ms: None,
+            events: Vec::new(),
+        };
+        status.events = state.events.latest(20).unwrap_or_default();
+        *state.status.write().expect("status lock") = status;
+    }
+}
+
+
+impl Drop for NodeLoop {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
 }
 
 /// Each peer's signed heartbeat answer in this round, with the clock skew it showed.
@@ -247,69 +386,6 @@ async fn scan_directories(state: Arc<NodeState>, interval: Duration, mut stop: w
     }
 }
 
-/// One tick: observe, decide, hand over the actions, publish.
-#[allow(clippy::too_many_arguments)]
-async fn tick_once(
-    state: &Arc<NodeState>,
-    mut core: NodeCore,
-    tracker: &Tracker,
-    monitors: &crate::monitors::Monitors,
-    executor: &Executor,
-    relay: &crate::relay::RelayHost,
-    peer_ids: &[String],
-    last_reason: &mut String,
-) -> NodeCore {
-    let policy = state.policy.current();
-    let (now, mono) = (state.clock.wall_ms(), state.clock.mono_ms());
-    match relay.sync(policy.file.relay.as_ref()) {
-        Ok(None) => {}
-        Ok(Some(note)) => state.record(Event::new(now, EventKind::Reload, note)),
-        Err(error) => {
-            tracing::warn!(%error, "relay");
-            state.record(Event::new(now, EventKind::Reload, error));
-        }
-    }
-    let Inbox { operator, commands } = std::mem::take(&mut *state.inbox.lock().expect("inbox lock"));
-    let specs = &policy.file.services;
-    let observations = Observations {
-        now_ms: now,
-        heartbeat: state.config.heartbeat.model(),
-        peers: tracker.peers(mono),
-        watched: tracker.watched(mono),
-        lan: tracker.lan.clone(),
-        monitors: monitors.latest(),
-        vip: tracker.vip.clone(),
-        route: relay.current(),
-        services: state.services.view(specs, now),
-        sync: state.replicator.view(),
-        operator,
-        commands,
-        results: executor.take_results(),
-        pending_actions: executor.pending(),
-    };
-    // The plugin call is bounded by its time limit, but it is CPU work: keep it off the I/O threads.
-    let (core, outcome, policy) = {
-        let peers = peer_ids.to_vec();
-        tokio::task::spawn_blocking(move || {
-            let outcome = core.step(&policy, observations, &peers);
-            (core, outcome, policy)
-        })
-        .await
-        .expect("the decide task does not panic")
-    };
-    state.counters.ticks.fetch_add(1, Ordering::Relaxed);
-    for note in state.replicator.take_notes() {
-        state.record(Event::new(state.clock.wall_ms(), EventKind::Peer, note));
-    }
-    record_outcome(state, &core, &outcome, last_reason);
-    if !outcome.actions.is_empty() {
-        executor.submit(policy.clone(), outcome.actions.clone());
-    }
-    publish(state, &core, tracker, &policy, executor, now, mono);
-    state.last_loop_mono_ms.store(state.clock.mono_ms(), Ordering::Release);
-    core
-}
-
 /// One event per decision that changed something, per fault, and per new reason: a plugin's reason
 /// carries its counts ("peer b failed 2/3 checks"), so the log reads like the seed's fault-tolerant
 /// log without a line for every identical tick.
@@ -344,47 +420,6 @@ fn record_outcome(state: &NodeState, core: &NodeCore, outcome: &Outcome, last_re
         event.detail = serde_json::json!({ "from": outcome.from, "to": outcome.to, "actions": actions });
         state.record(event);
     }
-}
-
-fn publish(state: &NodeState, core: &NodeCore, tracker: &Tracker, policy: &policy::LoadedPolicy, executor: &Executor, now: u64, mono: u64) {
-    let (peers, watched) = state::remote_statuses(tracker, now, mono);
-    let reload = state.policy.status();
-    let specs = &policy.file.services;
-    let mut status = Status {
-        node: state::NodeStatus {
-            id: core.id.clone(),
-            configured_role: core.role,
-            mode: core.mode,
-            mode_since_ms: core.mode_since_ms,
-            reason: core.reason.clone(),
-        },
-        peers,
-        watched,
-        lan: tracker.lan.clone(),
-        vip: tracker.vip.clone(),
-        policy: PolicyStatus {
-            name: policy.name(),
-            path: policy.path.display().to_string(),
-            plugin: policy.plugin.name().to_string(),
-            plugin_sha256: policy.plugin.sha256().to_string(),
-            loaded_at_ms: policy.loaded_at_ms,
-            faults: core.faults,
-            consecutive_faults: core.consecutive_faults,
-            last_fault: core.last_fault.clone(),
-            reloads: reload.reloads,
-            reload_failures: reload.failures,
-            last_error: reload.last_error,
-        },
-        services: state.services.view(specs, now).into_iter().map(|s| ServiceStatus { name: s.name, state: s.state }).collect(),
-        app_healthy: state.services.app_healthy(specs),
-        sync: state.replicator.status(),
-        ticks: core.tick_count,
-        pending_actions: executor.pending(),
-        loop_age_ms: None,
-        events: Vec::new(),
-    };
-    status.events = state.events.latest(20).unwrap_or_default();
-    *state.status.write().expect("status lock") = status;
 }
 
 /// Poll service status commands every interval, off the loop.

@@ -403,3 +403,60 @@ impl Replicator {
         self.dirs.iter().map(|(d, _)| d.root.as_path()).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::http_client::HttpClient;
+
+    fn replicator(dir: &Path) -> Arc<Replicator> {
+        std::fs::write(dir.join("k"), "a-shared-key-0123456789").unwrap();
+        std::fs::write(
+            dir.join("node.toml"),
+            "[node]\nid = \"a\"\ndata_dir = \"data\"\n[[peer]]\nid = \"b\"\nurl = \"http://127.0.0.1:1\"\n[security]\npeer_keys = [\"k\"]\n[sync]\nmax_clock_skew_ms = 1000\n",
+        )
+        .unwrap();
+        let config = NodeConfig::read(&dir.join("node.toml")).unwrap();
+        std::fs::create_dir_all(&config.node.data_dir).unwrap();
+        let clock = ManualClock::new(1_800_000_000_000);
+        let client = PeerClient::new(HttpClient::new(), "a".into(), vec![b"a-shared-key-0123456789".to_vec()], clock.clone());
+        Arc::new(Replicator::open(&config, &[], client, clock).unwrap())
+    }
+
+    fn answer(mode: Mode, seq: u64) -> HeartbeatAnswer {
+        HeartbeatAnswer { id: "b".into(), mode, configured_role: crate::model::Role::Secondary, app_healthy: true, mode_since_ms: 0, now_ms: 0, seq }
+    }
+
+    #[tokio::test]
+    async fn clock_skew_over_the_threshold_is_reported_once_and_its_end_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = replicator(dir.path());
+        r.after_round(&[("b".into(), Some((answer(Mode::Standby, 0), 5_000)))]);
+        r.after_round(&[("b".into(), Some((answer(Mode::Standby, 0), 4_000)))]);
+        let notes = r.take_notes();
+        assert_eq!(notes.iter().filter(|n| n.contains("clock skew with b is 5000 ms")).count(), 1, "{notes:?}");
+        assert!(notes.iter().all(|n| !n.contains("4000")), "reported once per crossing: {notes:?}");
+        r.after_round(&[("b".into(), Some((answer(Mode::Standby, 0), 20)))]);
+        assert!(r.take_notes().iter().any(|n| n.contains("back to 20 ms")));
+    }
+
+    #[tokio::test]
+    async fn an_active_peer_at_start_makes_the_initial_sync_pending_then_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = replicator(dir.path());
+        assert_eq!(r.view().initial, InitialSync::NotNeeded);
+        r.after_round(&[("b".into(), Some((answer(Mode::Active, 3), 0)))]);
+        assert_eq!(r.view().initial, InitialSync::Pending, "no leaving standby on stale configuration");
+        // The peer's address refuses connections: the pull fails and says so.
+        for _ in 0..100 {
+            if r.view().initial == InitialSync::Failed {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(r.view().initial, InitialSync::Failed);
+        assert_eq!(r.view().consecutive_failures, 1);
+        assert!(r.status().last_error.unwrap().contains("127.0.0.1:1"));
+    }
+}
