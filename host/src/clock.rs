@@ -70,3 +70,20 @@ impl Clock for ManualClock {
         self.mono.load(Ordering::SeqCst)
     }
 }
+
+/// Run `work` once per `interval` until `stop` turns true. A run that overruns delays the next one
+/// rather than bunching them up; the first run is immediate.
+pub async fn every<F, Fut>(interval: std::time::Duration, mut stop: tokio::sync::watch::Receiver<bool>, mut work: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => work().await,
+            _ = stop.changed() => return,
+        }
+    }
+}

@@ -119,21 +119,15 @@ impl Monitors {
 /// Probe the current policy's monitors every `interval` until `stop`, off the node loop. The probe
 /// timeout is the heartbeat timeout: a local port that answers slower than a peer would be seen as
 /// failing by the clients too.
-pub async fn poll(state: Arc<NodeState>, monitors: Arc<Monitors>, interval: Duration, mut stop: watch::Receiver<bool>) {
+pub async fn poll(state: Arc<NodeState>, monitors: Arc<Monitors>, interval: Duration, stop: watch::Receiver<bool>) {
     let timeout = Duration::from_millis(u64::from(state.config.heartbeat.timeout_ms));
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.changed() => return,
-        }
+    crate::clock::every(interval, stop, || async {
         let policy = state.policy.current();
-        if policy.file.monitors.is_empty() && monitors.latest().is_empty() {
-            continue;
+        if !(policy.file.monitors.is_empty() && monitors.latest().is_empty()) {
+            monitors.probe_all(&policy.file.monitors, timeout).await;
         }
-        monitors.probe_all(&policy.file.monitors, timeout).await;
-    }
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -354,7 +354,7 @@ fn heartbeat_answers(targets: &Targets, round: &crate::heartbeat::Round) -> Vec<
 }
 
 /// Scan the replicated directories when due, or at once when a file event says something changed.
-async fn scan_directories(state: Arc<NodeState>, interval: Duration, mut stop: watch::Receiver<bool>) {
+async fn scan_directories(state: Arc<NodeState>, interval: Duration, stop: watch::Receiver<bool>) {
     use notify::Watcher as _;
     let dirty = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let flag = dirty.clone();
@@ -373,17 +373,13 @@ async fn scan_directories(state: Arc<NodeState>, interval: Duration, mut stop: w
             }
         }
     }
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.changed() => return,
-        }
+    crate::clock::every(interval, stop, || async {
         let force = dirty.swap(false, Ordering::AcqRel);
         let replicator = state.replicator.clone();
         let _ = tokio::task::spawn_blocking(move || replicator.scan_due(force)).await;
-    }
+    })
+    .await;
+    drop(watcher);
 }
 
 /// One event per decision that changed something, per fault, and per new reason: a plugin's reason
@@ -423,17 +419,12 @@ fn record_outcome(state: &NodeState, core: &NodeCore, outcome: &Outcome, last_re
 }
 
 /// Poll service status commands every interval, off the loop.
-async fn poll_services(state: Arc<NodeState>, interval: Duration, mut stop: watch::Receiver<bool>) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.changed() => return,
-        }
+async fn poll_services(state: Arc<NodeState>, interval: Duration, stop: watch::Receiver<bool>) {
+    crate::clock::every(interval, stop, || async {
         let policy = state.policy.current();
         state.services.poll(&policy.file.services).await;
-    }
+    })
+    .await
 }
 
 /// On shutdown, stop the services vigil runs, in reverse order, so a stopped daemon does not leave
