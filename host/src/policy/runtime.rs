@@ -130,6 +130,7 @@ impl Runtime {
         if let Some(dir) = &cache_dir {
             std::fs::create_dir_all(dir)
                 .map_err(|e| anyhow::anyhow!("{}: cannot create the plugin cache directory: {e}", dir.display()))?;
+            prune_cache(dir, CACHE_MAX_AGE);
         }
         let ticker = EpochTicker::start(engine.clone());
         Ok(Runtime { engine, linker, cache_dir, compat, _ticker: ticker })
@@ -174,7 +175,11 @@ impl Runtime {
             // and version and refuses anything else, in which case we recompile below.
             #[allow(unsafe_code)]
             match unsafe { Component::deserialize_file(&self.engine, cached) } {
-                Ok(component) => return Ok((component, true)),
+                Ok(component) => {
+                    // Mark it used, so pruning keeps what is still loaded.
+                    let _ = std::fs::File::options().append(true).open(cached).and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                    return Ok((component, true));
+                }
                 Err(e) => {
                     tracing::warn!(file = %cached.display(), error = %e, "discarding unusable cached plugin");
                     let _ = std::fs::remove_file(cached);
@@ -190,6 +195,28 @@ impl Runtime {
             }
         }
         Ok((component, false))
+    }
+}
+
+/// Compiled plugins unused for this long are removed when a runtime starts.
+const CACHE_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Remove cached artifacts not used within `max_age` (old plugin versions, other engine builds) and
+/// temporary files a crash left behind.
+fn prune_cache(dir: &Path, max_age: Duration) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let now = std::time::SystemTime::now();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .map(|t| now.duration_since(t).unwrap_or_default() > max_age)
+            .unwrap_or(false);
+        if (name.ends_with(".cwasm") && stale) || name.contains(".tmp") {
+            let _ = std::fs::remove_file(&path);
+        }
     }
 }
 
@@ -450,5 +477,24 @@ impl Hasher for ShaHasher {
     }
     fn write(&mut self, bytes: &[u8]) {
         self.0.update(bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pruning_removes_stale_artifacts_and_leftover_temporaries_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, fresh, tmp) = (dir.path().join("old.cwasm"), dir.path().join("fresh.cwasm"), dir.path().join("x.tmp42"));
+        for f in [&old, &fresh, &tmp] {
+            std::fs::write(f, b"x").unwrap();
+        }
+        let long_ago = std::time::SystemTime::now() - Duration::from_secs(60 * 24 * 3600);
+        std::fs::File::options().append(true).open(&old).unwrap().set_modified(long_ago).unwrap();
+        prune_cache(dir.path(), CACHE_MAX_AGE);
+        assert!(!old.exists() && !tmp.exists());
+        assert!(fresh.exists());
     }
 }
