@@ -59,8 +59,9 @@ fn ensure_wasm_target() -> Result<(), String> {
 fn build_plugins(root: &Path) -> Result<PathBuf, String> {
     ensure_wasm_target()?;
     let packages = plugin_packages(root);
+    eprintln!("xtask: building the plugins for wasm32-wasip2 (the first build takes a few minutes)");
     let mut cmd = cargo();
-    cmd.current_dir(root).args(["build", "--quiet", "--target", "wasm32-wasip2", "--profile", "plugin"]);
+    cmd.current_dir(root).args(["build", "--target", "wasm32-wasip2", "--profile", "plugin"]);
     for p in &packages {
         cmd.args(["-p", p]);
     }
@@ -89,7 +90,8 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("plugins") => build_plugins(&root).map(|_| ()),
         Some("demo") => build_plugins(&root).and_then(|_| {
-            run(cargo().current_dir(&root).args(["build", "--quiet", "-p", "vigil"]))?;
+            eprintln!("xtask: building vigil");
+            run(cargo().current_dir(&root).args(["build", "-p", "vigil"]))?;
             run(Command::new(root.join("target/debug/vigil")).arg("demo").args(&args[1..]))
         }),
         Some("test") => build_plugins(&root).and_then(|_| {
