@@ -134,7 +134,7 @@ pub async fn build(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Arc<Node
     state.record(Event::new(
         now,
         EventKind::Startup,
-        format!("vigil started as {} ({}), policy {} with plugin {}", state.config.node.id, state.config.node.role, p.name(), p.plugin.name()),
+        format!("vigil started as {} ({}), policy {} with plugin {}", state.config.node.id, state.config.node.role, p.path.display(), p.plugin.name()),
     ));
     Ok(state)
 }
