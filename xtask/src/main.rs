@@ -95,6 +95,8 @@ fn main() -> ExitCode {
             run(Command::new(root.join("target/debug/vigil")).arg("demo").args(&args[1..]))
         }),
         Some("test") => build_plugins(&root).and_then(|_| {
+            // The multi-process suites run the `vigil` binary itself.
+            run(cargo().current_dir(&root).args(["build", "-p", "vigil"]))?;
             run(cargo().current_dir(&root).args(["test", "--no-fail-fast", "--workspace", "--exclude", "vigil-sdk"]).args(excluded_plugins(&root)).args(&args[1..]))
         }),
         Some("bench") => build_plugins(&root).and_then(|_| {
