@@ -67,6 +67,32 @@ fn loop_is_stopped_at_a_20ms_limit() {
     next_tick_is_normal(&policy);
 }
 
+/// Sleeping in a loop blocks in host calls (WASI clock subscriptions), where an epoch deadline cannot
+/// interrupt: the runtime makes every subscription ready at once, so the loop spins in wasm and is
+/// stopped at its limit like any other.
+#[test]
+fn a_sleeping_loop_is_stopped_at_its_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime();
+    let policy = faulty(&runtime, dir.path(), "sleep-loop", "[limits]\ntime_ms = 20");
+    let (fault, took) = fault_of(&policy);
+    assert_eq!(fault, Fault::Timeout { limit_ms: 20 });
+    assert_within("sleep loop, 20 ms", took, 20);
+    next_tick_is_normal(&policy);
+}
+
+/// An hour-long sleep does not hold the host: it returns at once and the plugin decides.
+#[test]
+fn a_long_sleep_returns_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime();
+    let policy = faulty(&runtime, dir.path(), "nap", "");
+    let started = Instant::now();
+    let d = policy.decide(&tick(IN_WINDOW_MS, Vec::new()), &["a".to_string()]).expect("a nap is not a fault");
+    assert_eq!(d.mode, Some(Mode::Active));
+    assert_within("a one-hour sleep", started.elapsed(), 50);
+}
+
 /// With no `[limits]`, the default 50 ms applies.
 #[test]
 fn loop_is_stopped_at_the_default_50ms_limit() {

@@ -121,6 +121,18 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        // A plugin must never block: the epoch deadline interrupts running wasm only, so a sleep (a
+        // clock subscription waited on) would hold the host thread past the time limit. Every clock
+        // subscription is ready at once — time does not pass for a plugin anyway: its clock is frozen.
+        linker.allow_shadowing(true);
+        let mut clock = linker.instance("wasi:clocks/monotonic-clock@0.2.12")?;
+        clock.func_wrap("subscribe-duration", |mut store: wasmtime::StoreContextMut<'_, Sandbox>, (_,): (u64,)| {
+            Ok((ready_pollable(&mut store.data_mut().table)?,))
+        })?;
+        clock.func_wrap("subscribe-instant", |mut store: wasmtime::StoreContextMut<'_, Sandbox>, (_,): (u64,)| {
+            Ok((ready_pollable(&mut store.data_mut().table)?,))
+        })?;
+        linker.allow_shadowing(false);
         bindings::Policy::add_to_linker::<Sandbox, wasmtime::component::HasSelf<Sandbox>>(&mut linker, |s| s)?;
 
         let mut hasher = ShaHasher(Sha256::new());
@@ -354,7 +366,7 @@ impl Sandbox {
             plugin,
             wasi,
             table: ResourceTable::new(),
-            limiter: Limiter { memory_bytes: limits.memory_bytes(), hit: false },
+            limiter: Limiter { memory_bytes: limits.memory_bytes(), used: 0, hit: false },
             log_lines: 0,
         }
     }
@@ -398,20 +410,49 @@ impl bindings::vigil::policy::host::Host for Sandbox {
     }
 }
 
+/// A pollable that is always ready: what a plugin's clock subscriptions return.
+struct Ready;
+
+#[wasmtime_wasi::async_trait]
+impl wasmtime_wasi::p2::Pollable for Ready {
+    async fn ready(&mut self) {}
+}
+
+fn ready_pollable(table: &mut ResourceTable) -> wasmtime::Result<wasmtime::component::Resource<wasmtime_wasi::p2::DynPollable>> {
+    let ready = table.push(Ready)?;
+    wasmtime_wasi::p2::subscribe(table, ready)
+}
+
 /// Caps linear memory and remembers that it did, so the trap that follows is reported as a memory
 /// fault rather than a generic one.
 struct Limiter {
     memory_bytes: usize,
+    /// Linear memory of every memory of the instance, together: a component may hold several.
+    used: usize,
     hit: bool,
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.memory_bytes {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.used.saturating_sub(current).saturating_add(desired);
+        if total > self.memory_bytes {
             self.hit = true;
             wasmtime::bail!("memory limit of {} bytes reached", self.memory_bytes);
         }
+        self.used = total;
         Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        64
+    }
+
+    fn memories(&self) -> usize {
+        16
+    }
+
+    fn tables(&self) -> usize {
+        64
     }
 
     fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {

@@ -200,7 +200,7 @@ impl Policy for Testkit {
             return Err(format!("mode: expected active, standby, off, failed or hold-off, got {:?}", params.mode));
         }
         match params.fault.as_str() {
-            "none" | "loop" | "alloc" | "trap" | "huge-state" | "undeclared-action" => Ok(()),
+            "none" | "loop" | "sleep-loop" | "nap" | "alloc" | "trap" | "huge-state" | "undeclared-action" => Ok(()),
             other => Err(format!("fault: unknown fault {other:?}")),
         }
     }
@@ -228,6 +228,12 @@ impl Policy for Testkit {
                     }
                 }
                 "trap" => panic!("testkit: trapping on purpose"),
+                // Blocking in the host instead of spinning in wasm: must still end at the deadline.
+                "sleep-loop" => loop {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                },
+                // One long sleep: a plugin's clock never blocks, so this returns at once.
+                "nap" => std::thread::sleep(std::time::Duration::from_secs(3600)),
                 // The state the SDK serializes is over the host's cap.
                 "huge-state" => state.padding = "x".repeat(1 << 20),
                 "undeclared-action" => decision = decision.start("not-a-declared-service"),
