@@ -413,8 +413,9 @@ impl NodeConfig {
             if d.interval_ms < 100 {
                 return Err(self.err(format!("sync.directory[{i}].interval_ms"), "expected at least 100"));
             }
-            if !(1..=1024).contains(&d.max_file_mib) {
-                return Err(self.err(format!("sync.directory[{i}].max_file_mib"), "expected 1 to 1024"));
+            // One change must fit one page of the change feed (`http_client::MAX_ANSWER`).
+            if !(1..=16).contains(&d.max_file_mib) {
+                return Err(self.err(format!("sync.directory[{i}].max_file_mib"), "expected 1 to 16 (larger files do not replicate)"));
             }
         }
         if self.events.retention < 100 {

@@ -11,8 +11,9 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use std::time::Duration;
 
-/// Largest answer body read.
-const MAX_ANSWER: usize = 8 << 20;
+/// Largest answer body read: a replication page (4 MiB of values, base64) plus one file of the
+/// largest size a replicated directory allows (16 MiB, base64), with room to spare.
+pub const MAX_ANSWER: usize = 48 << 20;
 
 /// An answer.
 #[derive(Debug, Clone)]

@@ -149,7 +149,8 @@ pub fn run(policy: &LoadedPolicy, scenario: &Scenario) -> Result<Outcome, TomlEr
     let mut tick = scenario.start.clone();
     let t0 = tick.now_ms;
     let mut last: Option<Decision> = None;
-    let peers: Vec<String> = tick.peers.iter().chain(&tick.watched).map(|r| r.id.clone()).collect();
+    // As on a live node: commands may name pair peers only.
+    let peers: Vec<String> = tick.peers.iter().map(|r| r.id.clone()).collect();
 
     let mut number = 0;
     for (line, step) in &scenario.steps {

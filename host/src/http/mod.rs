@@ -29,15 +29,26 @@ use tokio::sync::watch;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 256 * 1024;
-/// Largest pushed replication batch (`POST /peer/changes`).
-pub const MAX_BATCH_BODY: usize = 16 << 20;
+/// Largest pushed replication batch (`POST /peer/changes`): as large as a page can be.
+pub const MAX_BATCH_BODY: usize = crate::http_client::MAX_ANSWER;
+/// Most connections served at once; more wait in the kernel's backlog. Leaves file descriptors for
+/// the node's own heartbeats, services and stores however many clients connect.
+pub const MAX_CONNECTIONS: usize = 256;
+/// How long a client may take to send its body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A response with a small in-memory body.
 pub type Answer = Response<Full<Bytes>>;
 
 /// Serve until `shutdown` turns true.
 pub async fn serve(listener: TcpListener, state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        // Wait for a free slot before accepting: excess clients queue in the backlog.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            _ = shutdown.changed() => return,
+        };
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -65,6 +76,7 @@ pub async fn serve(listener: TcpListener, state: Arc<NodeState>, mut shutdown: w
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(slot);
         });
     }
 }
@@ -73,14 +85,16 @@ pub async fn serve(listener: TcpListener, state: Arc<NodeState>, mut shutdown: w
 pub async fn handle(state: &NodeState, req: Request<Incoming>) -> Answer {
     state.counters.http_requests.fetch_add(1, Ordering::Relaxed);
     let (parts, body) = req.into_parts();
+    // The large limit only for what can need it: a pushed batch that looks signed and fresh.
     let limit = match parts.uri.path() {
-        crate::replication::CHANGES_PATH => MAX_BATCH_BODY,
+        crate::replication::CHANGES_PATH if parts.method == Method::POST && peer::looks_signed(state, &parts.headers) => MAX_BATCH_BODY,
         p if p.starts_with("/config/") => crate::replication::store::MAX_VALUE,
         _ => MAX_BODY,
     };
-    let body = match read_body(body, parts.headers.get(hyper::header::CONTENT_LENGTH), limit).await {
-        Ok(b) => b,
-        Err(answer) => return answer,
+    let body = match tokio::time::timeout(BODY_TIMEOUT, read_body(body, parts.headers.get(hyper::header::CONTENT_LENGTH), limit)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(answer)) => return answer,
+        Err(_) => return text(StatusCode::REQUEST_TIMEOUT, format!("the body did not arrive within {} s", BODY_TIMEOUT.as_secs())),
     };
     route(state, &parts.method, parts.uri.path(), parts.uri.query(), &parts.headers, body).await
 }

@@ -40,6 +40,19 @@ pub async fn handle(state: &NodeState, method: &Method, path: &str, query: Optio
     sign(state, answer, &signed.nonce)
 }
 
+/// A cheap look at a request's signature headers before its body is read: present, and a timestamp
+/// inside the window. Only such requests may send a large body; the signature itself is checked
+/// once the body is in.
+pub fn looks_signed(state: &NodeState, headers: &HeaderMap) -> bool {
+    let present = [HEADER_NODE, HEADER_NONCE, HEADER_SIGNATURE].iter().all(|h| headers.contains_key(*h));
+    let fresh = headers
+        .get(HEADER_TIMESTAMP)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|t| t.abs_diff(state.clock.wall_ms()) <= 30_000);
+    present && fresh
+}
+
 fn authenticate(state: &NodeState, method: &Method, path: &str, headers: &HeaderMap, body: &[u8]) -> Result<SignedHeaders, AuthError> {
     let get = |name: &'static str| -> Result<&str, AuthError> {
         headers.get(name).ok_or(AuthError::Missing(name))?.to_str().map_err(|_| AuthError::Malformed(name))

@@ -163,6 +163,11 @@ pub async fn node_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
         }
         node.tick().await;
     }
+    // The actions already decided finish first (bounded), so that stopping the services on the way
+    // out comes after them and nothing starts behind it.
+    if tokio::time::timeout(Duration::from_secs(30), node.executor.idle()).await.is_err() {
+        tracing::warn!("actions still running at shutdown after 30 s");
+    }
 }
 
 /// What the loop keeps from tick to tick.
@@ -229,6 +234,9 @@ impl NodeLoop {
     /// One tick: observe, decide, hand over the actions, publish.
     async fn tick(&mut self) {
         let state = self.state.clone();
+        // Alive from the start of a tick: a round whose probes run to their timeout must not make an
+        // active node look stalled. A loop stuck anywhere stops refreshing it.
+        state.last_loop_mono_ms.store(state.clock.mono_ms(), Ordering::Release);
         let round = self.prober.round(&self.targets).await;
         self.tracker.record(&round, state.clock.mono_ms());
         state.replicator.after_round(&heartbeat_answers(&self.targets, &round));
@@ -432,7 +440,8 @@ async fn poll_services(state: Arc<NodeState>, interval: Duration, stop: watch::R
 async fn stop_services(state: &NodeState) {
     let policy = state.policy.current();
     for (name, spec) in policy.file.services.iter().rev() {
-        if state.services.state(name) == crate::model::ServiceState::Running {
+        // Unknown counts as possibly running: a status command that timed out proves nothing.
+        if state.services.state(name) != crate::model::ServiceState::Stopped {
             match state.services.stop(name, spec).await {
                 Ok(note) => tracing::info!(service = %name, %note, "stopped on shutdown"),
                 Err(error) => tracing::warn!(service = %name, %error, "could not stop on shutdown"),

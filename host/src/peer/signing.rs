@@ -137,7 +137,8 @@ impl Verifier {
 
     /// Check a request; on success its nonce is remembered so it cannot be replayed.
     pub fn verify(&self, method: &str, path: &str, body: &[u8], h: &SignedHeaders, now_ms: u64) -> Result<(), AuthError> {
-        let skew = h.timestamp_ms as i64 - now_ms as i64;
+        // i128: a hostile timestamp must not overflow before the signature is even checked.
+        let skew = (i128::from(h.timestamp_ms) - i128::from(now_ms)).clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
         if skew.unsigned_abs() > self.window_ms {
             return Err(AuthError::Stale { skew_ms: skew, window_ms: self.window_ms });
         }
@@ -222,6 +223,14 @@ mod tests {
         assert!(matches!(v.verify("POST", "/peer/command", b"", &old, 1_040_000), Err(AuthError::Stale { .. })));
         let future = signed(K1, b"", 1_100_000);
         assert!(matches!(v.verify("POST", "/peer/command", b"", &future, 1_000_000), Err(AuthError::Stale { .. })));
+    }
+
+    #[test]
+    fn an_absurd_timestamp_is_stale_not_a_panic() {
+        let v = Verifier::new(vec![K1.to_vec()], 30_000);
+        let mut h = signed(K1, b"", 1_000_000);
+        h.timestamp_ms = u64::MAX;
+        assert!(matches!(v.verify("POST", "/peer/command", b"", &h, 1_000_000), Err(AuthError::Stale { .. })));
     }
 
     #[test]

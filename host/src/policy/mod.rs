@@ -124,10 +124,16 @@ impl LoadedPolicy {
                 }
                 Action::Hook { name, args } => {
                     let Some(hook) = self.file.hooks.get(name) else { return undeclared("hook", name) };
+                    if args.iter().map(String::len).sum::<usize>() > 64 * 1024 {
+                        return Err(format!("action hook:{name}: arguments over 64 KiB"));
+                    }
                     let wanted = hook_arity(&hook.command);
                     if args.len() < wanted {
                         return Err(format!("action {action}: hook {name:?} takes {wanted} argument(s), got {}", args.len()));
                     }
+                }
+                Action::Alarm { message, .. } if message.len() > 2000 => {
+                    return Err(format!("an alarm of {} bytes; at most 2000", message.len()))
                 }
                 Action::ClaimVip | Action::ReleaseVip if self.file.vip.is_empty() => {
                     return Err(format!("action {action}: the policy declares no [[vip]]"))

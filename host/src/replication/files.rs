@@ -112,10 +112,25 @@ impl DirSync {
         Ok(report)
     }
 
-    /// Write a change from a peer to disk.
+    /// Write a change from a peer to disk. Names this node excludes are left alone; permissions are
+    /// limited to read/write/execute bits (no setuid, setgid or sticky bit from a peer); a path that
+    /// would go through a symbolic link is refused.
     pub fn write_out(&self, change: &Change) -> Result<(), String> {
+        if !self.wanted(&change.key) {
+            return Ok(());
+        }
         let path = self.root.join(&change.key);
         let shown = path.display().to_string();
+        let mut below = self.root.clone();
+        for part in Path::new(&change.key).parent().into_iter().flat_map(|p| p.components()) {
+            below.push(part);
+            if std::fs::symlink_metadata(&below).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(format!("{shown}: refused, {} is a symbolic link", below.display()));
+            }
+        }
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(format!("{shown}: refused, it is a symbolic link"));
+        }
         match &change.value {
             None => match std::fs::remove_file(&path) {
                 Ok(()) => {}
@@ -129,7 +144,7 @@ impl DirSync {
                 let tmp = dir.join(format!("{TMP_PREFIX}{file_name}"));
                 std::fs::write(&tmp, content).map_err(|e| format!("{}: {e}", tmp.display()))?;
                 if let Some(mode) = change.mode {
-                    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(|e| format!("{}: {e}", tmp.display()))?;
+                    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode & 0o777)).map_err(|e| format!("{}: {e}", tmp.display()))?;
                 }
                 std::fs::rename(&tmp, &path).map_err(|e| format!("{shown}: {e}"))?;
             }
@@ -212,6 +227,31 @@ mod tests {
         assert_eq!(da.scan(&sa, 3000).unwrap().written.len(), 1);
         exchange((&sa, &da), (&sb, &db), 3000);
         assert!(!copy.exists(), "the delete replicated");
+    }
+
+    #[test]
+    fn a_peer_cannot_set_special_bits_follow_links_or_write_excluded_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, d) = setup(dir.path(), "b");
+        std::fs::create_dir_all(&d.root).unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, d.root.join("link")).unwrap();
+        let change = |key: &str, mode: u32| Change {
+            scope: "mail".into(),
+            key: key.into(),
+            value: Some(b"x".to_vec()),
+            mode: Some(mode),
+            hlc: crate::replication::hlc::Hlc { wall_ms: 1, counter: 0 },
+            origin: "a".into(),
+            seq: 1,
+        };
+        d.write_out(&change("f", 0o4777)).unwrap();
+        assert_eq!(std::fs::metadata(d.root.join("f")).unwrap().permissions().mode() & 0o7777, 0o777);
+        assert!(d.write_out(&change("link/evil", 0o644)).unwrap_err().contains("symbolic link"));
+        assert!(!outside.join("evil").exists());
+        d.write_out(&change("x.lock", 0o644)).unwrap();
+        assert!(!d.root.join("x.lock").exists(), "excluded here: not written");
     }
 
     #[test]

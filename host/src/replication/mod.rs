@@ -99,7 +99,11 @@ struct PeerLink {
 #[derive(Debug)]
 pub struct Replicator {
     pub store: Arc<Store>,
-    dirs: Vec<(DirSync, u64)>,
+    dirs: Arc<Vec<(DirSync, u64)>>,
+    /// Held while a batch is applied and its files written, and while directories are scanned: a
+    /// scan must not see a file the store already has but the disk not yet (it would record a
+    /// delete), and two batches must not write the same file out of order.
+    files: Arc<Mutex<()>>,
     peers: Vec<PeerLink>,
     client: PeerClient,
     clock: Arc<dyn Clock>,
@@ -141,7 +145,8 @@ impl Replicator {
         let state = State { status: SyncStatus { next_at_ms: now + s.interval_ms, ..SyncStatus::default() }, ..State::default() };
         Ok(Replicator {
             store: Arc::new(store),
-            dirs,
+            dirs: Arc::new(dirs),
+            files: Arc::new(Mutex::new(())),
             peers,
             client,
             clock,
@@ -186,8 +191,12 @@ impl Replicator {
         let mut due: Vec<(String, bool)> = Vec::new();
         {
             let mut st = self.lock();
-            let first = !st.first_round_seen;
-            st.first_round_seen = true;
+            // "First" is the first round in which some peer answered: a node whose links come up a
+            // little after it starts must still sync from an active peer before leaving standby.
+            let first = !st.first_round_seen && answers.iter().any(|(_, a)| a.is_some());
+            if first {
+                st.first_round_seen = true;
+            }
             let periodic = now >= st.status.next_at_ms;
             if periodic {
                 st.status.next_at_ms = now + self.interval_ms;
@@ -313,23 +322,28 @@ impl Replicator {
         Err(if errors.is_empty() { format!("{}: no vigil heartbeat path", link.id) } else { errors.join("; ") })
     }
 
-    /// Apply a batch (from a pull or a push) and write replicated files.
+    /// Apply a batch (from a pull or a push) and write replicated files, off the async threads.
     pub async fn apply(&self, changes: Vec<Change>) -> Result<usize, String> {
-        let store = self.store.clone();
+        let (store, dirs, files) = (self.store.clone(), self.dirs.clone(), self.files.clone());
         let now = self.clock.wall_ms();
-        let applied = tokio::task::spawn_blocking(move || store.apply(&changes, now))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        for change in &applied.written {
-            if let Some((dir, _)) = self.dirs.iter().find(|(d, _)| d.name == change.scope) {
-                if let Err(e) = dir.write_out(change) {
-                    tracing::error!(error = %e, "cannot write a replicated file");
-                    self.lock().notes.push(format!("cannot write a replicated file: {e}"));
-                }
-            }
+        let (written, errors) = tokio::task::spawn_blocking(move || {
+            let _files = files.lock().expect("files lock");
+            let applied = store.apply(&changes, now).map_err(|e| e.to_string())?;
+            let errors: Vec<String> = applied
+                .written
+                .iter()
+                .filter_map(|change| dirs.iter().find(|(d, _)| d.name == change.scope).map(|(dir, _)| (dir, change)))
+                .filter_map(|(dir, change)| dir.write_out(change).err())
+                .collect();
+            Ok::<_, String>((applied.written.len(), errors))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        for e in errors {
+            tracing::error!(error = %e, "cannot write a replicated file");
+            self.lock().notes.push(format!("cannot write a replicated file: {e}"));
         }
-        Ok(applied.written.len())
+        Ok(written)
     }
 
     /// Push every local change to `peer` (part of a full exchange).
@@ -372,7 +386,8 @@ impl Replicator {
     pub fn scan_due(&self, force: bool) {
         let now = self.clock.wall_ms();
         let mut skipped = Vec::new();
-        for (dir, interval) in &self.dirs {
+        let _files = self.files.lock().expect("files lock");
+        for (dir, interval) in self.dirs.iter() {
             let due = {
                 let mut st = self.lock();
                 let next = st.next_scan_ms.entry(dir.name.clone()).or_insert(0);
@@ -439,6 +454,17 @@ mod tests {
         assert!(notes.iter().all(|n| !n.contains("4000")), "reported once per crossing: {notes:?}");
         r.after_round(&[("b".into(), Some((answer(Mode::Standby, 0), 20)))]);
         assert!(r.take_notes().iter().any(|n| n.contains("back to 20 ms")));
+    }
+
+    #[tokio::test]
+    async fn an_active_peer_that_answers_late_still_gates_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = replicator(dir.path());
+        r.after_round(&[("b".into(), None)]);
+        r.after_round(&[("b".into(), None)]);
+        assert_eq!(r.view().initial, InitialSync::NotNeeded);
+        r.after_round(&[("b".into(), Some((answer(Mode::Active, 3), 0)))]);
+        assert_eq!(r.view().initial, InitialSync::Pending);
     }
 
     #[tokio::test]
