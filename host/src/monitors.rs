@@ -35,9 +35,27 @@ pub async fn probe(spec: &MonitorSpec, timeout: Duration) -> ProbeResult {
             Err(_) => Err(format!("connect {address}: no answer within {} ms", timeout.as_millis())),
         },
         MonitorSpec::Disk { path, min_free_mib } => {
+            // statvfs can block on a hung network filesystem: off the I/O threads, and bounded. A
+            // probe still stuck from an earlier round is not joined by another blocking thread
+            // every interval (that would exhaust the blocking pool): the check fails until it returns.
+            static STUCK: Mutex<Vec<std::path::PathBuf>> = Mutex::new(Vec::new());
+            {
+                let mut stuck = STUCK.lock().unwrap_or_else(|e| e.into_inner());
+                if stuck.contains(path) {
+                    return Err(format!("{}: an earlier statvfs has still not answered", path.display()));
+                }
+                stuck.push(path.clone());
+            }
             let owned = path.clone();
-            // statvfs can block on a hung network filesystem: off the I/O threads, and bounded.
-            let free = tokio::time::timeout(timeout, tokio::task::spawn_blocking(move || free_mib(&owned))).await;
+            let free = tokio::time::timeout(
+                timeout,
+                tokio::task::spawn_blocking(move || {
+                    let free = free_mib(&owned);
+                    STUCK.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| p != &owned);
+                    free
+                }),
+            )
+            .await;
             match free {
                 Ok(Ok(Ok(free))) => disk_verdict(path, free, *min_free_mib),
                 Ok(Ok(Err(e))) => Err(format!("{}: {e}", path.display())),

@@ -114,6 +114,12 @@ impl CommandOutcome {
 /// future is dropped before the command ends, the group is killed too. A command that exits normally
 /// leaves its background children alone (a start command may legitimately launch a daemon).
 pub async fn run_command(argv: &[String], timeout: Duration) -> CommandOutcome {
+    run_command_keeping(argv, timeout, OUTPUT_TAIL_BYTES).await
+}
+
+/// [`run_command`] keeping the last `keep` bytes of output instead of [`OUTPUT_TAIL_BYTES`]: for
+/// commands whose output is read, not just shown (`ip -o addr show`).
+pub async fn run_command_keeping(argv: &[String], timeout: Duration, keep: usize) -> CommandOutcome {
     let started = Instant::now();
     let not_run = |why: String| CommandOutcome {
         success: false,
@@ -138,7 +144,7 @@ pub async fn run_command(argv: &[String], timeout: Duration) -> CommandOutcome {
     };
     let mut group = GroupGuard(child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32)));
 
-    let tail = Arc::new(Mutex::new(Tail::default()));
+    let tail = Arc::new(Mutex::new(Tail { bytes: Vec::new(), keep }));
     let mut readers = Vec::with_capacity(2);
     if let Some(out) = child.stdout.take() {
         readers.push(tokio::spawn(drain(out, tail.clone())));
@@ -193,22 +199,24 @@ impl Drop for GroupGuard {
     }
 }
 
-/// The last bytes a command wrote.
-#[derive(Default)]
-struct Tail(Vec<u8>);
+/// The last `keep` bytes a command wrote.
+struct Tail {
+    bytes: Vec<u8>,
+    keep: usize,
+}
 
 impl Tail {
     fn push(&mut self, bytes: &[u8]) {
-        self.0.extend_from_slice(bytes);
-        if self.0.len() > 2 * OUTPUT_TAIL_BYTES {
-            let cut = self.0.len() - OUTPUT_TAIL_BYTES;
-            self.0.drain(..cut);
+        self.bytes.extend_from_slice(bytes);
+        if self.bytes.len() > 2 * self.keep {
+            let cut = self.bytes.len() - self.keep;
+            self.bytes.drain(..cut);
         }
     }
 
     fn text(&self) -> String {
-        let start = self.0.len().saturating_sub(OUTPUT_TAIL_BYTES);
-        String::from_utf8_lossy(&self.0[start..]).trim().to_string()
+        let start = self.bytes.len().saturating_sub(self.keep);
+        String::from_utf8_lossy(&self.bytes[start..]).trim().to_string()
     }
 }
 

@@ -20,7 +20,7 @@
 //! when leaving active), the executor runs the action, and the result reaches the plugin on a later tick.
 
 use crate::policy::file::{parse_cidr, VipAction, VipSpec};
-use crate::services::{run_command, CommandOutcome};
+use crate::services::{run_command_keeping, CommandOutcome};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
@@ -41,7 +41,9 @@ pub struct RealShell;
 
 impl Shell for RealShell {
     fn run<'a>(&'a self, argv: Vec<String>) -> Pin<Box<dyn Future<Output = CommandOutcome> + Send + 'a>> {
-        Box::pin(async move { run_command(&argv, COMMAND_TIMEOUT).await })
+        // Whole output (bounded): `ip -o addr show` of an interface with many addresses is parsed,
+        // and its first lines (the interface's own addresses) must not be cut.
+        Box::pin(async move { run_command_keeping(&argv, COMMAND_TIMEOUT, 1 << 20).await })
     }
 }
 
@@ -148,7 +150,10 @@ impl Vips {
 
     fn store(&self, held: Held) {
         if let Some(file) = &self.saved_file {
-            if let Err(e) = std::fs::write(file, serde_json::to_vec(&held).expect("held VIPs serialize")) {
+            // Temporary file + rename: a crash mid-write must not lose the addresses to restore.
+            let tmp = file.with_extension("json.tmp");
+            let written = std::fs::write(&tmp, serde_json::to_vec(&held).expect("held VIPs serialize")).and_then(|()| std::fs::rename(&tmp, file));
+            if let Err(e) = written {
                 tracing::warn!(file = %file.display(), error = %e, "cannot remember the addresses a VIP replaced");
             }
         }

@@ -158,6 +158,11 @@ pub struct Store {
     scopes: Scopes,
     /// Live entries, kept up to date by every write (a count(*) per status read would scan the table).
     items: std::sync::atomic::AtomicU64,
+    /// The latest local sequence and the peers' watermarks, kept beside the database: heartbeat
+    /// answers and the node loop read them, and must not wait while a large batch holds the
+    /// connection.
+    latest: std::sync::atomic::AtomicU64,
+    watermarks: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl Store {
@@ -187,6 +192,11 @@ impl Store {
             .map_err(db)?;
         let last = last.map(|(wall_ms, counter)| Hlc { wall_ms, counter }).unwrap_or_default();
         let items: u64 = conn.query_row("SELECT count(*) FROM entries WHERE value IS NOT NULL", [], |r| r.get(0)).map_err(db)?;
+        let latest: u64 = conn.query_row("SELECT coalesce(max(seq), 0) FROM entries", [], |r| r.get(0)).map_err(db)?;
+        let watermarks = conn
+            .prepare("SELECT id, watermark FROM peers")
+            .and_then(|mut st| st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?.collect::<Result<_, _>>())
+            .map_err(db)?;
         Ok(Store {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
@@ -195,6 +205,8 @@ impl Store {
             local_only,
             scopes,
             items: items.into(),
+            latest: latest.into(),
+            watermarks: Mutex::new(watermarks),
         })
     }
 
@@ -257,6 +269,7 @@ impl Store {
         let change = Change { scope: scope.into(), key: key.into(), value, mode, hlc: self.clock.now(wall_ms), origin: self.node.clone(), seq };
         upsert(&tx, &change, seq).map_err(|e| self.db(e))?;
         tx.commit().map_err(|e| self.db(e))?;
+        self.latest.fetch_max(seq, std::sync::atomic::Ordering::AcqRel);
         self.adjust_items(i64::from(change.value.is_some()) - i64::from(was_live));
         Ok(change)
     }
@@ -293,8 +306,7 @@ impl Store {
 
     /// The latest local sequence number (0 for an empty store).
     pub fn latest_seq(&self) -> Result<u64, StoreError> {
-        let conn = self.conn.lock().expect("store lock");
-        conn.query_row("SELECT coalesce(max(seq), 0) FROM entries", [], |r| r.get(0)).map_err(|e| self.db(e))
+        Ok(self.latest.load(std::sync::atomic::Ordering::Acquire))
     }
 
     /// Changes after sequence `since`, oldest first, at most `limit` of them or about `max_bytes` of
@@ -387,6 +399,7 @@ impl Store {
         }
         set_meta(&tx, "next_seq", seq).map_err(|e| self.db(e))?;
         tx.commit().map_err(|e| self.db(e))?;
+        self.latest.fetch_max(seq - 1, std::sync::atomic::Ordering::AcqRel);
         self.adjust_items(live_delta);
         Ok(applied)
     }
@@ -418,17 +431,14 @@ impl Store {
 
     /// The sequence number of `peer` this node has pulled up to.
     pub fn watermark(&self, peer: &str) -> Result<u64, StoreError> {
-        let conn = self.conn.lock().expect("store lock");
-        conn.query_row("SELECT watermark FROM peers WHERE id = ?1", params![peer], |r| r.get(0))
-            .optional()
-            .map(|w| w.unwrap_or(0))
-            .map_err(|e| self.db(e))
+        Ok(self.watermarks.lock().expect("watermark lock").get(peer).copied().unwrap_or(0))
     }
 
     /// Record that everything of `peer` up to `seq` is applied.
     pub fn set_watermark(&self, peer: &str, seq: u64) -> Result<(), StoreError> {
         let conn = self.conn.lock().expect("store lock");
         conn.execute("INSERT OR REPLACE INTO peers (id, watermark) VALUES (?1, ?2)", params![peer, seq]).map_err(|e| self.db(e))?;
+        self.watermarks.lock().expect("watermark lock").insert(peer.to_string(), seq);
         Ok(())
     }
 
