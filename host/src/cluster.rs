@@ -262,6 +262,20 @@ impl Cluster {
         }
     }
 
+    /// SIGSTOP node `i`: a frozen process (a hung VM, a long GC pause) that still holds its sockets.
+    pub fn freeze(&self, i: usize) {
+        if let Some(child) = &self.nodes[i].child {
+            let _ = Command::new("kill").arg("-STOP").arg(child.id().to_string()).status();
+        }
+    }
+
+    /// SIGCONT node `i`.
+    pub fn thaw(&self, i: usize) {
+        if let Some(child) = &self.nodes[i].child {
+            let _ = Command::new("kill").arg("-CONT").arg(child.id().to_string()).status();
+        }
+    }
+
     /// SIGTERM node `i` and wait (SIGKILL after 5 s).
     pub fn stop(&mut self, i: usize) {
         if let Some(mut child) = self.nodes[i].child.take() {
