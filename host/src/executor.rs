@@ -34,7 +34,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// command a peer, sync, alarm. Implemented by the node, which owns the network and its state.
 pub trait Delegate: Send + Sync + 'static {
     /// Carry out `action`; `Ok` and `Err` both carry a one-line message for the action result.
-    fn run(&self, action: Action) -> BoxFuture<'_, Result<String, String>>;
+    /// `policy` is the policy that decided the action (its VIPs, relay and hooks apply, even if a
+    /// reload has replaced it since).
+    fn run<'a>(&'a self, action: Action, policy: &'a PolicyFile) -> BoxFuture<'a, Result<String, String>>;
 }
 
 /// Called with each result as it finishes (the node writes them to the event log). It runs on the
@@ -206,7 +208,7 @@ async fn perform(services: Arc<Services>, delegate: Arc<dyn Delegate>, declared:
         | Action::Route(_)
         | Action::Command { .. }
         | Action::Sync
-        | Action::Alarm { .. } => delegate.run(action).await,
+        | Action::Alarm { .. } => delegate.run(action, file).await,
     }
 }
 
@@ -258,7 +260,7 @@ mod tests {
     struct Recorder(Mutex<Vec<Action>>);
 
     impl Delegate for Recorder {
-        fn run(&self, action: Action) -> BoxFuture<'_, Result<String, String>> {
+        fn run<'a>(&'a self, action: Action, _policy: &'a PolicyFile) -> BoxFuture<'a, Result<String, String>> {
             Box::pin(async move {
                 lock(&self.0).push(action.clone());
                 match &action {

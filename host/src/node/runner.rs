@@ -491,7 +491,7 @@ impl HostDelegate {
 }
 
 impl Delegate for HostDelegate {
-    fn run(&self, action: Action) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
+    fn run<'a>(&'a self, action: Action, policy: &'a crate::policy::PolicyFile) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>> {
         Box::pin(async move {
             match action {
                 Action::Command { peer, command } => self.command(peer.as_deref(), command).await,
@@ -506,9 +506,9 @@ impl Delegate for HostDelegate {
                     }
                     Ok("recorded".into())
                 }
-                Action::ClaimVip => self.vips.claim(&self.state.policy.current().file.vip).await,
-                Action::ReleaseVip => self.vips.release(&self.state.policy.current().file.vip).await,
-                Action::Route(target) => self.relay.route(&target, &self.state.policy.current().file).await,
+                Action::ClaimVip => self.vips.claim(&policy.vip).await,
+                Action::ReleaseVip => self.vips.release(&policy.vip).await,
+                Action::Route(target) => self.relay.route(&target, policy).await,
                 Action::Sync => self.state.replicator.full_exchange().await,
                 other => Err(format!("{other}: not a delegated action")),
             }
