@@ -96,3 +96,40 @@ async fn a_flapping_link_ends_with_exactly_one_active_node() {
         "the standby node runs none"
     );
 }
+
+/// libfaketime, which skews a process's wall clock (`.ci/run` installs Debian's `faketime`).
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_skewed_peer_clock_is_measured_and_reported() {
+    if !std::path::Path::new(FAKETIME).exists() {
+        println!("SKIPPED: libfaketime is not installed (apt-get install faketime)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::hot_standby_pair(vigil_bin(), dir.path(), &spec()).unwrap();
+    // b's wall clock runs 5 s ahead (its monotonic clock is left alone): within the 30 s signature
+    // window, over the default 2 s warning threshold.
+    cluster.spec_mut(1).env = vec![
+        ("LD_PRELOAD".into(), FAKETIME.into()),
+        ("FAKETIME".into(), "+5s".into()),
+        ("DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ];
+    cluster.start(0).unwrap();
+    cluster.start(1).unwrap();
+    settles(&cluster, Duration::from_secs(20), Duration::from_millis(300)).await;
+
+    let http = vigil::http_client::HttpClient::new();
+    let status = http.get(&format!("{}/status", cluster.nodes[0].url), Duration::from_secs(2)).await.unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
+    let skew = status["peers"][0]["clock_skew_ms"].as_i64().expect("a measures b's clock");
+    println!("a sees b's clock {skew} ms ahead");
+    assert!((4_000..=6_000).contains(&skew), "skew {skew} ms, expected about +5000");
+
+    let metrics = http.get(&format!("{}/metrics", cluster.nodes[0].url), Duration::from_secs(2)).await.unwrap();
+    assert!(String::from_utf8_lossy(&metrics.body).contains("vigil_peer_clock_skew_ms{peer=\"b\"}"));
+    let (code, events) = cluster.admin(0, hyper::Method::GET, "/events").await.unwrap();
+    assert_eq!(code, 200);
+    assert!(events.contains("clock skew with b is"), "an event tells the operator: {events}");
+    assert!(events.contains("NTP"), "and says what to fix: {events}");
+}

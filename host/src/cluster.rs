@@ -62,6 +62,8 @@ pub struct NodeSpec {
     pub prefix: Vec<String>,
     /// Extra TOML appended to the node configuration (e.g. a `[lan]` table).
     pub extra_config: String,
+    /// Extra environment of the process (e.g. libfaketime's, to skew its clock).
+    pub env: Vec<(String, String)>,
 }
 
 impl NodeSpec {
@@ -77,6 +79,7 @@ impl NodeSpec {
             listen: None,
             prefix: Vec::new(),
             extra_config: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -242,6 +245,7 @@ impl Cluster {
             None => Command::new(&self.exe),
         };
         let child = command
+            .envs(node.spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .args(["run", "--config"])
             .arg(&node.config)
             .env("VIGIL_LOG", "info")
