@@ -229,24 +229,6 @@ fn step_down_after(backup: bool, keeps: bool, n: u32) -> Option<u32> {
     }
 }
 
-/// The declared services in start order, and the `start_order` names the policy does not declare.
-fn start_order<'a>(params: &Params, tick: &'a Tick) -> (Vec<&'a Service>, Vec<String>) {
-    let mut order: Vec<&Service> = Vec::new();
-    let mut unknown = Vec::new();
-    for name in &params.start_order {
-        match tick.services.iter().find(|s| &s.name == name) {
-            Some(s) => order.push(s),
-            None => unknown.push(name.clone()),
-        }
-    }
-    for s in &tick.services {
-        if !params.start_order.contains(&s.name) {
-            order.push(s);
-        }
-    }
-    (order, unknown)
-}
-
 /// Switch to active: local services first, then tell `peers` to stand by (§6.3.1, §6.3.2).
 fn go_active(cx: &Cx, reason: String, peers: &[&str]) -> Decision {
     let mut d = Decision::to(Mode::Active, reason);
@@ -761,7 +743,7 @@ impl Policy for HotStandby {
     fn decide(params: &Params, tick: &Tick, state: &mut State) -> Decision {
         let n = Counts::of(params, tick);
         let lan = Lan::of(tick);
-        let (order, unknown) = start_order(params, tick);
+        let (order, unknown) = tick.services_in_order(&params.start_order);
         let peers = tick.peers.iter().map(|p| (p, classify(p, params.switch_on_app_error))).collect();
         let cx = Cx { tick, params, n, lan, peers, order };
         observe(&cx, state);

@@ -16,6 +16,9 @@ pub trait TickExt {
     fn app_healthy(&self) -> bool;
     /// Milliseconds this node has been in its current mode.
     fn in_mode_for_ms(&self) -> u64;
+    /// The declared services in start order: those named in `order` first, as listed, then the rest
+    /// in the policy's order; and the names in `order` the policy does not declare.
+    fn services_in_order(&self, order: &[String]) -> (Vec<&Service>, Vec<String>);
 }
 
 impl TickExt for Tick {
@@ -44,5 +47,18 @@ impl TickExt for Tick {
 
     fn in_mode_for_ms(&self) -> u64 {
         self.now_ms.saturating_sub(self.node.mode_since_ms)
+    }
+
+    fn services_in_order(&self, order: &[String]) -> (Vec<&Service>, Vec<String>) {
+        let mut ordered: Vec<&Service> = Vec::new();
+        let mut unknown = Vec::new();
+        for name in order {
+            match self.service(name) {
+                Some(s) => ordered.push(s),
+                None => unknown.push(name.clone()),
+            }
+        }
+        ordered.extend(self.services.iter().filter(|s| !order.contains(&s.name)));
+        (ordered, unknown)
     }
 }

@@ -91,20 +91,6 @@ fn word(mode: Mode) -> &'static str {
     }
 }
 
-/// The declared services in start order, and the `services` names the policy does not declare.
-fn start_order<'a>(params: &Params, tick: &'a Tick) -> (Vec<&'a Service>, Vec<String>) {
-    let mut order: Vec<&Service> = Vec::new();
-    let mut unknown = Vec::new();
-    for name in &params.services {
-        match tick.services.iter().find(|s| &s.name == name) {
-            Some(s) => order.push(s),
-            None => unknown.push(name.clone()),
-        }
-    }
-    order.extend(tick.services.iter().filter(|s| !params.services.contains(&s.name)));
-    (order, unknown)
-}
-
 /// XiVO active, CC not: start the CC services and tell the users of the other CC to come here.
 fn take_over(tick: &Tick, params: &Params, order: &[&Service], xivo: &str) -> Decision {
     let here = params.own_address.as_deref().map(|a| format!(" at {a}")).unwrap_or_default();
@@ -183,7 +169,7 @@ impl Policy for XivoCc {
     }
 
     fn decide(params: &Params, tick: &Tick, state: &mut State) -> Decision {
-        let (order, unknown) = start_order(params, tick);
+        let (order, unknown) = tick.services_in_order(&params.services);
         let failures = params.failures.unwrap_or(tick.heartbeat.failures).max(1);
         let watched = match &params.xivo {
             Some(id) => tick.watched_node(id),

@@ -94,20 +94,6 @@ impl Cx<'_> {
     }
 }
 
-/// The declared services in start order, and the `services` names the policy does not declare.
-fn start_order<'a>(params: &Params, tick: &'a Tick) -> (Vec<&'a Service>, Vec<String>) {
-    let mut order: Vec<&Service> = Vec::new();
-    let mut unknown = Vec::new();
-    for name in &params.services {
-        match tick.services.iter().find(|s| &s.name == name) {
-            Some(s) => order.push(s),
-            None => unknown.push(name.clone()),
-        }
-    }
-    order.extend(tick.services.iter().filter(|s| !params.services.contains(&s.name)));
-    (order, unknown)
-}
-
 /// Start the telephony: the configuration regeneration hook first (the services read what it
 /// writes), then every service in order. `start` of a running service is a no-op in the host, so a
 /// repeated takeover restarts nothing.
@@ -335,7 +321,7 @@ impl Policy for Xivo {
     }
 
     fn decide(params: &Params, tick: &Tick, state: &mut State) -> Decision {
-        let (order, unknown) = start_order(params, tick);
+        let (order, unknown) = tick.services_in_order(&params.services);
         let main = if tick.node.configured_role == Role::Primary {
             None
         } else {

@@ -341,13 +341,6 @@ fn paths_note(p: &Remote) -> String {
     }
 }
 
-/// The declared services in start order.
-fn start_order<'a>(cfg: &Config, tick: &'a Tick) -> Vec<&'a Service> {
-    let mut order: Vec<&Service> = cfg.start_order.iter().filter_map(|n| tick.services.iter().find(|s| &s.name == n)).collect();
-    order.extend(tick.services.iter().filter(|s| !cfg.start_order.contains(&s.name)));
-    order
-}
-
 // ---------------------------------------------------------------------------------------------
 // Switches: what becoming active or leaving active does, in one place.
 // ---------------------------------------------------------------------------------------------
@@ -910,7 +903,7 @@ fn warnings(cx: &Cx, state: &mut State, mut d: Decision) -> Decision {
 pub fn decide(cfg: &Config, tick: &Tick, state: &mut State) -> Decision {
     let n = Counts::of(cfg, tick);
     let peers = tick.peers.iter().map(|p| (p, classify(p, cfg.remote_services_as_heartbeat))).collect();
-    let cx = Cx { cfg, tick, n, peers, order: start_order(cfg, tick) };
+    let cx = Cx { cfg, tick, n, peers, order: tick.services_in_order(&cfg.start_order).0 };
     if cfg.config_only {
         return config_only(&cx);
     }
