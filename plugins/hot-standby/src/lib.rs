@@ -269,17 +269,6 @@ fn stop_leftovers(cx: &Cx, d: Decision) -> Decision {
     d
 }
 
-/// The word the seed's log and `/role` use for a mode.
-fn word(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Active => "ACTIVE",
-        Mode::Standby => "STANDBY",
-        Mode::Off => "OFF",
-        Mode::Failed => "FAILED",
-        Mode::HoldOff => "HOLD-OFF",
-    }
-}
-
 fn request_word(request: OperatorRequest) -> &'static str {
     match request {
         OperatorRequest::Standby => "standby",
@@ -336,14 +325,14 @@ fn out_of_group(cx: &Cx, state: &mut State) -> Decision {
     let mode = cx.tick.node.mode;
     match cx.tick.operator {
         Some(OperatorRequest::RestartHa) => {
-            Decision::to(Mode::Standby, format!("operator restart-ha: this node ({}) leaves {} and rejoins in STANDBY", cx.me(), word(mode)))
+            Decision::to(Mode::Standby, format!("operator restart-ha: this node ({}) leaves {} and rejoins in STANDBY", cx.me(), mode_word(mode)))
         }
         Some(OperatorRequest::Restore) => restore(cx, state),
         Some(other) => {
-            let text = format!("operator {} ignored: this node is {}; use restart-ha or restore first", request_word(other), word(mode));
+            let text = format!("operator {} ignored: this node is {}; use restart-ha or restore first", request_word(other), mode_word(mode));
             Decision::because(text.clone()).alarm(Level::Warn, text)
         }
-        None => stop_leftovers(cx, Decision::because(format!("{}: waiting for operator restart-ha or restore", word(mode)))),
+        None => stop_leftovers(cx, Decision::because(format!("{}: waiting for operator restart-ha or restore", mode_word(mode)))),
     }
 }
 
@@ -354,7 +343,7 @@ fn operator(cx: &Cx, request: OperatorRequest, state: &mut State) -> Option<Deci
         OperatorRequest::Standby => release_by_operator(cx, state, "operator switch standby"),
         OperatorRequest::Restore => restore(cx, state),
         OperatorRequest::RestartHa => {
-            Decision::because(format!("operator restart-ha: nothing to do, this node is already {}", word(cx.tick.node.mode)))
+            Decision::because(format!("operator restart-ha: nothing to do, this node is already {}", mode_word(cx.tick.node.mode)))
         }
         // Not part of this deployment: a planned reboot costs one ordinary failover.
         OperatorRequest::PlannedReboot => Decision::because("operator planned-reboot: not used by hot-standby"),
@@ -728,16 +717,7 @@ impl Policy for HotStandby {
                 }
             }
         }
-        let mut seen = BTreeSet::new();
-        for name in &p.start_order {
-            if name.trim().is_empty() {
-                return Err("start_order: expected service names, got an empty one".into());
-            }
-            if !seen.insert(name) {
-                return Err(format!("start_order: service {name:?} is listed twice"));
-            }
-        }
-        Ok(())
+        check_names("start_order", &p.start_order)
     }
 
     fn decide(params: &Params, tick: &Tick, state: &mut State) -> Decision {

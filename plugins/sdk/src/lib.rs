@@ -66,7 +66,7 @@ pub use tickext::TickExt;
 /// Everything a plugin usually needs.
 pub mod prelude {
     pub use crate::{
-        log, Action, Check, Decision, InitialSync, Level, Mode, OperatorRequest, PeerCommand, Policy,
+        check_names, log, mode_word, Action, Check, Decision, InitialSync, Level, Mode, OperatorRequest, PeerCommand, Policy,
         Remote, Role, ServiceState, Tick, TickExt,
     };
 }
@@ -86,6 +86,32 @@ pub trait Policy {
     /// Decide one tick. `state` holds what the previous decision left (default on the first tick) and
     /// is handed back to the next one.
     fn decide(params: &Self::Params, tick: &Tick, state: &mut Self::State) -> Decision;
+}
+
+/// The word `/role` and operator logs use for a mode: `ACTIVE`, `STANDBY`, `OFF`, `FAILED`, `HOLD-OFF`.
+pub fn mode_word(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Active => "ACTIVE",
+        Mode::Standby => "STANDBY",
+        Mode::Off => "OFF",
+        Mode::Failed => "FAILED",
+        Mode::HoldOff => "HOLD-OFF",
+    }
+}
+
+/// Check a parameter that lists names (services, servers): none empty, none twice. The message names
+/// the parameter.
+pub fn check_names(param: &str, names: &[String]) -> Result<(), String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for name in names {
+        if name.trim().is_empty() {
+            return Err(format!("{param}: expected names, got an empty one"));
+        }
+        if !seen.insert(name) {
+            return Err(format!("{param}: {name:?} is listed twice"));
+        }
+    }
+    Ok(())
 }
 
 /// Write a line to the host's log.

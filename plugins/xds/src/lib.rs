@@ -137,12 +137,7 @@ impl Policy for Xds {
         if p.mds.is_empty() {
             return Err("mds: expected at least one media server, e.g. mds = [\"mds1\", \"mds2\"]".into());
         }
-        let mut seen = BTreeSet::new();
-        for m in &p.mds {
-            if m.trim().is_empty() || !seen.insert(m) {
-                return Err(format!("mds: expected distinct names, got {m:?} twice or empty"));
-            }
-        }
+        check_names("mds", &p.mds)?;
         if p.register_hook.trim().is_empty() || p.unregister_hook.as_deref().is_some_and(|h| h.trim().is_empty()) {
             return Err("register_hook/unregister_hook: expected a hook name declared under [hooks]".into());
         }

@@ -76,18 +76,8 @@ fn classify(xivo: Option<&Remote>, failures: u32) -> Xivo {
     }
     match x.report.as_ref().map(|r| r.mode) {
         Some(Mode::Active) => Xivo::Active,
-        Some(other) => Xivo::Inactive(format!("XiVO {} reports {}", x.id, word(other))),
+        Some(other) => Xivo::Inactive(format!("XiVO {} reports {}", x.id, mode_word(other))),
         None => Xivo::Unknown(format!("XiVO {} answers without a mode (watch its vigil /role)", x.id)),
-    }
-}
-
-fn word(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Active => "ACTIVE",
-        Mode::Standby => "STANDBY",
-        Mode::Off => "OFF",
-        Mode::Failed => "FAILED",
-        Mode::HoldOff => "HOLD-OFF",
     }
 }
 
@@ -159,13 +149,7 @@ impl Policy for XivoCc {
         if p.other_cc_address.trim().is_empty() {
             return Err("other_cc_address: expected the other CC's address as users type it, e.g. cc-standby.example.com".into());
         }
-        let mut seen = BTreeSet::new();
-        for name in &p.services {
-            if name.trim().is_empty() || !seen.insert(name) {
-                return Err(format!("services: expected distinct service names, got {name:?} twice or empty"));
-            }
-        }
-        Ok(())
+        check_names("services", &p.services)
     }
 
     fn decide(params: &Params, tick: &Tick, state: &mut State) -> Decision {
@@ -182,7 +166,7 @@ impl Policy for XivoCc {
             Xivo::Inactive(why) if active => hand_back(tick, params, &order, &why),
             Xivo::Active => hygiene(tick, &order, Decision::because(format!("ACTIVE: XiVO {id} is ACTIVE"))),
             Xivo::Inactive(why) => hygiene(tick, &order, Decision::because(format!("STANDBY: {why}"))),
-            Xivo::Unknown(why) => hygiene(tick, &order, Decision::because(format!("{}: {why}; keeping the CC as it is", word(tick.node.mode)))),
+            Xivo::Unknown(why) => hygiene(tick, &order, Decision::because(format!("{}: {why}; keeping the CC as it is", mode_word(tick.node.mode)))),
         };
         if let Some(op) = tick.operator {
             // The CC mirrors its XiVO: switching the CC alone would send agents to a CC whose

@@ -137,7 +137,7 @@ fn out_of_group(cx: &Cx, state: &mut State) -> Decision {
             state.operator_hold = false;
             Decision::to(Mode::Standby, format!("operator {}: this node ({}) rejoins in STANDBY", word(cx.tick.operator), cx.me()))
         }
-        _ => Decision::because(format!("{}: waiting for an operator restart-ha or restore", word_mode(cx.tick.node.mode))),
+        _ => Decision::because(format!("{}: waiting for an operator restart-ha or restore", mode_word(cx.tick.node.mode))),
     }
 }
 
@@ -188,7 +188,7 @@ fn standby_rules(cx: &Cx, state: &State) -> Decision {
     let counts = main_counts(cx);
     if cx.params.manual || state.operator_hold {
         let why = if cx.params.manual { "manual mode: heartbeat decisions off" } else { "held by operator switch until restore" };
-        let d = Decision::because(format!("{} ({why}); {counts}", word_mode(mode)));
+        let d = Decision::because(format!("{} ({why}); {counts}", mode_word(mode)));
         return if mode == Mode::Active { ensure_running(cx, d) } else { stop_leftovers(cx, d) };
     }
     let Some(main) = cx.main else {
@@ -266,16 +266,6 @@ fn word(request: Option<OperatorRequest>) -> &'static str {
     }
 }
 
-fn word_mode(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Active => "ACTIVE",
-        Mode::Standby => "STANDBY",
-        Mode::Off => "OFF",
-        Mode::Failed => "FAILED",
-        Mode::HoldOff => "HOLD-OFF",
-    }
-}
-
 /// Configuration problems only the tick reveals; each raised once.
 fn warnings(cx: &Cx, unknown: &[String], state: &mut State, mut d: Decision) -> Decision {
     // The dry run of `vigil policy check` has no services: nothing to compare with.
@@ -311,13 +301,7 @@ impl Policy for Xivo {
         if p.config_hook.as_deref().is_some_and(|h| h.trim().is_empty()) {
             return Err("config_hook: expected a hook name declared under [hooks], got an empty one".into());
         }
-        let mut seen = BTreeSet::new();
-        for name in &p.services {
-            if name.trim().is_empty() || !seen.insert(name) {
-                return Err(format!("services: expected distinct service names, got {name:?} twice or empty"));
-            }
-        }
-        Ok(())
+        check_names("services", &p.services)
     }
 
     fn decide(params: &Params, tick: &Tick, state: &mut State) -> Decision {

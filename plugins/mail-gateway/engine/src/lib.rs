@@ -116,16 +116,7 @@ impl Config {
         if self.push_queue_hook.as_deref().is_some_and(|h| h.trim().is_empty()) {
             return Err("push_queue_hook: expected a hook name declared under [hooks]".into());
         }
-        let mut seen = BTreeSet::new();
-        for name in &self.start_order {
-            if name.trim().is_empty() {
-                return Err("start_order: expected service names, got an empty one".into());
-            }
-            if !seen.insert(name) {
-                return Err(format!("start_order: service {name:?} is listed twice"));
-            }
-        }
-        Ok(())
+        check_names("start_order", &self.start_order)
     }
 }
 
