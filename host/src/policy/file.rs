@@ -34,6 +34,7 @@
 //! targets = { main = "10.0.0.1:443", standby = "10.0.0.2:443" }
 //! initial = "main"
 //! hook = "upstream"               # optional: a [hooks.NAME] run with (target id, address) on each route
+//! busy_poll_us = 50               # built-in relay: poll without sleeping this long after traffic (0: never)
 //!
 //! [limits]
 //! time_ms = 50                    # wall time per plugin call
@@ -146,6 +147,19 @@ pub struct RelaySpec {
     /// A declared hook run as `hook(target id, address)` on every route change.
     #[serde(default)]
     pub hook: Option<String>,
+    /// How long the built-in relay's data path keeps polling without sleeping after it moved bytes, in
+    /// microseconds (0: it always sleeps until the next event). See `relay::pump`.
+    #[serde(default = "default_busy_poll_us")]
+    pub busy_poll_us: u64,
+}
+
+/// Long enough to cover a request's answer on a LAN-local backend, short enough to cost little CPU.
+pub const DEFAULT_BUSY_POLL_US: u64 = 50;
+/// The most `busy_poll_us` may ask for: beyond that a relay would mostly spin for nothing.
+pub const MAX_BUSY_POLL_US: u64 = 10_000;
+
+fn default_busy_poll_us() -> u64 {
+    DEFAULT_BUSY_POLL_US
 }
 
 /// A command: a string runs through `/bin/sh -c`, an array runs directly.
@@ -359,6 +373,9 @@ impl PolicyFile {
                     return Err(TomlError::at(path, "relay.hook", format!("no [hooks.{hook}] declared")));
                 }
             }
+            if r.busy_poll_us > MAX_BUSY_POLL_US {
+                return Err(TomlError::at(path, "relay.busy_poll_us", format!("expected at most {MAX_BUSY_POLL_US} (10 ms), got {}", r.busy_poll_us)));
+            }
             if r.listen.is_none() && r.hook.is_none() {
                 return Err(TomlError::at(path, "relay", "expected `listen` (the built-in relay), `hook`, or both"));
             }
@@ -461,6 +478,7 @@ after = 2
             ("plugin = \"x\"\nplugins = \"y\"", "plugins"),
             ("plugin = \"x\"\n[[vip]]\ninterface = \"eth0\"\naddress = \"10.0.0.1\"\naction = \"add\"", "vip[0].address"),
             ("plugin = \"x\"\n[relay]\nlisten = \"127.0.0.1:1\"\ntargets = { a = \"h:1\" }\ninitial = \"b\"", "relay.initial"),
+            ("plugin = \"x\"\n[relay]\nlisten = \"127.0.0.1:1\"\ntargets = { a = \"h:1\" }\ninitial = \"a\"\nbusy_poll_us = 20000", "relay.busy_poll_us"),
             ("plugin = \"x\"\n[monitors.m]\nkind = \"tcp\"\naddress = \"nohost\"", "monitors.m.address"),
         ];
         for (text, key) in cases {

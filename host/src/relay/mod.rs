@@ -9,18 +9,19 @@
 //! - a **route hook** (`hook`): a declared `[hooks.NAME]` run as `NAME(target id, address)` on every
 //!   route, e.g. to rewrite an nginx upstream and reload it (`docs/relay.md`).
 //!
-//! Accepting and connecting are asynchronous (tokio); the bytes of an established connection are
-//! copied by two small blocking threads, one per direction. On loopback that halves what the relay
-//! adds to a round trip compared with a tokio `copy_bidirectional` (a blocked thread is woken straight
-//! by the kernel, with no reactor hop; `bench/README.md` has the figures), at the cost of two threads
-//! with 64 KiB stacks per open connection — fine for the hundreds of client connections an Edge
-//! relays.
+//! Accepting and connecting are asynchronous (tokio); the bytes of established connections are copied
+//! by one data-path thread per relay ([`pump`]): non-blocking sockets on one epoll set, with bounded busy
+//! polling after traffic so that a request and its answer cross the relay without a sleeping thread to
+//! wake (`bench/README.md` has the figures).
 //!
 //! This module owns sockets and the current target. It never decides where traffic goes: only a
 //! plugin's `route` action moves it. [`RelayHost`] is what the daemon keeps: the relay of the current
 //! policy, re-created when a hot reload changes `[relay]`.
 
+mod pump;
+
 use crate::policy::file::{PolicyFile, RelaySpec};
+use pump::Pump;
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
@@ -81,6 +82,8 @@ impl Shared {
 #[derive(Debug)]
 pub struct Relay {
     shared: Arc<Shared>,
+    /// The data path; stopped (closing every connection) when the relay is dropped.
+    pump: Arc<Pump>,
     local_addr: Option<SocketAddr>,
     accept: Option<JoinHandle<()>>,
     /// Dropped with the relay: every connection task watches it and ends.
@@ -107,6 +110,10 @@ impl Relay {
             connect_timeout,
         });
         let (stop, stopped) = watch::channel(());
+        let counted = shared.clone();
+        let pump = Arc::new(Pump::start(busy_poll(spec), move || {
+            counted.counters.open.fetch_sub(1, Ordering::Relaxed);
+        })?);
         let (local_addr, accept) = match spec.listen {
             Some(listen) => {
                 // std bind + from_std: binding is synchronous, so an address in use is reported to the
@@ -115,11 +122,11 @@ impl Relay {
                 std_listener.set_nonblocking(true)?;
                 let listener = TcpListener::from_std(std_listener)?;
                 let local = listener.local_addr()?;
-                (Some(local), Some(tokio::spawn(accept_loop(listener, shared.clone(), stopped))))
+                (Some(local), Some(tokio::spawn(accept_loop(listener, shared.clone(), pump.clone(), stopped))))
             }
             None => (None, None),
         };
-        Ok(Relay { shared, local_addr, accept, _stop: stop })
+        Ok(Relay { shared, pump, local_addr, accept, _stop: stop })
     }
 
     /// Send new connections to `target`. Open connections stay where they are. Returns a note for the
@@ -170,6 +177,7 @@ impl Relay {
     /// Take a changed spec with the same `listen` without closing anything: new targets, and the
     /// current target kept if it still exists (else the new `initial`).
     fn update(&self, spec: &RelaySpec) {
+        self.pump.set_busy_poll(busy_poll(spec));
         *self.shared.targets.write().expect("relay lock") = spec.targets.clone();
         let mut current = self.shared.current.write().expect("relay lock");
         if !spec.targets.contains_key(&*current) {
@@ -183,10 +191,15 @@ impl Drop for Relay {
         if let Some(accept) = self.accept.take() {
             accept.abort();
         }
+        self.pump.stop();
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stopped: watch::Receiver<()>) {
+fn busy_poll(spec: &RelaySpec) -> Duration {
+    Duration::from_micros(spec.busy_poll_us)
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, pump: Arc<Pump>, stopped: watch::Receiver<()>) {
     loop {
         let client = match listener.accept().await {
             Ok((client, _)) => client,
@@ -199,7 +212,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stopped: watch:
         };
         shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
         shared.counters.open.fetch_add(1, Ordering::Relaxed);
-        let (shared, mut stopped) = (shared.clone(), stopped.clone());
+        let (shared, pump, mut stopped) = (shared.clone(), pump.clone(), stopped.clone());
         tokio::spawn(async move {
             let pair = tokio::select! {
                 pair = connect(client, &shared) => pair,
@@ -209,35 +222,16 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stopped: watch:
                 shared.counters.open.fetch_sub(1, Ordering::Relaxed);
                 return;
             };
-            let (done, finished) = tokio::sync::oneshot::channel::<()>();
-            let handles = (client.try_clone(), upstream.try_clone());
-            if let Err(error) = copy_both_ways(client, upstream, shared.clone(), done) {
-                // Out of threads: close both sides (ending a copy thread that did start).
-                tracing::warn!(%error, "relay: cannot start the copy threads");
-                if let (Ok(c), Ok(u)) = &handles {
-                    let _ = c.shutdown(std::net::Shutdown::Both);
-                    let _ = u.shutdown(std::net::Shutdown::Both);
-                }
-                shared.counters.failed.fetch_add(1, Ordering::Relaxed);
+            // From here the data path counts the connection closed, whichever way it ends.
+            if let Err(error) = pump.add(client, upstream) {
+                tracing::debug!(%error, "relay: connection dropped");
                 shared.counters.open.fetch_sub(1, Ordering::Relaxed);
-                return;
-            }
-            // The relay was dropped (policy reload without a relay, daemon stop): close both sides,
-            // which ends the copy threads.
-            tokio::select! {
-                _ = finished => {}
-                _ = stopped.changed() => {
-                    if let (Ok(c), Ok(u)) = handles {
-                        let _ = c.shutdown(std::net::Shutdown::Both);
-                        let _ = u.shutdown(std::net::Shutdown::Both);
-                    }
-                }
             }
         });
     }
 }
 
-/// Connect to the target current now; both sockets come back as blocking std streams, NODELAY set.
+/// Connect to the target current now; both sockets come back as std streams with NODELAY set.
 async fn connect(client: TcpStream, shared: &Shared) -> Option<(std::net::TcpStream, std::net::TcpStream)> {
     let (id, address) = shared.target();
     let upstream = match tokio::time::timeout(shared.connect_timeout, TcpStream::connect(&address)).await {
@@ -253,55 +247,18 @@ async fn connect(client: TcpStream, shared: &Shared) -> Option<(std::net::TcpStr
             return None;
         }
     };
-    let blocking = |s: TcpStream| -> io::Result<std::net::TcpStream> {
-        let s = s.into_std()?;
-        s.set_nonblocking(false)?;
+    let std = |s: TcpStream| -> io::Result<std::net::TcpStream> {
         // Request/response traffic: small writes must not wait for Nagle's algorithm on either leg.
         s.set_nodelay(true)?;
-        Ok(s)
+        s.into_std()
     };
-    match (blocking(client), blocking(upstream)) {
+    match (std(client), std(upstream)) {
         (Ok(c), Ok(u)) => Some((c, u)),
         _ => {
             shared.counters.failed.fetch_add(1, Ordering::Relaxed);
             None
         }
     }
-}
-
-/// Two threads, one per direction. A direction that ends cleanly passes the end on (half-close); one
-/// that fails closes both sides. The last thread to finish counts the connection closed and says so.
-fn copy_both_ways(
-    client: std::net::TcpStream,
-    upstream: std::net::TcpStream,
-    shared: Arc<Shared>,
-    done: tokio::sync::oneshot::Sender<()>,
-) -> io::Result<()> {
-    use std::net::Shutdown;
-    let remaining = Arc::new(std::sync::atomic::AtomicU8::new(2));
-    let done = Arc::new(Mutex::new(Some(done)));
-    let directions = [(client.try_clone()?, upstream.try_clone()?), (upstream, client)];
-    for (mut from, mut to) in directions {
-        let (remaining, shared, done) = (remaining.clone(), shared.clone(), done.clone());
-        std::thread::Builder::new().name("vigil-relay".into()).stack_size(64 * 1024).spawn(move || {
-            match io::copy(&mut from, &mut to) {
-                Ok(_) => {
-                    let _ = to.shutdown(Shutdown::Write);
-                }
-                Err(_) => {
-                    let _ = from.shutdown(Shutdown::Both);
-                    let _ = to.shutdown(Shutdown::Both);
-                }
-            }
-            if remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                shared.counters.open.fetch_sub(1, Ordering::Relaxed);
-                if let Some(done) = done.lock().expect("relay lock").take() {
-                    let _ = done.send(());
-                }
-            }
-        })?;
-    }
-    Ok(())
 }
 
 /// The relay of the node's current policy. The daemon calls [`RelayHost::sync`] on every tick with the
@@ -429,6 +386,7 @@ mod tests {
             targets: targets.iter().map(|(id, a)| (id.to_string(), a.to_string())).collect(),
             initial: initial.into(),
             hook: None,
+            busy_poll_us: 50,
         }
     }
 
@@ -470,6 +428,71 @@ mod tests {
         assert_eq!((c.accepted, c.open, c.failed, c.routes), (2, 2, 0, 1));
         drop(first);
         wait_until(|| relay.counters().open == 1).await;
+    }
+
+    /// A backend that reads everything until the client's end, then sends it back reversed and closes.
+    async fn reverser() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else { return };
+                tokio::spawn(async move {
+                    let mut all = Vec::new();
+                    s.read_to_end(&mut all).await.unwrap();
+                    all.reverse();
+                    s.write_all(&all).await.unwrap();
+                });
+            }
+        });
+        addr
+    }
+
+    /// 8 MiB up, the client's end passed on (half-close), 8 MiB back, with both busy polling and
+    /// always sleeping: every byte arrives in order, and the connection is counted closed at the end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn large_transfers_keep_every_byte_and_pass_the_end_on() {
+        let backend = reverser().await;
+        for busy_poll_us in [0, 50] {
+            let relay = Relay::start(&RelaySpec { busy_poll_us, ..spec(&[("main", backend)], "main") }).unwrap();
+            let data: Vec<u8> = (0..8 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+            let mut client = TcpStream::connect(relay.local_addr().unwrap()).await.unwrap();
+            let (mut rd, mut wr) = client.split();
+            let send = async {
+                wr.write_all(&data).await.unwrap();
+                wr.shutdown().await.unwrap();
+            };
+            let mut back = Vec::new();
+            let receive = rd.read_to_end(&mut back);
+            let (_, received) = tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(send, receive) }).await.unwrap();
+            received.unwrap();
+            assert_eq!(back.len(), data.len(), "busy_poll_us = {busy_poll_us}");
+            assert!(back.iter().rev().eq(data.iter()), "busy_poll_us = {busy_poll_us}: bytes out of order");
+            wait_until(|| relay.counters().open == 0).await;
+        }
+    }
+
+    /// Many clients at once, each with its own conversation, on the one data-path thread.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_connections_share_the_data_path() {
+        let (main, _m) = echo("main").await;
+        let relay = Relay::start(&spec(&[("main", main)], "main")).unwrap();
+        let addr = relay.local_addr().unwrap();
+        let clients = (0..64).map(|i| {
+            tokio::spawn(async move {
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                for round in 0..20 {
+                    let text = format!("{i}.{round}");
+                    assert_eq!(ask(&mut s, &text).await, format!("main:{text}"));
+                }
+            })
+        });
+        for client in clients.collect::<Vec<_>>() {
+            client.await.unwrap();
+        }
+        let c = relay.counters();
+        assert_eq!((c.accepted, c.failed), (64, 0));
+        wait_until(|| relay.counters().open == 0).await;
     }
 
     #[tokio::test]
