@@ -317,7 +317,13 @@ pub struct Probe {
 impl NodeConfig {
     /// Read and check a node configuration file. Relative paths in it are relative to the file.
     pub fn read(path: &Path) -> Result<NodeConfig, TomlError> {
-        let (mut config, _): (NodeConfig, String) = toml_file::read(path)?;
+        Self::parse(path, &toml_file::read_text(path)?)
+    }
+
+    /// Parse and check the text of the node configuration file at `path` (named in errors; relative
+    /// paths in the text are relative to it). Touches no file.
+    pub fn parse(path: &Path, text: &str) -> Result<NodeConfig, TomlError> {
+        let mut config: NodeConfig = toml_file::parse(path, text)?;
         config.path = path.to_path_buf();
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &mut PathBuf| {

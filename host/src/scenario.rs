@@ -105,7 +105,12 @@ struct Expect {
 impl Scenario {
     /// Read and check a scenario file.
     pub fn read(path: &Path) -> Result<Scenario, TomlError> {
-        let (file, text): (ScenarioFile, String) = toml_file::read(path)?;
+        Self::parse(path, &toml_file::read_text(path)?)
+    }
+
+    /// Parse and check the text of the scenario file at `path` (named in errors). Touches no file.
+    pub fn parse(path: &Path, text: &str) -> Result<Scenario, TomlError> {
+        let file: ScenarioFile = toml_file::parse(path, text)?;
         let line = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
         if file.step.is_empty() {
             return Err(TomlError::at(path, "step", "expected at least one [[step]]"));

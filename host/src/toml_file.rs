@@ -43,16 +43,9 @@ impl TomlError {
     }
 }
 
-/// Read and parse a TOML file into `T`.
-pub fn read<T: DeserializeOwned>(path: &Path) -> Result<(T, String), TomlError> {
-    let text = std::fs::read_to_string(path).map_err(|e| TomlError {
-        path: path.to_path_buf(),
-        key: None,
-        line: None,
-        message: format!("cannot read: {e}"),
-    })?;
-    let value = parse(path, &text)?;
-    Ok((value, text))
+/// Read a file's text (UTF-8), or an error naming the file and why.
+pub fn read_text(path: &Path) -> Result<String, TomlError> {
+    std::fs::read_to_string(path).map_err(|e| TomlError { path: path.to_path_buf(), key: None, line: None, message: format!("cannot read: {e}") })
 }
 
 /// Parse TOML text (from `path`, for messages) into `T`.

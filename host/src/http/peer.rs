@@ -54,15 +54,7 @@ pub fn looks_signed(state: &NodeState, headers: &HeaderMap) -> bool {
 }
 
 fn authenticate(state: &NodeState, method: &Method, path: &str, headers: &HeaderMap, body: &[u8]) -> Result<SignedHeaders, AuthError> {
-    let get = |name: &'static str| -> Result<&str, AuthError> {
-        headers.get(name).ok_or(AuthError::Missing(name))?.to_str().map_err(|_| AuthError::Malformed(name))
-    };
-    let h = SignedHeaders {
-        node: get(HEADER_NODE)?.to_string(),
-        timestamp_ms: get(HEADER_TIMESTAMP)?.parse().map_err(|_| AuthError::Malformed(HEADER_TIMESTAMP))?,
-        nonce: get(HEADER_NONCE)?.to_string(),
-        signature: get(HEADER_SIGNATURE)?.to_string(),
-    };
+    let h = SignedHeaders::from_headers(headers)?;
     state.verifier.verify(method.as_str(), path, body, &h, state.clock.wall_ms())?;
     Ok(h)
 }

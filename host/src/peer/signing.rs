@@ -54,6 +54,22 @@ pub struct SignedHeaders {
     pub signature: String,
 }
 
+impl SignedHeaders {
+    /// The signature headers of a peer request, read but not yet verified; an error names the header
+    /// that is missing or malformed.
+    pub fn from_headers(headers: &hyper::HeaderMap) -> Result<SignedHeaders, AuthError> {
+        let get = |name: &'static str| -> Result<&str, AuthError> {
+            headers.get(name).ok_or(AuthError::Missing(name))?.to_str().map_err(|_| AuthError::Malformed(name))
+        };
+        Ok(SignedHeaders {
+            node: get(HEADER_NODE)?.to_string(),
+            timestamp_ms: get(HEADER_TIMESTAMP)?.parse().map_err(|_| AuthError::Malformed(HEADER_TIMESTAMP))?,
+            nonce: get(HEADER_NONCE)?.to_string(),
+            signature: get(HEADER_SIGNATURE)?.to_string(),
+        })
+    }
+}
+
 fn mac(key: &[u8]) -> HmacSha256 {
     HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length")
 }

@@ -289,7 +289,13 @@ impl<'de> Deserialize<'de> for FallbackMode {
 impl PolicyFile {
     /// Read and check a policy file.
     pub fn read(path: &Path) -> Result<PolicyFile, TomlError> {
-        let (file, _text): (PolicyFile, String) = toml_file::read(path)?;
+        Self::parse(path, &toml_file::read_text(path)?)
+    }
+
+    /// Parse and check the text of the policy file at `path` (named in errors). Touches no file: the
+    /// plugin is resolved and loaded later.
+    pub fn parse(path: &Path, text: &str) -> Result<PolicyFile, TomlError> {
+        let file: PolicyFile = toml_file::parse(path, text)?;
         file.check(path)?;
         Ok(file)
     }
