@@ -18,21 +18,7 @@ use vigil::replication::store::{Patterns, Scopes, Store};
 use vigil::replication::Batch;
 use vigil::scenario::Scenario;
 use vigil::toml_file::TomlError;
-
-/// xorshift64*: small, fast, and the same sequence everywhere for a seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use vigil_tests::Rng;
 
 fn seed() -> u64 {
     std::env::var("VIGIL_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_f00d)
@@ -144,7 +130,7 @@ fn node_configurations() {
     let path = Path::new("/etc/vigil/node.toml");
     NodeConfig::parse(path, &text).unwrap_or_else(|e| panic!("the operator guide's example is refused: {e}"));
     let seed = seed();
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let (mut accepted, mut refused) = (0, 0);
     for _ in 0..3000 * rounds() {
         let mutant = mutate(&text, &mut rng);
@@ -163,7 +149,7 @@ fn node_configurations() {
 #[test]
 fn policy_files() {
     let seed = seed();
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let policies = toml_files(&vigil_tests::root().join("policies"));
     assert!(policies.len() >= 20, "{} policies", policies.len());
     let mut refused = 0;
@@ -184,7 +170,7 @@ fn policy_files() {
 #[test]
 fn scenario_files() {
     let seed = seed();
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let scenarios = toml_files(&vigil_tests::root().join("tests/scenarios"));
     assert!(scenarios.len() >= 100, "{} scenarios", scenarios.len());
     let mut refused = 0;
@@ -206,7 +192,7 @@ fn scenario_files() {
 #[test]
 fn signed_peer_headers() {
     let seed = seed();
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let good = [(HEADER_NODE, "b"), (HEADER_TIMESTAMP, "1763780000000"), (HEADER_NONCE, "0123456789abcdef0123456789abcdef"), (HEADER_SIGNATURE, "ab".repeat(32).leak())];
     let mut headers = hyper::HeaderMap::new();
     for (name, value) in good {
@@ -219,7 +205,7 @@ fn signed_peer_headers() {
             match rng.below(6) {
                 0 => {}
                 1 => {
-                    let bytes: Vec<u8> = (0..rng.below(40)).map(|_| rng.next() as u8).collect();
+                    let bytes: Vec<u8> = (0..rng.below(40)).map(|_| rng.next_u64() as u8).collect();
                     if let Ok(v) = hyper::header::HeaderValue::from_bytes(&bytes) {
                         headers.insert(name, v);
                     }
@@ -245,7 +231,7 @@ fn signed_peer_headers() {
 #[test]
 fn change_batches() {
     let seed = seed();
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let dir = tempfile::tempdir().unwrap();
     let scopes = || Scopes { sizes: vec![("config".into(), 1 << 20), ("templates".into(), 1 << 16)] };
     let source = Store::open(&dir.path().join("a.db"), "a", Patterns::new(["ha.*".to_string()]), scopes()).unwrap();
@@ -321,7 +307,7 @@ fn hostile_values(batch: &str, rng: &mut Rng) -> String {
 #[test]
 fn small_value_parsers() {
     let seed = seed();
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     assert_eq!(parse_cidr("10.0.0.100/24").map(|(_, p)| p), Some(24));
     assert_eq!(parse_hhmm("04:30"), Ok(270));
     let addr_output = "2: eth0    inet 10.0.0.1/24 brd 10.0.0.255 scope global eth0\\       valid_lft forever preferred_lft forever\n\

@@ -14,7 +14,7 @@ use vigil::config::{Probe, ProbeKind};
 use vigil::model::{Action, Mode, OperatorRequest, PeerCommand, ReceivedCommand, Report, Role, Service, ServiceState};
 use vigil::node::{NodeCore, Observations};
 use vigil::policy::{load, LoadedPolicy};
-use vigil_tests::{dirs, runtime, write_file};
+use vigil_tests::{dirs, runtime, write_file, Rng};
 
 const INTERVAL: u64 = 1000;
 const FAILURES: u32 = 3;
@@ -25,22 +25,6 @@ const FAULT_TICKS: u64 = 60;
 const CALM_TICKS: u64 = 30;
 /// The pair must be settled this many ticks into the calm, and stay settled.
 const SETTLE_WITHIN: u64 = 15;
-
-/// xorshift64*: small, seedable, the same everywhere.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
 
 /// One simulated node: its core, its view of the peer, its service, its inbox.
 struct SimNode {
@@ -97,7 +81,7 @@ fn tail(timeline: &str, n: usize) -> String {
 
 /// Run one seeded schedule; `Err` carries the timeline when the property fails.
 fn run(policy: &LoadedPolicy, seed: u64) -> Result<(), String> {
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = Rng::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut now = 1_800_000_000_000u64;
     let mut nodes = [SimNode::new("a", Role::Primary, "b", now), SimNode::new("b", Role::Secondary, "a", now)];
     let mut link_up = true;
@@ -122,7 +106,7 @@ fn run(policy: &LoadedPolicy, seed: u64) -> Result<(), String> {
                 if rng.chance(2) {
                     operator_used = true;
                     let requests = [OperatorRequest::Standby, OperatorRequest::Active, OperatorRequest::Restore];
-                    nodes[i].operator = Some(requests[(rng.next() % 3) as usize]);
+                    nodes[i].operator = Some(requests[(rng.next_u64() % 3) as usize]);
                 }
             }
         } else if !link_up || nodes.iter().any(|n| !n.up) {

@@ -176,3 +176,30 @@ pub fn tick(now_ms: u64, state: Vec<u8>) -> Tick {
 pub fn state_json(state: &[u8]) -> serde_json::Value {
     serde_json::from_slice(state).unwrap_or_else(|e| panic!("state is not JSON ({e}): {:?}", String::from_utf8_lossy(state)))
 }
+
+/// xorshift64*: a small seeded generator, the same sequence everywhere for a seed (the simulation's
+/// fault schedules, the parsers' mutants). A zero seed is replaced by one, as xorshift needs.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform enough in `0..n` (`0` when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+
+    /// True `percent` times in a hundred.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.next_u64() % 100 < percent
+    }
+}
