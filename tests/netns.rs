@@ -18,63 +18,14 @@
 //! Needs root (CI runs as root), `ip` and `arping` (iputils). Without root it prints why and passes.
 //! The namespaces are deleted by a guard even when the test fails.
 
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use vigil::cluster::{Cluster, NodeSpec, Timing};
 use vigil::model::Role;
+use vigil_tests::netns::{ip, on_path, run, runs_as_root, status_in, wait, Namespaces};
 use vigil_tests::{plugins_dir, vigil_bin};
 
 const VIP: &str = "10.77.0.100";
 const PORT: u16 = 7400;
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-}
-
-fn run(args: &[&str]) -> Output {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
-/// The test's namespaces; deleted on drop (also on panic), which destroys their links too.
-struct Namespaces {
-    names: Vec<String>,
-}
-
-impl Namespaces {
-    fn create(prefix: &str) -> Namespaces {
-        let ns = Namespaces { names: ["a", "b", "c"].iter().map(|s| format!("{prefix}-{s}")).collect() };
-        for name in &ns.names {
-            run(&["ip", "netns", "add", name]);
-            run(&["ip", "-n", name, "link", "set", "lo", "up"]);
-        }
-        ns
-    }
-
-    fn name(&self, i: usize) -> &str {
-        &self.names[i]
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for name in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-        }
-    }
-}
-
-/// `ip -n NS …`
-fn ip(ns: &str, args: &str) {
-    let mut argv = vec!["ip", "-n", ns];
-    argv.extend(args.split_whitespace());
-    run(&argv);
-}
 
 fn wire(ns: &Namespaces) {
     let (a, b, c) = (ns.name(0), ns.name(1), ns.name(2));
@@ -111,21 +62,6 @@ fn addrs(ns: &str, dev: &str) -> Vec<String> {
         .collect()
 }
 
-/// `vigil status --json` run inside `ns` against `url`: (node id, mode), or `None` if no answer.
-fn status_in(ns: &str, url: &str) -> Option<(String, String)> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns, "timeout", "2"])
-        .arg(vigil_bin())
-        .args(["status", "--json", "--url", url])
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    Some((v["node"]["id"].as_str()?.to_string(), v["node"]["mode"].as_str()?.to_string()))
-}
-
 fn local_url() -> String {
     format!("http://127.0.0.1:{PORT}")
 }
@@ -139,14 +75,6 @@ fn modes(ns: &Namespaces) -> (Option<String>, Option<String>) {
 /// The node the client reaches on the VIP.
 fn vip_node(ns: &Namespaces) -> Option<String> {
     status_in(ns.name(2), &format!("http://{VIP}:{PORT}")).map(|(id, _)| id)
-}
-
-fn wait(what: &str, limit: Duration, mut done: impl FnMut() -> bool, context: impl Fn() -> String) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not reached within {} s; {}", limit.as_secs(), context());
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The mail-gateway policy of both nodes; `{dir}` is each node's directory.
@@ -184,17 +112,15 @@ action = "ignore"
 
 #[test]
 fn the_vip_follows_the_active_node_across_heartbeat_link_cuts() {
-    if !is_root() {
-        println!("SKIPPED: the network-namespace test needs root (CI runs it as root)");
+    if !runs_as_root("the network-namespace test") {
         return;
     }
-    assert!(on_path("ip"), "`ip` (iproute2) is required for the network-namespace test");
     assert!(
         on_path("arping"),
         "`arping` (Debian package iputils-arping) is required: the VIP moves to the client by a gratuitous ARP"
     );
     let started = Instant::now();
-    let ns = Namespaces::create(&format!("vigil-t-{}", std::process::id()));
+    let ns = Namespaces::create(&format!("vigil-t-{}", std::process::id()), &["a", "b", "c"]);
     wire(&ns);
     let (a, b) = (ns.name(0).to_string(), ns.name(1).to_string());
 

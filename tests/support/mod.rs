@@ -4,6 +4,8 @@
 //! Nothing here fakes the product: plugins are the real components built by `cargo xtask plugins`,
 //! the binary is the real `target/debug/vigil`, files are real files in temporary directories.
 
+pub mod netns;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
