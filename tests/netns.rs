@@ -19,13 +19,9 @@
 //! The namespaces are deleted by a guard even when the test fails.
 
 use std::time::{Duration, Instant};
-use vigil::cluster::{Cluster, NodeSpec, Timing};
-use vigil::model::Role;
-use vigil_tests::netns::{ip, on_path, run, runs_as_root, status_in, wait, Namespaces};
-use vigil_tests::{plugins_dir, vigil_bin};
+use vigil_tests::netns::{ip, on_path, pair_in, run, runs_as_root, status_in, wait, Namespaces, PORT};
 
 const VIP: &str = "10.77.0.100";
-const PORT: u16 = 7400;
 
 fn wire(ns: &Namespaces) {
     let (a, b, c) = (ns.name(0), ns.name(1), ns.name(2));
@@ -125,18 +121,9 @@ fn the_vip_follows_the_active_node_across_heartbeat_link_cuts() {
     let (a, b) = (ns.name(0).to_string(), ns.name(1).to_string());
 
     let dir = tempfile::tempdir().unwrap();
-    let timing = Timing { interval_ms: 200, timeout_ms: 150, failures: 3, successes: 3 };
-    let mut cluster = Cluster::new(vigil_bin(), dir.path(), timing, vec![plugins_dir()]).unwrap();
-    for (id, role, netns, peer, other) in [("a", Role::Primary, &a, "b", 2), ("b", Role::Secondary, &b, "a", 1)] {
-        let mut spec = NodeSpec::new(id, role, POLICY);
-        spec.listen = Some(([0, 0, 0, 0], PORT).into());
-        spec.prefix = vec!["ip".into(), "netns".into(), "exec".into(), netns.clone()];
-        spec.peer_paths = vec![(
-            peer.into(),
-            vec![("hb1".into(), format!("http://10.78.1.{other}:{PORT}")), ("hb2".into(), format!("http://10.78.2.{other}:{PORT}"))],
-        )];
-        cluster.add(spec).unwrap();
-    }
+    let mut cluster = pair_in(dir.path(), &a, &b, POLICY, |other| {
+        vec![("hb1".into(), format!("http://10.78.1.{other}:{PORT}")), ("hb2".into(), format!("http://10.78.2.{other}:{PORT}"))]
+    });
     cluster.start(0).unwrap();
     cluster.start(1).unwrap();
     let logs = || {

@@ -18,12 +18,10 @@
 //! Needs root (CI runs as root) and iproute2's `ip` and `tc`; without root it prints why and passes.
 
 use std::time::{Duration, Instant};
-use vigil::cluster::{Cluster, NodeSpec, Timing};
-use vigil::model::Role;
-use vigil_tests::netns::{ip, on_path, run, runs_as_root, status_in, wait, Namespaces};
-use vigil_tests::{plugins_dir, vigil_bin, Rng};
+use vigil::cluster::Cluster;
+use vigil_tests::netns::{ip, on_path, pair_in, run, runs_as_root, status_in, wait, Namespaces, PORT};
+use vigil_tests::Rng;
 
-const PORT: u16 = 7400;
 
 const POLICY: &str = r#"plugin = "hot-standby"
 
@@ -51,15 +49,7 @@ impl Pair {
             ip(node, "link set hb up");
         }
         let dir = tempfile::tempdir().unwrap();
-        let timing = Timing { interval_ms: 200, timeout_ms: 150, failures: 3, successes: 3 };
-        let mut cluster = Cluster::new(vigil_bin(), dir.path(), timing, vec![plugins_dir()]).unwrap();
-        for (id, role, netns, peer, other) in [("a", Role::Primary, &a, "b", 2), ("b", Role::Secondary, &b, "a", 1)] {
-            let mut spec = NodeSpec::new(id, role, POLICY);
-            spec.listen = Some(([0, 0, 0, 0], PORT).into());
-            spec.prefix = vec!["ip".into(), "netns".into(), "exec".into(), netns.clone()];
-            spec.peer_paths = vec![(peer.into(), vec![("hb".into(), format!("http://10.80.1.{other}:{PORT}"))])];
-            cluster.add(spec).unwrap();
-        }
+        let mut cluster = pair_in(dir.path(), &a, &b, POLICY, |other| vec![("hb".into(), format!("http://10.80.1.{other}:{PORT}"))]);
         cluster.start(0).unwrap();
         cluster.start(1).unwrap();
         Pair { cluster, ns, _dir: dir }

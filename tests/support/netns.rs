@@ -4,8 +4,14 @@
 //! Everything here needs root and iproute2; [`runs_as_root`] lets a suite pass with a note
 //! elsewhere (CI runs as root).
 
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+use vigil::cluster::{Cluster, NodeSpec, Timing};
+use vigil::model::Role;
+
+/// The port every node of a namespace suite listens on (each namespace has its own ports).
+pub const PORT: u16 = 7400;
 
 /// True when the suite may run; otherwise prints why it is skipped.
 pub fn runs_as_root(suite: &str) -> bool {
@@ -87,4 +93,20 @@ pub fn wait(what: &str, limit: Duration, mut done: impl FnMut() -> bool, context
         assert!(Instant::now() < deadline, "{what}: not reached within {} s; {}", limit.as_secs(), context());
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A primary `a` in namespace `ns_a` and a secondary `b` in `ns_b`, both running `policy` and
+/// listening on [`PORT`] on every address of their namespace; `paths(other)` lists the heartbeat
+/// paths `(name, base URL)` to the node whose host number is `other` (1 for a, 2 for b). Not started.
+pub fn pair_in(dir: &Path, ns_a: &str, ns_b: &str, policy: &str, paths: impl Fn(u8) -> Vec<(String, String)>) -> Cluster {
+    let timing = Timing { interval_ms: 200, timeout_ms: 150, failures: 3, successes: 3 };
+    let mut cluster = Cluster::new(crate::vigil_bin(), dir, timing, vec![crate::plugins_dir()]).unwrap();
+    for (id, role, netns, peer, other) in [("a", Role::Primary, ns_a, "b", 2), ("b", Role::Secondary, ns_b, "a", 1)] {
+        let mut spec = NodeSpec::new(id, role, policy);
+        spec.listen = Some(([0, 0, 0, 0], PORT).into());
+        spec.prefix = vec!["ip".into(), "netns".into(), "exec".into(), netns.to_string()];
+        spec.peer_paths = vec![(peer.into(), paths(other))];
+        cluster.add(spec).unwrap();
+    }
+    cluster
 }
