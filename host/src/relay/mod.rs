@@ -82,8 +82,9 @@ impl Shared {
 #[derive(Debug)]
 pub struct Relay {
     shared: Arc<Shared>,
-    /// The data path; stopped (closing every connection) when the relay is dropped.
-    pump: Arc<Pump>,
+    /// The data path of the built-in relay (none for a hook-only relay); stopped, closing every
+    /// connection, when the relay is dropped.
+    pump: Option<Arc<Pump>>,
     local_addr: Option<SocketAddr>,
     accept: Option<JoinHandle<()>>,
     /// Dropped with the relay: every connection task watches it and ends.
@@ -110,11 +111,7 @@ impl Relay {
             connect_timeout,
         });
         let (stop, stopped) = watch::channel(());
-        let counted = shared.clone();
-        let pump = Arc::new(Pump::start(busy_poll(spec), move || {
-            counted.counters.open.fetch_sub(1, Ordering::Relaxed);
-        })?);
-        let (local_addr, accept) = match spec.listen {
+        let (local_addr, accept, pump) = match spec.listen {
             Some(listen) => {
                 // std bind + from_std: binding is synchronous, so an address in use is reported to the
                 // caller now instead of by a task later.
@@ -122,9 +119,14 @@ impl Relay {
                 std_listener.set_nonblocking(true)?;
                 let listener = TcpListener::from_std(std_listener)?;
                 let local = listener.local_addr()?;
-                (Some(local), Some(tokio::spawn(accept_loop(listener, shared.clone(), pump.clone(), stopped))))
+                let counted = shared.clone();
+                let pump = Arc::new(Pump::start(busy_poll(spec), move || {
+                    counted.counters.open.fetch_sub(1, Ordering::Relaxed);
+                })?);
+                let accept = tokio::spawn(accept_loop(listener, shared.clone(), pump.clone(), stopped));
+                (Some(local), Some(accept), Some(pump))
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         Ok(Relay { shared, pump, local_addr, accept, _stop: stop })
     }
@@ -177,7 +179,9 @@ impl Relay {
     /// Take a changed spec with the same `listen` without closing anything: new targets, and the
     /// current target kept if it still exists (else the new `initial`).
     fn update(&self, spec: &RelaySpec) {
-        self.pump.set_busy_poll(busy_poll(spec));
+        if let Some(pump) = &self.pump {
+            pump.set_busy_poll(busy_poll(spec));
+        }
         *self.shared.targets.write().expect("relay lock") = spec.targets.clone();
         let mut current = self.shared.current.write().expect("relay lock");
         if !spec.targets.contains_key(&*current) {
@@ -191,7 +195,9 @@ impl Drop for Relay {
         if let Some(accept) = self.accept.take() {
             accept.abort();
         }
-        self.pump.stop();
+        if let Some(pump) = &self.pump {
+            pump.stop();
+        }
     }
 }
 
