@@ -81,9 +81,7 @@ impl Pump {
         }
         Ok(())
     }
-}
 
-impl Pump {
     /// Close every connection and end the thread; later [`Pump::add`]s fail. Idempotent.
     pub fn stop(&self) {
         let _ = self.commands.send(Command::Stop);
@@ -104,7 +102,7 @@ struct Conn {
     waiting: [Vec<u8>; 2],
     /// Side `i` has ended its sending half.
     ended: [bool; 2],
-    /// Side `i`'s receiving half has been shut (the other side's end passed on).
+    /// Our sending half towards side `i` is shut: the other side's end was passed on to it.
     shut: [bool; 2],
 }
 
