@@ -54,15 +54,18 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Durations sorted, with the usual summaries.
-struct Sample(Vec<Duration>);
+pub(crate) struct Sample(Vec<Duration>);
 
 impl Sample {
-    fn new(mut d: Vec<Duration>) -> Sample {
+    pub(crate) fn new(mut d: Vec<Duration>) -> Sample {
         d.sort();
         Sample(d)
     }
-    fn pct(&self, p: usize) -> Duration {
+    pub(crate) fn pct(&self, p: usize) -> Duration {
         self.0[(self.0.len() * p / 100).min(self.0.len() - 1)]
+    }
+    pub(crate) fn mean(&self) -> Duration {
+        self.0.iter().sum::<Duration>() / self.0.len() as u32
     }
     fn max(&self) -> Duration {
         *self.0.last().expect("a non-empty sample")

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use vigil::policy::file::{RelaySpec, DEFAULT_BUSY_POLL_US};
 use vigil::relay::Relay;
 
+use crate::Sample;
+
 const SIZE: usize = 1024;
 const WARM_UP: usize = 500;
 const ROUND_TRIPS: usize = 20_000;
@@ -62,21 +64,18 @@ fn round_trips(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<Duration>> {
     Ok(times)
 }
 
-struct Summary {
-    p50: Duration,
-    p99: Duration,
-    mean: Duration,
-}
-
-fn summarize(mut d: Vec<Duration>) -> Summary {
-    d.sort();
-    let pct = |p: usize| d[(d.len() * p / 100).min(d.len() - 1)];
-    let mean = d.iter().sum::<Duration>() / d.len() as u32;
-    Summary { p50: pct(50), p99: pct(99), mean }
-}
-
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
+}
+
+/// One way to the backend.
+struct Way {
+    name: String,
+    addr: SocketAddr,
+    /// Its proxy, if any, runs in this process, so this process's CPU time includes it (not nginx's).
+    in_process: bool,
+    /// The way the target is about: the relay as configured by default.
+    judged: bool,
 }
 
 /// CPU time used so far by this process (client, backend and relay threads alike).
@@ -108,13 +107,14 @@ pub fn run() -> anyhow::Result<String> {
     let sleeping = relay(&runtime, target, 0)?;
     let nginx = Nginx::start(target)?;
 
-    let mut ways: Vec<(String, SocketAddr)> = vec![
-        ("direct to the backend".into(), target),
-        (format!("built-in relay (default, busy_poll_us = {DEFAULT_BUSY_POLL_US})"), default.local_addr().expect("the relay listens")),
-        ("built-in relay, busy_poll_us = 0".into(), sleeping.local_addr().expect("the relay listens")),
+    let relay_addr = |r: &Relay| r.local_addr().expect("the relay listens");
+    let mut ways = vec![
+        Way { name: "direct to the backend".into(), addr: target, in_process: true, judged: false },
+        Way { name: format!("built-in relay (default, busy_poll_us = {DEFAULT_BUSY_POLL_US})"), addr: relay_addr(&default), in_process: true, judged: true },
+        Way { name: "built-in relay, busy_poll_us = 0".into(), addr: relay_addr(&sleeping), in_process: true, judged: false },
     ];
     if let Some(n) = &nginx {
-        ways.push(("nginx stream proxy (reference; 1 worker, tcp_nodelay)".into(), n.addr));
+        ways.push(Way { name: "nginx stream proxy (reference; 1 worker, tcp_nodelay)".into(), addr: n.addr, in_process: false, judged: false });
     }
     let mut out = String::new();
     // Sustained: two long blocks per way, as a client with steady traffic sees it. Alternating: forty
@@ -126,31 +126,31 @@ pub fn run() -> anyhow::Result<String> {
         let mut cpu = vec![Duration::ZERO; ways.len()];
         // Take turns so that drift of the machine (other jobs, frequency) hits every way alike.
         for _ in 0..blocks {
-            for (i, (_, addr)) in ways.iter().enumerate() {
+            for (i, way) in ways.iter().enumerate() {
                 let before = process_cpu();
-                times[i].extend(round_trips(*addr, per_block)?);
+                times[i].extend(round_trips(way.addr, per_block)?);
                 cpu[i] += process_cpu().saturating_sub(before);
             }
         }
         // The CPU time covers each block's warm-up too.
         let round_trips_per_way = (blocks * (WARM_UP + per_block)) as u32;
-        let summaries: Vec<Summary> = times.into_iter().map(summarize).collect();
-        let direct = &summaries[0];
-        for (i, ((name, _), s)) in ways.iter().zip(&summaries).enumerate() {
-            let added = (us(s.mean) - us(direct.mean)) / us(direct.mean) * 100.0;
-            let verdict = match i {
-                1 if added < TARGET_PERCENT => format!(", within the {TARGET_PERCENT:.0} % target"),
-                1 => format!(", over the {TARGET_PERCENT:.0} % target"),
-                _ => String::new(),
+        let samples: Vec<Sample> = times.into_iter().map(Sample::new).collect();
+        let direct = us(samples[0].mean());
+        for (i, (way, s)) in ways.iter().zip(&samples).enumerate() {
+            let mean = us(s.mean());
+            let added = (mean - direct) / direct * 100.0;
+            let verdict = match way.judged {
+                true if added < TARGET_PERCENT => format!(", within the {TARGET_PERCENT:.0} % target"),
+                true => format!(", over the {TARGET_PERCENT:.0} % target"),
+                false => String::new(),
             };
-            let versus = if i == 0 { String::new() } else { format!(" — adds {:+.1} µs mean ({added:+.0} %{verdict})", us(s.mean) - us(direct.mean)) };
-            // nginx runs in its own process: this process's CPU time does not include it.
-            let cpu = if i < 3 { format!("; CPU of this process {:.1} µs per round trip", us(cpu[i] / round_trips_per_way)) } else { String::new() };
+            let versus = if i == 0 { String::new() } else { format!(" — adds {:+.1} µs mean ({added:+.0} %{verdict})", mean - direct) };
+            let cpu = if way.in_process { format!("; CPU of this process {:.1} µs per round trip", us(cpu[i] / round_trips_per_way)) } else { String::new() };
             out.push_str(&format!(
-                "| relay, {regime} ({blocks} × {per_block}): {name} | p50 {:.1} µs, p99 {:.1} µs, mean {:.1} µs{versus}{cpu} |\n",
-                us(s.p50),
-                us(s.p99),
-                us(s.mean)
+                "| relay, {regime} ({blocks} × {per_block}): {} | p50 {:.1} µs, p99 {:.1} µs, mean {mean:.1} µs{versus}{cpu} |\n",
+                way.name,
+                us(s.pct(50)),
+                us(s.pct(99)),
             ));
         }
     }
