@@ -49,7 +49,7 @@ pub fn looks_signed(state: &NodeState, headers: &HeaderMap) -> bool {
         .get(HEADER_TIMESTAMP)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|t| t.abs_diff(state.clock.wall_ms()) <= 30_000);
+        .is_some_and(|t| state.verifier.is_fresh(t, state.clock.wall_ms()));
     present && fresh
 }
 

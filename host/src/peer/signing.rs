@@ -70,6 +70,12 @@ impl SignedHeaders {
     }
 }
 
+/// `timestamp_ms − now_ms`, computed in i128 and clamped: a hostile timestamp must not overflow
+/// before the signature is even checked.
+fn skew(timestamp_ms: u64, now_ms: u64) -> i64 {
+    (i128::from(timestamp_ms) - i128::from(now_ms)).clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+}
+
 fn mac(key: &[u8]) -> HmacSha256 {
     HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length")
 }
@@ -151,10 +157,14 @@ impl Verifier {
         &self.keys
     }
 
+    /// Whether a request stamped `timestamp_ms` is inside the window at `now_ms` (signature unchecked).
+    pub fn is_fresh(&self, timestamp_ms: u64, now_ms: u64) -> bool {
+        skew(timestamp_ms, now_ms).unsigned_abs() <= self.window_ms
+    }
+
     /// Check a request; on success its nonce is remembered so it cannot be replayed.
     pub fn verify(&self, method: &str, path: &str, body: &[u8], h: &SignedHeaders, now_ms: u64) -> Result<(), AuthError> {
-        // i128: a hostile timestamp must not overflow before the signature is even checked.
-        let skew = (i128::from(h.timestamp_ms) - i128::from(now_ms)).clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
+        let skew = skew(h.timestamp_ms, now_ms);
         if skew.unsigned_abs() > self.window_ms {
             return Err(AuthError::Stale { skew_ms: skew, window_ms: self.window_ms });
         }
