@@ -43,6 +43,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+/// Why a start or stop command did not bring its service where it should ([`Services::drive`]).
+enum Drive {
+    /// The command failed: its summary.
+    Failed(String),
+    /// The command succeeded but the status command kept saying this.
+    Unconfirmed(ServiceState),
+}
+
 /// How much of a command's output (stdout and stderr, interleaved as it arrives) is kept.
 pub const OUTPUT_TAIL_BYTES: usize = 2048;
 
@@ -463,46 +471,46 @@ impl Services {
         if self.observe(name, spec).await == ServiceState::Stopped {
             return Ok("already stopped".into());
         }
-        let outcome = run_command(&spec.stop.argv(), Duration::from_millis(spec.timeout_ms)).await;
+        match self.drive(name, spec, &spec.stop.argv(), ServiceState::Stopped, ServiceState::Unknown).await {
+            Ok(summary) => Ok(format!("stopped ({summary})")),
+            Err(Drive::Failed(summary)) => Err(format!("stop failed: {summary}")),
+            Err(Drive::Unconfirmed(state)) => Err(format!("stop command succeeded but the status command still says {state}")),
+        }
+    }
+
+    /// Run `argv` (a start or stop command) to bring `name` to `target`, then confirm with the status
+    /// command or, without one, take the command's success as the new state. When the command fails,
+    /// the state is read again, or set to `if_failed` without a status command. Returns the command's
+    /// summary.
+    async fn drive(&self, name: &str, spec: &ServiceSpec, argv: &[String], target: ServiceState, if_failed: ServiceState) -> Result<String, Drive> {
+        let outcome = run_command(argv, Duration::from_millis(spec.timeout_ms)).await;
+        let has_status = spec.status.is_some();
         if !outcome.success {
-            if spec.status.is_some() {
+            if has_status {
                 self.observe(name, spec).await;
             } else {
-                self.set_state(name, ServiceState::Unknown);
+                self.set_state(name, if_failed);
             }
-            return Err(format!("stop failed: {}", outcome.summary()));
+            return Err(Drive::Failed(outcome.summary()));
         }
-        if spec.status.is_some() {
-            if let Err(state) = self.confirm(name, spec, ServiceState::Stopped).await {
-                return Err(format!("stop command succeeded but the status command still says {state}"));
-            }
+        if has_status {
+            self.confirm(name, spec, target).await.map_err(Drive::Unconfirmed)?;
         } else {
-            self.set_state(name, ServiceState::Stopped);
+            self.set_state(name, target);
         }
-        Ok(format!("stopped ({})", outcome.summary()))
+        Ok(outcome.summary())
     }
 
     /// Run the start command (the caller checked idempotence and the watchdog limits).
     async fn run_start(&self, name: &str, spec: &ServiceSpec, is_restart: bool) -> Result<String, String> {
         self.note_start_run(name, is_restart);
-        let outcome = run_command(&spec.start.argv(), Duration::from_millis(spec.timeout_ms)).await;
-        if !outcome.success {
-            if spec.status.is_some() {
-                self.observe(name, spec).await;
-            } else {
-                self.set_state(name, ServiceState::Stopped);
-            }
-            return Err(format!("start failed: {}", outcome.summary()));
-        }
-        if spec.status.is_some() {
-            if let Err(state) = self.confirm(name, spec, ServiceState::Running).await {
-                return Err(format!("start command succeeded but the status command says {state}"));
-            }
-        } else {
-            self.set_state(name, ServiceState::Running);
-        }
+        let summary = match self.drive(name, spec, &spec.start.argv(), ServiceState::Running, ServiceState::Stopped).await {
+            Ok(summary) => summary,
+            Err(Drive::Failed(summary)) => return Err(format!("start failed: {summary}")),
+            Err(Drive::Unconfirmed(state)) => return Err(format!("start command succeeded but the status command says {state}")),
+        };
         lock(&self.entries).entry(name.to_string()).or_default().last_start_ms = Some(self.clock.wall_ms());
-        Ok(format!("started ({})", outcome.summary()))
+        Ok(format!("started ({summary})"))
     }
 
     /// Refuse a start of a watchdog service inside its backoff window or over its hourly cap.
