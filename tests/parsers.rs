@@ -12,7 +12,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use vigil::config::NodeConfig;
-use vigil::peer::signing::{SignedHeaders, HEADER_NODE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+use vigil::peer::signing::{SignedHeaders, HEADER_BOOT, HEADER_CONTENT_SHA256, HEADER_NODE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP, HEADER_TO};
 use vigil::policy::file::{parse_cidr, parse_hhmm, PolicyFile};
 use vigil::replication::store::{Patterns, Scopes, Store};
 use vigil::replication::Batch;
@@ -186,7 +186,15 @@ fn scenario_files() {
 fn signed_peer_headers() {
     let seed = seed();
     let mut rng = Rng::new(seed);
-    let good = [(HEADER_NODE, "b"), (HEADER_TIMESTAMP, "1763780000000"), (HEADER_NONCE, "0123456789abcdef0123456789abcdef"), (HEADER_SIGNATURE, "ab".repeat(32).leak())];
+    let good = [
+        (HEADER_NODE, "b"),
+        (HEADER_TO, "a"),
+        (HEADER_BOOT, "0123456789abcdef"),
+        (HEADER_TIMESTAMP, "1763780000000"),
+        (HEADER_NONCE, "0123456789abcdef0123456789abcdef"),
+        (HEADER_CONTENT_SHA256, "cd".repeat(32).leak()),
+        (HEADER_SIGNATURE, "ab".repeat(32).leak()),
+    ];
     let mut headers = hyper::HeaderMap::new();
     for (name, value) in good {
         headers.insert(name, value.parse().unwrap());

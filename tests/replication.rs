@@ -215,25 +215,36 @@ async fn corrupt_or_oversized_batches_are_refused_and_change_nothing() {
         ("bad base64", serde_json::to_vec(&serde_json::json!({ "changes": [{ "scope": "config", "key": "k", "value": "%%%", "hlc": { "wall_ms": now, "counter": 0 }, "origin": "b", "seq": 1 }] })).unwrap(), "400"),
     ];
     for (what, body, code) in cases {
-        let err = peer.post_signed(url, vigil::replication::CHANGES_PATH, body.into(), Duration::from_secs(10)).await.unwrap_err();
+        let err = peer.post_signed("a", url, vigil::replication::CHANGES_PATH, body.into(), Duration::from_secs(10)).await.unwrap_err();
         assert!(err.contains(code), "{what}: expected {code}, got {err}");
     }
-    // Oversized: refused from its declared length, before a byte of it is read (a raw request, since
-    // a client that streams the 17 MiB may see the connection closed under it instead of the answer).
-    {
+    // Oversized (over the 48 MiB batch limit): refused from its declared length, before a byte of it
+    // is read (a raw request, since a client that streams the body may see the connection closed under
+    // it instead of the answer); unsigned, it is refused before the length even matters.
+    for signed in [true, false] {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut stream = tokio::net::TcpStream::connect(cluster.listen_addr(0)).await.unwrap();
-        let head = format!("POST {} HTTP/1.1\r\nhost: a\r\ncontent-length: {}\r\n\r\n", vigil::replication::CHANGES_PATH, 17 << 20);
+        let mut head = format!("POST {} HTTP/1.1\r\nhost: a\r\ncontent-length: {}\r\n", vigil::replication::CHANGES_PATH, 49 << 20);
+        if signed {
+            let run = peer.heartbeat("a", url, Duration::from_secs(2)).await.unwrap().answer.boot;
+            let request = vigil::peer::signing::Request { method: "POST", path: vigil::replication::CHANGES_PATH, from: "b", to: "a", boot: &run, body: b"never sent" };
+            let h = vigil::peer::signing::sign_request(PEER_KEY.as_bytes(), request, now, vigil::peer::signing::new_nonce());
+            for (name, value) in h.pairs() {
+                head.push_str(&format!("{name}: {value}\r\n"));
+            }
+        }
+        head.push_str("\r\n");
         stream.write_all(head.as_bytes()).await.unwrap();
         let mut answer = vec![0u8; 512];
         let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer)).await.unwrap().unwrap();
         let answer = String::from_utf8_lossy(&answer[..n]);
-        assert!(answer.starts_with("HTTP/1.1 413"), "oversized: {answer}");
+        let expected = if signed { "HTTP/1.1 413" } else { "HTTP/1.1 401" };
+        assert!(answer.starts_with(expected), "oversized, signed: {signed}: {answer}");
     }
     assert_eq!(keys(&cluster, 0).await, before, "nothing changed");
 
     // The same path accepts a good batch.
     let good = serde_json::to_vec(&serde_json::json!({ "changes": [change("good", now)] })).unwrap();
-    peer.post_signed(url, vigil::replication::CHANGES_PATH, good.into(), Duration::from_secs(10)).await.unwrap();
+    peer.post_signed("a", url, vigil::replication::CHANGES_PATH, good.into(), Duration::from_secs(10)).await.unwrap();
     assert_eq!(keys(&cluster, 0).await, vec!["existing=1", "good=value"]);
 }

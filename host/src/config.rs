@@ -14,6 +14,7 @@
 //! timeout_ms = 500                # per probe; at most interval_ms
 //! failures = 3                    # consecutive failed checks to switch
 //! successes = 3                   # consecutive good checks to switch back
+//! startup_grace_ms = 5000         # after a start, no ACTIVE before every peer answered or this passed
 //!
 //! [[peer]]                        # the pair peer(s)
 //! id = "b"
@@ -137,12 +138,25 @@ pub struct HeartbeatSection {
     pub timeout_ms: u32,
     pub failures: u32,
     pub successes: u32,
+    /// After a start, how long a node whose peers have not answered yet holds back from becoming
+    /// active: a peer started a little later (a slower disk, a cold plugin compile) gets the time to
+    /// answer before it is counted as dead.
+    pub startup_grace_ms: u32,
 }
+
+/// Default of `heartbeat.startup_grace_ms`.
+pub const DEFAULT_STARTUP_GRACE_MS: u32 = 5_000;
 
 impl Default for HeartbeatSection {
     fn default() -> Self {
         let h = Heartbeat::default();
-        HeartbeatSection { interval_ms: h.interval_ms, timeout_ms: h.timeout_ms, failures: h.failures, successes: h.successes }
+        HeartbeatSection {
+            interval_ms: h.interval_ms,
+            timeout_ms: h.timeout_ms,
+            failures: h.failures,
+            successes: h.successes,
+            startup_grace_ms: DEFAULT_STARTUP_GRACE_MS,
+        }
     }
 }
 
@@ -363,6 +377,9 @@ impl NodeConfig {
         }
         if h.failures == 0 {
             return Err(self.err("heartbeat.failures", "expected at least 1"));
+        }
+        if h.startup_grace_ms > 600_000 {
+            return Err(self.err("heartbeat.startup_grace_ms", format!("expected 0 to 600000, got {}", h.startup_grace_ms)));
         }
         if h.successes == 0 {
             return Err(self.err("heartbeat.successes", "expected at least 1"));

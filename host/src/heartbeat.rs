@@ -89,17 +89,17 @@ impl Prober {
 
     /// Probe everything once, concurrently.
     pub async fn round(&self, targets: &Targets) -> Round {
-        let peers = join_all(targets.peers.iter().map(|(_, paths, services)| async move {
+        let peers = join_all(targets.peers.iter().map(|(id, paths, services)| async move {
             let (paths, services) =
-                tokio::join!(join_all(paths.iter().map(|p| self.check(p))), join_all(services.iter().map(|p| self.check(p))));
+                tokio::join!(join_all(paths.iter().map(|p| self.check(id, p))), join_all(services.iter().map(|p| self.check(id, p))));
             RemoteRound { paths, services }
         }));
-        let watched = join_all(targets.watched.iter().map(|(_, probe)| async move {
-            RemoteRound { paths: vec![self.check(probe).await], services: Vec::new() }
+        let watched = join_all(targets.watched.iter().map(|(id, probe)| async move {
+            RemoteRound { paths: vec![self.check(id, probe).await], services: Vec::new() }
         }));
         let lan = async {
             match &targets.lan {
-                Some(p) => Some(self.check(p).await.ok),
+                Some(p) => Some(self.check("lan", p).await.ok),
                 None => None,
             }
         };
@@ -113,9 +113,10 @@ impl Prober {
         Round { peers, watched, lan, vip }
     }
 
-    /// One check: `count` attempts at once; it fails only if every attempt fails.
-    pub async fn check(&self, probe: &Probe) -> CheckResult {
-        let attempts = join_all((0..probe.count.max(1)).map(|_| self.attempt(probe))).await;
+    /// One check of remote `remote`: `count` attempts at once; it fails only if every attempt fails.
+    /// A signed vigil heartbeat counts only when `remote` itself answers it.
+    pub async fn check(&self, remote: &str, probe: &Probe) -> CheckResult {
+        let attempts = join_all((0..probe.count.max(1)).map(|_| self.attempt(remote, probe))).await;
         let mut failed = CheckResult::default();
         for attempt in attempts {
             if attempt.ok {
@@ -126,10 +127,12 @@ impl Prober {
         failed
     }
 
-    async fn attempt(&self, probe: &Probe) -> CheckResult {
+    async fn attempt(&self, remote: &str, probe: &Probe) -> CheckResult {
         let fail = |error: String| CheckResult { ok: false, error: Some(error), ..CheckResult::default() };
         match probe.kind {
-            ProbeKind::Vigil => match self.peer.heartbeat(&probe.target, self.timeout).await {
+            // A signed refusal for our timestamp still proves the peer alive and says its mode: a
+            // wrong clock makes a peer "reachable, skewed", never dead.
+            ProbeKind::Vigil => match self.peer.heartbeat(remote, &probe.target, self.timeout).await {
                 Ok(hb) => CheckResult { ok: true, report: Some(hb.answer.report()), heartbeat: Some(hb), error: None },
                 Err(e) => fail(e),
             },
@@ -183,6 +186,9 @@ pub struct RemoteTrack {
     pub last_seen_mono_ms: Option<u64>,
     pub clock_skew_ms: Option<i64>,
     pub last_error: Option<String>,
+    /// Why the peer refused our requests in its last answer (a clock outside its signature window):
+    /// it is reachable, but acts on none of our commands or replication requests.
+    pub refused: Option<String>,
 }
 
 /// Consecutive counts and last reports, from rounds. Pure.
@@ -273,6 +279,7 @@ fn record_remote(track: &mut RemoteTrack, round: &RemoteRound, mono_ms: u64) {
             }
             if let Some(hb) = &result.heartbeat {
                 track.clock_skew_ms = Some(hb.clock_skew_ms());
+                track.refused = hb.refused.clone();
             }
         }
         None => track.last_error = round.paths.iter().find_map(|r| r.error.clone()),
@@ -344,9 +351,9 @@ mod tests {
         let clock = crate::clock::SystemClock::new();
         let prober = Prober::new(PeerClient::new(HttpClient::new(), "a".into(), vec![], clock), HttpClient::new(), Duration::from_millis(200));
         let probe = Probe { name: "p".into(), kind: ProbeKind::Ping, target: format!("127.0.0.1:{port}"), expect_status: 200, expect_body: None, count: 2 };
-        assert!(prober.check(&probe).await.ok);
+        assert!(prober.check("b", &probe).await.ok);
         let tcp = Probe { kind: ProbeKind::Tcp, ..probe };
-        let r = prober.check(&tcp).await;
+        let r = prober.check("b", &tcp).await;
         assert!(!r.ok && r.error.unwrap().contains("refused"));
     }
 }

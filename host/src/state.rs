@@ -35,6 +35,9 @@ pub struct Counters {
     pub mode_changes: AtomicU64,
 }
 
+/// What a rendering of `/status` is valid for: the publication, and the loop's age in 100 ms steps.
+pub type StatusKey = (u64, Option<u64>);
+
 /// Everything the loop and the HTTP server share.
 pub struct NodeState {
     pub config: NodeConfig,
@@ -47,11 +50,19 @@ pub struct NodeState {
     pub replicator: Arc<crate::replication::Replicator>,
     pub verifier: Verifier,
     pub admin_token: Option<String>,
+    /// Written by [`NodeState::publish`] only.
     pub status: RwLock<Status>,
+    /// `/status` rendered, with the publication and loop-age bucket it was rendered for: a crowd of
+    /// clients asking for it costs one rendering per tick, not one per request.
+    pub status_json: Mutex<Option<(StatusKey, bytes::Bytes)>>,
+    /// Bumped by every [`NodeState::publish`].
+    pub generation: AtomicU64,
     /// Monotonic time the loop last finished a tick; `u64::MAX` before the first.
     pub last_loop_mono_ms: AtomicU64,
     pub inbox: Mutex<Inbox>,
     pub counters: Counters,
+    /// The HTTP server's open connections.
+    pub connections: Arc<crate::http::conns::Table>,
 }
 
 impl NodeState {
@@ -71,6 +82,17 @@ impl NodeState {
     /// A copy of the published status.
     pub fn snapshot(&self) -> Status {
         self.status.read().expect("status lock").clone()
+    }
+
+    /// The published mode (without copying the rest: the load balancers' endpoints ask for it).
+    pub fn mode(&self) -> crate::model::Mode {
+        self.status.read().expect("status lock").node.mode
+    }
+
+    /// Publish a new status.
+    pub fn publish(&self, status: Status) {
+        *self.status.write().expect("status lock") = status;
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Record an event, logging (never failing) when the log cannot be written.
@@ -127,6 +149,8 @@ pub struct PeerStatus {
     pub paths: Vec<Check>,
     pub services: Vec<Check>,
     pub last_error: Option<String>,
+    /// Reachable, but refusing this node's requests, and why (clock skew beyond the signature window).
+    pub refused: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -180,6 +204,7 @@ pub fn peer_statuses(tracks: &[crate::heartbeat::RemoteTrack], now_ms: u64, mono
                 paths: r.paths.clone(),
                 services: r.services.clone(),
                 last_error: t.last_error.clone(),
+                refused: t.refused.clone(),
             }
         })
         .collect()

@@ -5,10 +5,14 @@
 //! the published status. Never: decides anything, or waits on the node loop — every handler answers
 //! from a snapshot, so a stalled loop is reported, not inherited.
 //!
-//! Limits: request heads up to 16 KiB (hyper's buffer), bodies up to [`MAX_BODY`]; anything larger is
-//! refused with 413 before it is read.
+//! Limits: request heads up to 16 KiB (hyper's buffer), read within [`HEAD_TIMEOUT`]; bodies up to
+//! [`MAX_BODY`] read within [`BODY_TIMEOUT`] (anything larger is refused with 413 before it is
+//! read); peer requests have their signature checked from the headers before the body is read, and
+//! only then may a replication batch be larger. Connections: see [`conns`] — the server never stops
+//! accepting, and idle or stalled clients make room for new ones.
 
 mod admin;
+pub mod conns;
 mod peer;
 mod public;
 
@@ -31,50 +35,60 @@ use tokio::sync::watch;
 pub const MAX_BODY: usize = 256 * 1024;
 /// Largest pushed replication batch (`POST /peer/changes`): as large as a page can be.
 pub const MAX_BATCH_BODY: usize = crate::http_client::MAX_ANSWER;
-/// Most connections served at once; more wait in the kernel's backlog. Leaves file descriptors for
-/// the node's own heartbeats, services and stores however many clients connect.
-pub const MAX_CONNECTIONS: usize = 256;
 /// How long a client may take to send its body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request head, once it started one.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often idle and stalled connections are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// A response with a small in-memory body.
 pub type Answer = Response<Full<Bytes>>;
 
 /// Serve until `shutdown` turns true.
 pub async fn serve(listener: TcpListener, state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let table = state.connections.clone();
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
     loop {
-        // Wait for a free slot before accepting: excess clients queue in the backlog.
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-            _ = shutdown.changed() => return,
-        };
-        let (stream, _) = tokio::select! {
+        let (stream, from) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
+                    // Out of file descriptors, most likely: the sweep and closing clients free some.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
+            _ = sweep.tick() => {
+                table.sweep();
+                continue;
+            }
             _ = shutdown.changed() => return,
         };
         let _ = stream.set_nodelay(true);
+        let slot = table.admit(from.ip());
         let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(handle(&state, req).await) }
             });
+            let io = TokioIo::new(conns::Tracked::new(stream, slot.activity.clone()));
             let conn = http1::Builder::new()
                 .max_buf_size(16 * 1024)
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(HEAD_TIMEOUT)
                 .timer(hyper_util::rt::TokioTimer::new())
                 .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+                .serve_connection(io, service);
+            tokio::select! {
+                ended = conn => {
+                    if let Err(e) = ended {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                }
+                // Made room for another client, or idle/stalled: dropping the connection closes it.
+                _ = slot.activity.closed() => {}
             }
             drop(slot);
         });
@@ -85,16 +99,14 @@ pub async fn serve(listener: TcpListener, state: Arc<NodeState>, mut shutdown: w
 pub async fn handle(state: &NodeState, req: Request<Incoming>) -> Answer {
     state.counters.http_requests.fetch_add(1, Ordering::Relaxed);
     let (parts, body) = req.into_parts();
-    // The large limit only for what can need it: a pushed batch that looks signed and fresh.
-    let limit = match parts.uri.path() {
-        crate::replication::CHANGES_PATH if parts.method == Method::POST && peer::looks_signed(state, &parts.headers) => MAX_BATCH_BODY,
-        p if p.starts_with("/config/") => crate::replication::store::MAX_VALUE,
-        _ => MAX_BODY,
-    };
-    let body = match tokio::time::timeout(BODY_TIMEOUT, read_body(body, parts.headers.get(hyper::header::CONTENT_LENGTH), limit)).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(answer)) => return answer,
-        Err(_) => return text(StatusCode::REQUEST_TIMEOUT, format!("the body did not arrive within {} s", BODY_TIMEOUT.as_secs())),
+    if parts.uri.path().starts_with("/peer/") {
+        // Authenticated from the headers before the body is read.
+        return finish(state, peer::serve(state, &parts, body).await);
+    }
+    let limit = if parts.uri.path().starts_with("/config/") { crate::replication::store::MAX_VALUE } else { MAX_BODY };
+    let body = match read_body(body, parts.headers.get(hyper::header::CONTENT_LENGTH), limit).await {
+        Ok(b) => b,
+        Err(answer) => return finish(state, answer),
     };
     route(state, &parts.method, parts.uri.path(), parts.uri.query(), &parts.headers, body).await
 }
@@ -108,13 +120,18 @@ pub async fn route(
     headers: &hyper::HeaderMap,
     body: Bytes,
 ) -> Answer {
-    let mut answer = if path.starts_with("/peer/") {
+    let answer = if path.starts_with("/peer/") {
         peer::handle(state, method, path, query, headers, body).await
     } else if path.starts_with("/admin/") || path == "/events" || path.starts_with("/config/") {
         admin::handle(state, method, path, query, headers, body).await
     } else {
         public::handle(state, method, path)
     };
+    finish(state, answer)
+}
+
+/// The headers of every answer: which node answered, and that it must not be cached.
+fn finish(state: &NodeState, mut answer: Answer) -> Answer {
     let headers = answer.headers_mut();
     if let Ok(id) = state.config.node.id.parse() {
         headers.insert("x-vigil-node", id);
@@ -123,18 +140,20 @@ pub async fn route(
     answer
 }
 
+/// Read a body of at most `limit` bytes within [`BODY_TIMEOUT`].
 async fn read_body(body: Incoming, declared: Option<&hyper::header::HeaderValue>, limit: usize) -> Result<Bytes, Answer> {
     if let Some(len) = declared.and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok()) {
         if len > limit {
             return Err(text(StatusCode::PAYLOAD_TOO_LARGE, format!("body of {len} bytes is over the limit of {limit}")));
         }
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
             Err(text(StatusCode::PAYLOAD_TOO_LARGE, format!("body over the limit of {limit} bytes")))
         }
-        Err(e) => Err(text(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}"))),
+        Ok(Err(e)) => Err(text(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}"))),
+        Err(_) => Err(text(StatusCode::REQUEST_TIMEOUT, format!("the body did not arrive within {} s", BODY_TIMEOUT.as_secs()))),
     }
 }
 

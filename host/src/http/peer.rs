@@ -1,35 +1,104 @@
 //! Peer endpoints: signed requests in, signed answers out (see `peer::signing`).
 
-use super::{json, text, Answer};
+use super::{json, read_body, text, Answer, MAX_BATCH_BODY, MAX_BODY};
 use crate::events::{Event, EventKind};
 use crate::model::ReceivedCommand;
-use crate::peer::signing::{self, AuthError, SignedHeaders, HEADER_NODE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP};
-use crate::peer::{CommandMessage, HeartbeatAnswer, COMMAND_PATH, HEARTBEAT_PATH};
+use crate::peer::signing::{self, AuthError, SignedHeaders, HEADER_SIGNATURE};
+use crate::peer::{CommandMessage, HeartbeatAnswer, COMMAND_PATH, HEADER_REFUSED, HEARTBEAT_PATH};
 use crate::replication::{Batch, Page, CHANGES_PATH, PAGE_BYTES, PAGE_CHANGES};
 use crate::state::NodeState;
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use hyper::{HeaderMap, Method, StatusCode};
 use std::sync::atomic::Ordering;
 
+/// A peer request off the wire: the signature is checked from its headers first, and only an
+/// authentic request has its body read (up to the batch limit for a pushed batch).
+pub async fn serve(state: &NodeState, parts: &hyper::http::request::Parts, body: Incoming) -> Answer {
+    let (method, path, query) = (&parts.method, parts.uri.path(), parts.uri.query());
+    let signed = match authenticate(state, method, &signed_path(path, query), &parts.headers) {
+        Ok(h) => h,
+        Err(refusal) => return refuse(state, method, path, refusal),
+    };
+    let limit = if *method == Method::POST && path == CHANGES_PATH { MAX_BATCH_BODY } else { MAX_BODY };
+    let body = match read_body(body, parts.headers.get(hyper::header::CONTENT_LENGTH), limit).await {
+        Ok(b) => b,
+        Err(answer) => return sign(state, answer, &signed.nonce),
+    };
+    answer(state, method, path, query, &signed, body).await
+}
+
+/// A peer request whose body has been read (for [`super::route`]).
 pub async fn handle(state: &NodeState, method: &Method, path: &str, query: Option<&str>, headers: &HeaderMap, body: Bytes) -> Answer {
-    // The signature covers the query too: it says which changes are asked for.
-    let signed_path = match query {
+    match authenticate(state, method, &signed_path(path, query), headers) {
+        Ok(signed) => answer(state, method, path, query, &signed, body).await,
+        Err(refusal) => refuse(state, method, path, refusal),
+    }
+}
+
+/// The signature covers the query too: it says which changes are asked for.
+fn signed_path(path: &str, query: Option<&str>) -> String {
+    match query {
         Some(q) => format!("{path}?{q}"),
         None => path.to_string(),
-    };
-    let signed = match authenticate(state, method, &signed_path, headers, &body) {
-        Ok(h) => h,
-        Err(e) => {
-            state.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%path, error = %e, "peer request refused");
-            let mut answer = text(StatusCode::UNAUTHORIZED, format!("peer request refused: {e}"));
-            answer
-                .headers_mut()
-                .insert(hyper::header::WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("vigil-hmac"));
-            return answer;
+    }
+}
+
+/// Why a request was refused, and its headers when they were well-formed (to sign the refusal).
+struct Refusal {
+    error: AuthError,
+    headers: Option<Box<SignedHeaders>>,
+}
+
+fn authenticate(state: &NodeState, method: &Method, path: &str, headers: &HeaderMap) -> Result<SignedHeaders, Refusal> {
+    let h = SignedHeaders::from_headers(headers).map_err(|error| Refusal { error, headers: None })?;
+    match state.verifier.verify(method.as_str(), path, &h, state.clock.wall_ms()) {
+        Ok(()) => Ok(h),
+        Err(error) => Err(Refusal { error, headers: Some(Box::new(h)) }),
+    }
+}
+
+/// Refuse a request. An authentic one (good signature, wrong time or receiver) gets a signed answer
+/// that says why; a heartbeat refused for its timestamp is still answered, with 409, so that a peer
+/// whose clock is off sees this node alive and in its mode ("reachable, skewed"), never dead. Nothing
+/// else is done for it.
+fn refuse(state: &NodeState, method: &Method, path: &str, refusal: Refusal) -> Answer {
+    let Refusal { error, headers } = refusal;
+    state.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(%path, error = %error, "peer request refused");
+    let reason = format!("peer request refused: {error}");
+    match headers.filter(|_| error.authentic()) {
+        Some(h) => {
+            let mut answer = if error.is_clock() && *method == Method::GET && path == HEARTBEAT_PATH {
+                let mut a = heartbeat(state);
+                *a.status_mut() = StatusCode::CONFLICT;
+                a
+            } else if matches!(error, AuthError::Misdirected { .. }) {
+                text(StatusCode::MISDIRECTED_REQUEST, reason.clone())
+            } else {
+                text(StatusCode::UNAUTHORIZED, reason.clone())
+            };
+            // Header values are ASCII: the window's "±" is spelled out.
+            let header: String = reason.replace('±', "+/-").chars().filter(char::is_ascii).collect();
+            if let Ok(value) = hyper::header::HeaderValue::from_str(&header) {
+                answer.headers_mut().insert(HEADER_REFUSED, value);
+            }
+            sign(state, answer, &h.nonce)
         }
-    };
+        None => {
+            let mut answer = text(StatusCode::UNAUTHORIZED, reason);
+            answer.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("vigil-hmac"));
+            answer
+        }
+    }
+}
+
+/// Answer an authenticated request, once its body is checked against the signed hash.
+async fn answer(state: &NodeState, method: &Method, path: &str, query: Option<&str>, signed: &SignedHeaders, body: Bytes) -> Answer {
+    if let Err(error) = signed.check_body(&body) {
+        return refuse(state, method, path, Refusal { error, headers: None });
+    }
     let answer = match (method, path) {
         (&Method::GET, HEARTBEAT_PATH) => heartbeat(state),
         (&Method::POST, COMMAND_PATH) => command(state, &signed.node, &body),
@@ -40,39 +109,21 @@ pub async fn handle(state: &NodeState, method: &Method, path: &str, query: Optio
     sign(state, answer, &signed.nonce)
 }
 
-/// A cheap look at a request's signature headers before its body is read: present, and a timestamp
-/// inside the window. Only such requests may send a large body; the signature itself is checked
-/// once the body is in.
-pub fn looks_signed(state: &NodeState, headers: &HeaderMap) -> bool {
-    let present = [HEADER_NODE, HEADER_NONCE, HEADER_SIGNATURE].iter().all(|h| headers.contains_key(*h));
-    let fresh = headers
-        .get(HEADER_TIMESTAMP)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|t| state.verifier.is_fresh(t, state.clock.wall_ms()));
-    present && fresh
-}
-
-fn authenticate(state: &NodeState, method: &Method, path: &str, headers: &HeaderMap, body: &[u8]) -> Result<SignedHeaders, AuthError> {
-    let h = SignedHeaders::from_headers(headers)?;
-    state.verifier.verify(method.as_str(), path, body, &h, state.clock.wall_ms())?;
-    Ok(h)
-}
-
 fn heartbeat(state: &NodeState) -> Answer {
-    let s = state.snapshot();
-    json(
-        StatusCode::OK,
-        &HeartbeatAnswer {
-            id: s.node.id,
+    let answer = {
+        let s = state.status.read().expect("status lock");
+        HeartbeatAnswer {
+            id: s.node.id.clone(),
             mode: s.node.mode,
             configured_role: s.node.configured_role,
             app_healthy: s.app_healthy,
             mode_since_ms: s.node.mode_since_ms,
             now_ms: state.clock.wall_ms(),
             seq: state.replicator.latest_seq(),
-        },
-    )
+            boot: state.verifier.boot().to_string(),
+        }
+    };
+    json(StatusCode::OK, &answer)
 }
 
 /// A page of the change feed: `?since=N&limit=M`.

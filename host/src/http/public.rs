@@ -1,6 +1,6 @@
 //! Public endpoints: unauthenticated, cheap, read-only; for load balancers and monitors.
 
-use super::{json, status_only, text, Answer};
+use super::{status_only, text, Answer};
 use crate::model::Mode;
 use crate::state::NodeState;
 use bytes::Bytes;
@@ -19,19 +19,15 @@ pub fn handle(state: &NodeState, method: &Method, path: &str) -> Answer {
         "/health" => health(state),
         "/active" => mode_check(state, Mode::Active),
         "/standby" => mode_check(state, Mode::Standby),
-        "/role" => text(StatusCode::OK, state.snapshot().node.mode.role_word()),
+        "/role" => text(StatusCode::OK, state.mode().role_word()),
         "/app" => {
-            if state.snapshot().app_healthy {
+            if state.status.read().expect("status lock").app_healthy {
                 text(StatusCode::OK, "APP=OK")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "APP=ERROR")
             }
         }
-        "/status" => {
-            let mut status = state.snapshot();
-            status.loop_age_ms = state.loop_age_ms();
-            json(StatusCode::OK, &status)
-        }
+        "/status" => status(state),
         "/metrics" => metrics(state),
         "/" | "/index.html" => Response::builder()
             .header(hyper::header::CONTENT_TYPE, "text/html; charset=utf-8")
@@ -40,6 +36,24 @@ pub fn handle(state: &NodeState, method: &Method, path: &str) -> Answer {
         _ => text(StatusCode::NOT_FOUND, format!("{path}: no such endpoint")),
     };
     status_only(answer, method)
+}
+
+/// `/status`, rendered once per publication (and per 100 ms of loop age, which it reports).
+fn status(state: &NodeState) -> Answer {
+    let age = state.loop_age_ms();
+    let key = (state.generation.load(Ordering::Acquire), age.map(|a| a / 100));
+    let cached = state.status_json.lock().expect("status cache lock").as_ref().filter(|(k, _)| *k == key).map(|(_, b)| b.clone());
+    let body = cached.unwrap_or_else(|| {
+        let mut status = state.snapshot();
+        status.loop_age_ms = age;
+        let body = Bytes::from(serde_json::to_vec_pretty(&status).expect("serializable"));
+        *state.status_json.lock().expect("status cache lock") = Some((key, body.clone()));
+        body
+    });
+    Response::builder()
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body))
+        .expect("valid response")
 }
 
 fn health(state: &NodeState) -> Answer {
@@ -52,7 +66,7 @@ fn health(state: &NodeState) -> Answer {
 
 /// 200 only in `mode` and while the loop is alive: a hung daemon must stop claiming its role.
 fn mode_check(state: &NodeState, mode: Mode) -> Answer {
-    let current = state.snapshot().node.mode;
+    let current = state.mode();
     if !state.loop_alive() {
         text(StatusCode::SERVICE_UNAVAILABLE, "STALLED")
     } else if current == mode {
@@ -88,6 +102,13 @@ fn metrics(state: &NodeState) -> Answer {
     metric("vigil_policy_reload_failures_total", "counter", "Failed policy reloads.", one(s.policy.reload_failures));
     metric("vigil_http_requests_total", "counter", "HTTP requests served.", one(c.http_requests.load(Ordering::Relaxed)));
     metric("vigil_auth_failures_total", "counter", "Refused admin and peer requests.", one(c.auth_failures.load(Ordering::Relaxed)));
+    metric("vigil_http_connections", "gauge", "Open HTTP connections.", one(state.connections.len() as u64));
+    metric(
+        "vigil_http_connections_evicted_total",
+        "counter",
+        "HTTP connections closed to make room for new clients, or for being idle or stalled.",
+        one(state.connections.evicted.load(Ordering::Relaxed)),
+    );
     metric("vigil_pending_actions", "gauge", "Actions queued or running.", one(u64::from(s.pending_actions)));
     metric("vigil_app_healthy", "gauge", "1 while every app-check service runs.", one(u64::from(s.app_healthy)));
     let peer_lines = |f: &dyn Fn(&crate::state::PeerStatus) -> Option<String>| {

@@ -5,7 +5,7 @@ use super::route;
 use crate::clock::{Clock, ManualClock};
 use crate::config::NodeConfig;
 use crate::model::{Mode, OperatorRequest, PeerCommand};
-use crate::peer::signing::{self, HEADER_NODE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+use crate::peer::signing::{self, HEADER_NONCE, HEADER_SIGNATURE};
 use crate::state::NodeState;
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -49,7 +49,9 @@ async fn node(mode: &str) -> (Arc<NodeState>, Arc<ManualClock>, tempfile::TempDi
 
 /// What the loop does at the end of a tick, for a given mode.
 fn loop_ran(state: &NodeState, clock: &ManualClock, mode: Mode) {
-    state.status.write().unwrap().node.mode = mode;
+    let mut status = state.snapshot();
+    status.node.mode = mode;
+    state.publish(status);
     state.last_loop_mono_ms.store(clock.mono_ms(), Ordering::Release);
 }
 
@@ -146,14 +148,59 @@ async fn admin_calls_need_the_token() {
     assert!(body.contains("operator requested active"), "{body}");
 }
 
-fn signed(key: &str, method: &str, path: &str, body: &[u8], at_ms: u64, nonce: String) -> HeaderMap {
-    let h = signing::sign_request(key.as_bytes(), method, path, "b", body, at_ms, nonce);
+/// Peer b's request to the test node a, for a's current run.
+fn signed(state: &NodeState, key: &str, method: &str, path: &str, body: &[u8], at_ms: u64) -> HeaderMap {
+    signed_as(key, signing::Request { method, path, from: "b", to: "a", boot: state.verifier.boot(), body }, at_ms)
+}
+
+fn signed_as(key: &str, request: signing::Request<'_>, at_ms: u64) -> HeaderMap {
+    let h = signing::sign_request(key.as_bytes(), request, at_ms, signing::new_nonce());
     let mut headers = HeaderMap::new();
-    headers.insert(HEADER_NODE, h.node.parse().unwrap());
-    headers.insert(HEADER_TIMESTAMP, h.timestamp_ms.to_string().parse().unwrap());
-    headers.insert(HEADER_NONCE, h.nonce.parse().unwrap());
-    headers.insert(HEADER_SIGNATURE, h.signature.parse().unwrap());
+    for (name, value) in h.pairs() {
+        headers.insert(name, value.parse().unwrap());
+    }
     headers
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_authentic_refusal_is_signed_and_a_skewed_heartbeat_still_answered() {
+    let (state, clock, _dir) = node("standby").await;
+    let now = clock.wall_ms();
+    let keys = [KEY.as_bytes().to_vec()];
+    let path = crate::peer::HEARTBEAT_PATH;
+
+    // b's clock is 40 s behind: outside the window, but b is alive and must learn a's mode and time.
+    let headers = signed(&state, KEY, "GET", path, b"", now - 40_000);
+    let (status, answer_headers, body) = call(&state, Method::GET, path, headers.clone(), b"").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let nonce = headers[HEADER_NONCE].to_str().unwrap();
+    signing::verify_response(&keys, 409, nonce, body.as_bytes(), answer_headers[HEADER_SIGNATURE].to_str().unwrap()).expect("signed");
+    let answer: crate::peer::HeartbeatAnswer = serde_json::from_str(&body).unwrap();
+    assert_eq!((answer.id.as_str(), answer.now_ms), ("a", now));
+    assert!(answer_headers[crate::peer::HEADER_REFUSED].to_str().unwrap().contains("40000 ms"));
+
+    // A request addressed to another node (a heartbeat for b reflected to a through a moved VIP).
+    let headers = signed_as(KEY, signing::Request { method: "GET", path, from: "b", to: "b", boot: state.verifier.boot(), body: b"" }, now);
+    let (status, answer_headers, body) = call(&state, Method::GET, path, headers, b"").await;
+    assert_eq!(status, StatusCode::MISDIRECTED_REQUEST, "{body}");
+    assert!(body.contains("addressed to \"b\"") && answer_headers.contains_key(HEADER_SIGNATURE), "{body}");
+
+    // A command for an earlier run of a (captured before a restart), or skewed, is refused, signed,
+    // and not delivered.
+    let command = serde_json::to_vec(&crate::peer::CommandMessage { command: PeerCommand::GoStandby }).unwrap();
+    let earlier_run = signed_as(KEY, signing::Request { method: "POST", path: crate::peer::COMMAND_PATH, from: "b", to: "a", boot: "an-earlier-run", body: &command }, now);
+    let skewed = signed(&state, KEY, "POST", crate::peer::COMMAND_PATH, &command, now - 40_000);
+    for headers in [earlier_run, skewed] {
+        let (status, answer_headers, body) = call(&state, Method::POST, crate::peer::COMMAND_PATH, headers, &command).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert!(answer_headers.contains_key(HEADER_SIGNATURE), "an authentic refusal is signed: {body}");
+    }
+    assert!(state.inbox.lock().unwrap().commands.is_empty());
+
+    // Forged: unsigned, no refusal signature.
+    let (status, answer_headers, _) = call(&state, Method::GET, path, HeaderMap::new(), b"").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(!answer_headers.contains_key(HEADER_SIGNATURE));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -164,9 +211,9 @@ async fn peer_requests_must_be_signed_fresh_and_unique() {
     let path = crate::peer::COMMAND_PATH;
     let refused = [
         ("unsigned", HeaderMap::new()),
-        ("wrong key", signed("another-key-0123456789abcdef", "POST", path, &body, now, signing::new_nonce())),
-        ("stale", signed(KEY, "POST", path, &body, now - 60_000, signing::new_nonce())),
-        ("signed for another path", signed(KEY, "POST", "/peer/heartbeat", &body, now, signing::new_nonce())),
+        ("wrong key", signed(&state, "another-key-0123456789abcdef", "POST", path, &body, now)),
+        ("stale", signed(&state, KEY, "POST", path, &body, now - 60_000)),
+        ("signed for another path", signed(&state, KEY, "POST", "/peer/heartbeat", &body, now)),
     ];
     for (what, headers) in refused {
         let (status, _, answer) = call(&state, Method::POST, path, headers, &body).await;
@@ -174,7 +221,7 @@ async fn peer_requests_must_be_signed_fresh_and_unique() {
     }
     assert!(state.inbox.lock().unwrap().commands.is_empty(), "refused requests change nothing");
 
-    let headers = signed(KEY, "POST", path, &body, now, signing::new_nonce());
+    let headers = signed(&state, KEY, "POST", path, &body, now);
     let (status, answer_headers, answer) = call(&state, Method::POST, path, headers.clone(), &body).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     let nonce = headers[HEADER_NONCE].to_str().unwrap();

@@ -75,6 +75,10 @@ pub struct NodeCore {
     pub faults: u64,
     pub consecutive_faults: u32,
     pub last_fault: Option<String>,
+    /// After the start, how long a decision to become active waits for every peer to have answered
+    /// once (0: not at all). A node that starts before its peer must not take the role from a peer it
+    /// never heard from just because that peer's daemon came up a moment later.
+    pub startup_grace_ms: u64,
 }
 
 impl NodeCore {
@@ -92,7 +96,34 @@ impl NodeCore {
             faults: 0,
             consecutive_faults: 0,
             last_fault: None,
+            startup_grace_ms: 0,
         }
+    }
+
+    /// The same node with a start-up grace period (see [`NodeCore::startup_grace_ms`]).
+    pub fn with_startup_grace(mut self, grace_ms: u64) -> NodeCore {
+        self.startup_grace_ms = grace_ms;
+        self
+    }
+
+    /// Why a decision to become active must wait: inside the start-up grace, some peer has not
+    /// answered since this node started.
+    fn grace_holds(&self, tick: &Tick, decision: &Decision) -> Option<String> {
+        let becomes_active = decision.mode == Some(Mode::Active) && self.mode != Mode::Active;
+        let elapsed = tick.now_ms.saturating_sub(self.started_ms);
+        if !becomes_active || elapsed >= self.startup_grace_ms {
+            return None;
+        }
+        let silent: Vec<&str> = tick.peers.iter().filter(|p| p.last_seen_ago_ms.is_none()).map(|p| p.id.as_str()).collect();
+        if silent.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "start-up grace: no ACTIVE until peer {} answers or {} ms after the start; the policy's decision waits ({})",
+            silent.join(", "),
+            self.startup_grace_ms,
+            decision.reason
+        ))
     }
 
     /// The tick the plugin will see.
@@ -129,7 +160,17 @@ impl NodeCore {
         let now = observations.now_ms;
         let tick = self.tick(observations);
         let result = policy.decide(&tick, peers);
+        if let Some(reason) = result.as_ref().ok().and_then(|d| self.grace_holds(&tick, d)) {
+            return self.hold(reason);
+        }
         self.apply(now, result, policy.file.fallback.mode, policy.file.fallback.after)
+    }
+
+    /// Keep the mode and the state, act on nothing: the decision is not taken, and the plugin decides
+    /// again from the same state on the next tick.
+    fn hold(&mut self, reason: String) -> Outcome {
+        self.tick_count += 1;
+        Outcome { from: self.mode, to: self.mode, actions: Vec::new(), reason, fault: None, fallback_applied: false }
     }
 
     /// Apply a decision (or a fault) at `now_ms`.
@@ -219,5 +260,31 @@ mod tests {
         let o = n.apply(30, Err(Fault::Timeout { limit_ms: 50 }), FallbackMode::To(Mode::Standby), 2);
         assert_eq!(o.to, Mode::Standby);
         assert!(o.fallback_applied && o.reason.contains("fallback"));
+    }
+
+    #[test]
+    fn the_start_up_grace_holds_active_until_every_peer_answered() {
+        let n = NodeCore::new("b", Role::Secondary, 1_000).with_startup_grace(5_000);
+        let peer = Remote { id: "a".into(), ..Remote::default() };
+        let mut tick = n.tick(Observations { now_ms: 2_000, peers: vec![peer], ..Observations::default() });
+        let active = Decision { mode: Some(Mode::Active), reason: "peer a lost".into(), ..Decision::default() };
+        let why = n.grace_holds(&tick, &active).expect("a peer never heard from is not dead yet");
+        assert!(why.contains("peer a") && why.contains("peer a lost"), "{why}");
+        assert!(n.grace_holds(&tick, &Decision::default()).is_none(), "only becoming active waits");
+        tick.peers[0].last_seen_ago_ms = Some(100);
+        assert!(n.grace_holds(&tick, &active).is_none(), "a peer that answered once is the policy's to judge");
+        tick.peers[0].last_seen_ago_ms = None;
+        tick.now_ms = 6_000;
+        assert!(n.grace_holds(&tick, &active).is_none(), "after the grace, silence counts");
+        assert!(NodeCore::new("b", Role::Secondary, 1_000).grace_holds(&n.tick(Observations { now_ms: 1_100, ..Observations::default() }), &active).is_none());
+    }
+
+    #[test]
+    fn a_held_decision_changes_nothing() {
+        let mut n = NodeCore::new("b", Role::Secondary, 0);
+        n.apply(10, Ok(Decision { state: b"kept".to_vec(), ..Decision::default() }), FallbackMode::Hold, 3);
+        let o = n.hold("start-up grace".into());
+        assert_eq!((o.from, o.to, o.actions.len()), (Mode::Standby, Mode::Standby, 0));
+        assert_eq!((n.state.as_slice(), n.tick_count), (&b"kept"[..], 2));
     }
 }

@@ -27,7 +27,7 @@ use crate::services::{Services, WatchdogLimits};
 use crate::state::{self, Inbox, NodeState, PolicyStatus, RelayStatus, ServiceStatus, Status};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -63,11 +63,21 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
     .map_err(|e| tracing::warn!(error = %e, "policy hot reload is off"))
     .ok();
 
-    let node = tokio::spawn(node_loop(state.clone(), stop_rx));
+    // The loop (ticks, heartbeat rounds, actions, pulls) runs on threads of its own: a crowd of HTTP
+    // clients keeps the server's threads busy, and must not delay a tick past the liveness rule of
+    // `/active` or a heartbeat past its timeout.
+    let loop_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("vigil-loop")
+        .enable_all()
+        .build()
+        .map_err(|e| StartError::Other(anyhow::anyhow!("cannot start the node loop's runtime: {e}")))?;
+    let node = loop_runtime.spawn(node_loop(state.clone(), stop_rx));
     shutdown_signal().await;
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
     let _ = node.await;
+    loop_runtime.shutdown_background();
     stop_services(&state).await;
     state.record(Event::new(state.clock.wall_ms(), EventKind::Startup, "vigil stopped".to_string()));
     Ok(())
@@ -115,7 +125,7 @@ pub async fn build(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Arc<Node
         ..Status::default()
     };
     let state = Arc::new(NodeState {
-        verifier: Verifier::new(keys, SIGNATURE_WINDOW_MS),
+        verifier: Verifier::new(keys, SIGNATURE_WINDOW_MS, &config.node.id),
         admin_token,
         clock: clock.clone(),
         runtime,
@@ -128,6 +138,9 @@ pub async fn build(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Arc<Node
         last_loop_mono_ms: u64::MAX.into(),
         inbox: Mutex::new(Inbox::default()),
         counters: Default::default(),
+        status_json: Mutex::new(None),
+        generation: AtomicU64::new(0),
+        connections: crate::http::conns::Table::new(crate::http::conns::MAX_CONNECTIONS, crate::http::conns::MAX_PER_ADDRESS),
         config,
     });
     let p = state.policy.current();
@@ -217,7 +230,8 @@ impl NodeLoop {
             tokio::spawn(crate::monitors::poll(state.clone(), monitors.clone(), interval, stop.clone())),
         ];
         NodeLoop {
-            core: NodeCore::new(&config.node.id, config.node.role, state.clock.wall_ms()),
+            core: NodeCore::new(&config.node.id, config.node.role, state.clock.wall_ms())
+                .with_startup_grace(u64::from(config.heartbeat.startup_grace_ms)),
             tracker: Tracker::new(&config.node.id, &targets),
             peer_ids: config.peers.iter().map(|p| p.id.clone()).collect(),
             targets,
@@ -238,7 +252,9 @@ impl NodeLoop {
         // active node look stalled. A loop stuck anywhere stops refreshing it.
         state.last_loop_mono_ms.store(state.clock.mono_ms(), Ordering::Release);
         let round = self.prober.round(&self.targets).await;
+        let refused_before: Vec<Option<String>> = self.tracker.peers.iter().map(|t| t.refused.clone()).collect();
         self.tracker.record(&round, state.clock.mono_ms());
+        self.note_refusals(&refused_before);
         state.replicator.after_round(&heartbeat_answers(&self.targets, &round));
 
         let policy = state.policy.current();
@@ -281,6 +297,26 @@ impl NodeLoop {
         }
         self.publish(&policy, now, mono);
         state.last_loop_mono_ms.store(state.clock.mono_ms(), Ordering::Release);
+    }
+
+    /// One event when a peer starts refusing this node's requests though it answers (a clock outside
+    /// its signature window), and one when it accepts them again.
+    fn note_refusals(&self, before: &[Option<String>]) {
+        let now = self.state.clock.wall_ms();
+        for (track, before) in self.tracker.peers.iter().zip(before) {
+            let peer = &track.remote.id;
+            let message = match (before, &track.refused) {
+                (None, Some(why)) => format!(
+                    "peer {peer} answers but refuses this node's requests ({why}; clock skew {} ms): it counts as reachable, \
+                     and neither commands nor replication reach it until the clocks agree (NTP)",
+                    track.clock_skew_ms.unwrap_or(0)
+                ),
+                (Some(_), None) if track.remote.reachable => format!("peer {peer} accepts this node's requests again"),
+                _ => continue,
+            };
+            tracing::warn!(%peer, "{message}");
+            self.state.record(Event::new(now, EventKind::Peer, message));
+        }
     }
 
     /// Write the status snapshot the HTTP server answers from.
@@ -335,7 +371,7 @@ impl NodeLoop {
             events: Vec::new(),
         };
         status.events = state.events.latest(20).unwrap_or_default();
-        *state.status.write().expect("status lock") = status;
+        state.publish(status);
     }
 }
 
@@ -355,7 +391,14 @@ fn heartbeat_answers(targets: &Targets, round: &crate::heartbeat::Round) -> Vec<
         .iter()
         .zip(&round.peers)
         .map(|((id, _, _), r)| {
-            let answer = r.paths.iter().find_map(|p| p.heartbeat.as_ref()).map(|hb| (hb.answer.clone(), hb.clock_skew_ms()));
+            // A peer that refuses our requests (clock skew) answers heartbeats but would refuse every
+            // pull: replication waits until it accepts them again.
+            let answer = r
+                .paths
+                .iter()
+                .find_map(|p| p.heartbeat.as_ref())
+                .filter(|hb| hb.refused.is_none())
+                .map(|hb| (hb.answer.clone(), hb.clock_skew_ms()));
             (id.clone(), answer)
         })
         .collect()
@@ -469,7 +512,7 @@ impl HostDelegate {
         for (id, paths, _) in self.targets.peers.iter().filter(|(id, _, _)| peer.is_none_or(|p| p == id)) {
             let mut delivered = false;
             for path in paths.iter().filter(|p| p.kind == crate::config::ProbeKind::Vigil) {
-                match client.command(&path.target, command, timeout).await {
+                match client.command(id, &path.target, command, timeout).await {
                     Ok(()) => {
                         sent.push(format!("{id} via {}", path.name));
                         delivered = true;

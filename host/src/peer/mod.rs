@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 pub const HEARTBEAT_PATH: &str = "/peer/heartbeat";
 /// The command path.
 pub const COMMAND_PATH: &str = "/peer/command";
+/// On a signed refusal (409 to a heartbeat, 401 or 421 otherwise): why the request was refused.
+pub const HEADER_REFUSED: &str = "x-vigil-refused";
 
 /// A node's answer to a heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +33,9 @@ pub struct HeartbeatAnswer {
     pub now_ms: u64,
     /// The answering node's latest replication sequence: a peer behind it pulls the difference.
     pub seq: u64,
+    /// The answering node's run: every other request to it must name it (see `signing`).
+    #[serde(default)]
+    pub boot: String,
 }
 
 impl HeartbeatAnswer {

@@ -1,16 +1,31 @@
 //! Signing and verifying peer requests and responses (HMAC-SHA256 with a shared key).
 //!
-//! A request carries four headers: `x-vigil-node` (the sender's id), `x-vigil-timestamp` (ms since
-//! the Unix epoch), `x-vigil-nonce` (16 random bytes, hex) and `x-vigil-signature`, the hex HMAC of
+//! A request carries seven headers: `x-vigil-node` (the sender's id), `x-vigil-to` (the receiver's
+//! id), `x-vigil-boot` (the receiver's run, as its heartbeat answers say it), `x-vigil-timestamp` (ms
+//! since the Unix epoch), `x-vigil-nonce` (16 random bytes, hex), `x-vigil-content-sha256` (hex SHA-256
+//! of the body) and `x-vigil-signature`, the hex HMAC of
 //!
 //! ```text
-//! "vigil-req-v1" \n METHOD \n PATH \n NODE \n TIMESTAMP \n NONCE \n hex(sha256(BODY))
+//! "vigil-req-v2" \n METHOD \n PATH \n NODE \n TO \n BOOT \n TIMESTAMP \n NONCE \n hex(sha256(BODY))
 //! ```
 //!
-//! The receiver refuses a timestamp outside its window, a nonce it has already seen inside the window
-//! (replay), and a signature that matches none of its keys (two are accepted during a key rotation;
-//! the first one signs). The answer is signed too, bound to the request's nonce, so a stale or forged
-//! answer cannot make a node believe its peer is alive or in some mode:
+//! The body's hash travels in a header so that the receiver checks the signature *before* it reads
+//! the body: only authentic peers may send the large bodies of replication, and an unauthenticated
+//! client never gets more than the small body limit buffered. The body is then checked against the
+//! hash.
+//!
+//! The receiver refuses a request addressed to another node (a message reflected through a moved VIP,
+//! or sent to the wrong address), a timestamp outside its window, a request other than a heartbeat
+//! signed for an earlier run of the receiver (its replay cache is empty after a restart, so nothing
+//! captured before it may be played back; a run id rather than a time, so that a peer whose clock is a
+//! few seconds behind is not refused after every restart), a nonce it has already seen inside the
+//! window (replay), and a signature that matches none of its keys
+//! (two are accepted during a key rotation; the first one signs). The checks run signature first, so a
+//! refusal of an authentic request (see [`AuthError::authentic`]) can be answered, signed: a peer whose
+//! clock is off learns the receiver's time and stays "reachable, skewed" instead of "dead".
+//!
+//! The answer is signed too, bound to the request's nonce, so a stale or forged answer cannot make a
+//! node believe its peer is alive or in some mode:
 //!
 //! ```text
 //! "vigil-res-v1" \n STATUS \n REQUEST_NONCE \n hex(sha256(BODY))
@@ -26,6 +41,9 @@ use std::sync::Mutex;
 type HmacSha256 = Hmac<Sha256>;
 
 pub const HEADER_NODE: &str = "x-vigil-node";
+pub const HEADER_TO: &str = "x-vigil-to";
+pub const HEADER_BOOT: &str = "x-vigil-boot";
+pub const HEADER_CONTENT_SHA256: &str = "x-vigil-content-sha256";
 pub const HEADER_TIMESTAMP: &str = "x-vigil-timestamp";
 pub const HEADER_NONCE: &str = "x-vigil-nonce";
 pub const HEADER_SIGNATURE: &str = "x-vigil-signature";
@@ -43,14 +61,39 @@ pub enum AuthError {
     Replay,
     #[error("bad signature")]
     BadSignature,
+    #[error("request addressed to {to:?}, but this node is {me:?} (a misdirected or reflected message)")]
+    Misdirected { to: String, me: String },
+    #[error("signed for run {boot:?} of this node, which restarted since (no replay of requests from before a restart)")]
+    EarlierRun { boot: String },
+    #[error("the body does not match header {HEADER_CONTENT_SHA256}")]
+    BodyMismatch,
+}
+
+impl AuthError {
+    /// Whether the request carried a good signature and was refused for when or where it was sent:
+    /// such a refusal is answered signed, so the sender learns why from an authentic source.
+    pub fn authentic(&self) -> bool {
+        matches!(self, AuthError::Stale { .. } | AuthError::EarlierRun { .. } | AuthError::Misdirected { .. } | AuthError::Replay)
+    }
+
+    /// Whether the sender's clock is the reason (it is reachable, its clock is not).
+    pub fn is_clock(&self) -> bool {
+        matches!(self, AuthError::Stale { .. })
+    }
 }
 
 /// The signed headers of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedHeaders {
     pub node: String,
+    /// The receiver's id.
+    pub to: String,
+    /// The receiver's run (empty when the sender does not know it yet; heartbeats need none).
+    pub boot: String,
     pub timestamp_ms: u64,
     pub nonce: String,
+    /// Hex SHA-256 of the body.
+    pub content_sha256: String,
     pub signature: String,
 }
 
@@ -63,11 +106,41 @@ impl SignedHeaders {
         };
         Ok(SignedHeaders {
             node: get(HEADER_NODE)?.to_string(),
+            to: get(HEADER_TO)?.to_string(),
+            boot: headers.get(HEADER_BOOT).map(|v| v.to_str().map_err(|_| AuthError::Malformed(HEADER_BOOT))).transpose()?.unwrap_or("").to_string(),
             timestamp_ms: get(HEADER_TIMESTAMP)?.parse().map_err(|_| AuthError::Malformed(HEADER_TIMESTAMP))?,
             nonce: get(HEADER_NONCE)?.to_string(),
+            content_sha256: get(HEADER_CONTENT_SHA256)?.to_string(),
             signature: get(HEADER_SIGNATURE)?.to_string(),
         })
     }
+
+    /// The headers to send, in order.
+    pub fn pairs(&self) -> [(&'static str, String); 7] {
+        [
+            (HEADER_NODE, self.node.clone()),
+            (HEADER_TO, self.to.clone()),
+            (HEADER_BOOT, self.boot.clone()),
+            (HEADER_TIMESTAMP, self.timestamp_ms.to_string()),
+            (HEADER_NONCE, self.nonce.clone()),
+            (HEADER_CONTENT_SHA256, self.content_sha256.clone()),
+            (HEADER_SIGNATURE, self.signature.clone()),
+        ]
+    }
+
+    /// Whether `body` is the body these headers were signed for.
+    pub fn check_body(&self, body: &[u8]) -> Result<(), AuthError> {
+        if body_hash(body) == self.content_sha256 {
+            Ok(())
+        } else {
+            Err(AuthError::BodyMismatch)
+        }
+    }
+}
+
+/// Hex SHA-256 of a body, as signed.
+pub fn body_hash(body: &[u8]) -> String {
+    hex::encode(Sha256::digest(body))
 }
 
 /// `timestamp_ms − now_ms`, computed in i128 and clamped: a hostile timestamp must not overflow
@@ -80,9 +153,12 @@ fn mac(key: &[u8]) -> HmacSha256 {
     HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length")
 }
 
-fn request_mac(key: &[u8], method: &str, path: &str, node: &str, timestamp_ms: u64, nonce: &str, body: &[u8]) -> HmacSha256 {
+fn request_mac(key: &[u8], method: &str, path: &str, h: &SignedHeaders) -> HmacSha256 {
     let mut m = mac(key);
-    let text = format!("vigil-req-v1\n{method}\n{path}\n{node}\n{timestamp_ms}\n{nonce}\n{}", hex::encode(Sha256::digest(body)));
+    let text = format!(
+        "vigil-req-v2\n{method}\n{path}\n{}\n{}\n{}\n{}\n{}\n{}",
+        h.node, h.to, h.boot, h.timestamp_ms, h.nonce, h.content_sha256
+    );
     m.update(text.as_bytes());
     m
 }
@@ -101,10 +177,32 @@ pub fn new_nonce() -> String {
     hex::encode(bytes)
 }
 
+/// What a request is, for signing: who sends it to whom, and what.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    /// The path with its query.
+    pub path: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
+    /// The receiver's run, as its last heartbeat answer said ("" when not known yet).
+    pub boot: &'a str,
+    pub body: &'a [u8],
+}
+
 /// Sign a request with `key`.
-pub fn sign_request(key: &[u8], method: &str, path: &str, node: &str, body: &[u8], timestamp_ms: u64, nonce: String) -> SignedHeaders {
-    let signature = hex::encode(request_mac(key, method, path, node, timestamp_ms, &nonce, body).finalize().into_bytes());
-    SignedHeaders { node: node.to_string(), timestamp_ms, nonce, signature }
+pub fn sign_request(key: &[u8], r: Request<'_>, timestamp_ms: u64, nonce: String) -> SignedHeaders {
+    let mut h = SignedHeaders {
+        node: r.from.to_string(),
+        to: r.to.to_string(),
+        boot: r.boot.to_string(),
+        timestamp_ms,
+        nonce,
+        content_sha256: body_hash(r.body),
+        signature: String::new(),
+    };
+    h.signature = hex::encode(request_mac(key, r.method, r.path, &h).finalize().into_bytes());
+    h
 }
 
 /// Sign an answer to the request that carried `request_nonce`.
@@ -128,6 +226,10 @@ pub fn verify_response(keys: &[Vec<u8>], status: u16, request_nonce: &str, body:
 pub struct Verifier {
     keys: Vec<Vec<u8>>,
     window_ms: u64,
+    /// This node's id: requests must be addressed to it.
+    me: String,
+    /// This run of the node: requests other than heartbeats must name it.
+    boot: String,
     seen: Mutex<ReplayCache>,
 }
 
@@ -142,9 +244,15 @@ struct ReplayCache {
 const REPLAY_CAPACITY: usize = 100_000;
 
 impl Verifier {
-    /// `window_ms`: how far a request's timestamp may be from this node's clock, either way.
-    pub fn new(keys: Vec<Vec<u8>>, window_ms: u64) -> Verifier {
-        Verifier { keys, window_ms, seen: Mutex::new(ReplayCache::default()) }
+    /// `window_ms`: how far a request's timestamp may be from this node's clock, either way; `me`:
+    /// this node's id. Each verifier is a new run of the node, with a random run id.
+    pub fn new(keys: Vec<Vec<u8>>, window_ms: u64, me: &str) -> Verifier {
+        Verifier { keys, window_ms, me: me.to_string(), boot: new_nonce()[..16].to_string(), seen: Mutex::new(ReplayCache::default()) }
+    }
+
+    /// This run's id, which heartbeat answers carry.
+    pub fn boot(&self) -> &str {
+        &self.boot
     }
 
     /// The key that signs this node's own requests and answers.
@@ -162,22 +270,28 @@ impl Verifier {
         skew(timestamp_ms, now_ms).unsigned_abs() <= self.window_ms
     }
 
-    /// Check a request; on success its nonce is remembered so it cannot be replayed.
-    pub fn verify(&self, method: &str, path: &str, body: &[u8], h: &SignedHeaders, now_ms: u64) -> Result<(), AuthError> {
-        let skew = skew(h.timestamp_ms, now_ms);
-        if skew.unsigned_abs() > self.window_ms {
-            return Err(AuthError::Stale { skew_ms: skew, window_ms: self.window_ms });
-        }
+    /// Check a request's headers (the body is checked against them with
+    /// [`SignedHeaders::check_body`] once read); on success its nonce is remembered so it cannot be
+    /// replayed. The signature is checked first: every later refusal is of an authentic request.
+    pub fn verify(&self, method: &str, path: &str, h: &SignedHeaders, now_ms: u64) -> Result<(), AuthError> {
         if h.nonce.len() < 16 || h.nonce.len() > 64 {
             return Err(AuthError::Malformed(HEADER_NONCE));
         }
         let sig = hex::decode(&h.signature).map_err(|_| AuthError::Malformed(HEADER_SIGNATURE))?;
-        let ok = self
-            .keys
-            .iter()
-            .any(|k| request_mac(k, method, path, &h.node, h.timestamp_ms, &h.nonce, body).verify_slice(&sig).is_ok());
+        let ok = self.keys.iter().any(|k| request_mac(k, method, path, h).verify_slice(&sig).is_ok());
         if !ok {
             return Err(AuthError::BadSignature);
+        }
+        if h.to != self.me {
+            return Err(AuthError::Misdirected { to: h.to.chars().take(64).collect(), me: self.me.clone() });
+        }
+        let skew = skew(h.timestamp_ms, now_ms);
+        if skew.unsigned_abs() > self.window_ms {
+            return Err(AuthError::Stale { skew_ms: skew, window_ms: self.window_ms });
+        }
+        // A heartbeat only reads the mode; everything else must be for this run.
+        if path != crate::peer::HEARTBEAT_PATH && h.boot != self.boot {
+            return Err(AuthError::EarlierRun { boot: h.boot.chars().take(32).collect() });
         }
         // Only authentic requests enter the cache, so forgeries cannot evict real nonces.
         let mut seen = self.seen.lock().expect("replay cache lock");
@@ -216,55 +330,113 @@ mod tests {
 
     const K1: &[u8] = b"0123456789abcdef0123456789abcdef";
     const K2: &[u8] = b"fedcba9876543210fedcba9876543210";
+    const PATH: &str = "/peer/command";
+
+    fn request<'a>(body: &'a [u8], to: &'a str) -> Request<'a> {
+        Request { method: "POST", path: PATH, from: "a", to, boot: "run-1", body }
+    }
 
     fn signed(key: &[u8], body: &[u8], at: u64) -> SignedHeaders {
-        sign_request(key, "POST", "/peer/command", "a", body, at, new_nonce())
+        sign_request(key, request(body, "b"), at, new_nonce())
+    }
+
+    fn verifier(keys: &[&[u8]]) -> Verifier {
+        let mut v = Verifier::new(keys.iter().map(|k| k.to_vec()).collect(), 30_000, "b");
+        v.boot = "run-1".into();
+        v
     }
 
     #[test]
     fn good_request_passes_once() {
-        let v = Verifier::new(vec![K1.to_vec()], 30_000);
+        let v = verifier(&[K1]);
         let h = signed(K1, b"{}", 1_000_000);
-        assert_eq!(v.verify("POST", "/peer/command", b"{}", &h, 1_000_100), Ok(()));
-        assert_eq!(v.verify("POST", "/peer/command", b"{}", &h, 1_000_200), Err(AuthError::Replay));
+        assert_eq!(v.verify("POST", PATH, &h, 1_000_100), Ok(()));
+        assert_eq!(h.check_body(b"{}"), Ok(()));
+        assert_eq!(v.verify("POST", PATH, &h, 1_000_200), Err(AuthError::Replay));
     }
 
     #[test]
     fn tampering_is_refused() {
-        let v = Verifier::new(vec![K1.to_vec()], 30_000);
+        let v = verifier(&[K1]);
         let h = signed(K1, b"{\"command\":\"go-standby\"}", 1_000_000);
-        assert_eq!(v.verify("POST", "/peer/command", b"{\"command\":\"go-active\"}", &h, 1_000_000), Err(AuthError::BadSignature));
-        assert_eq!(v.verify("POST", "/peer/other", b"{\"command\":\"go-standby\"}", &h, 1_000_000), Err(AuthError::BadSignature));
+        assert_eq!(h.check_body(b"{\"command\":\"go-active\"}"), Err(AuthError::BodyMismatch));
+        let mut other_hash = h.clone();
+        other_hash.content_sha256 = body_hash(b"{\"command\":\"go-active\"}");
+        assert_eq!(v.verify("POST", PATH, &other_hash, 1_000_000), Err(AuthError::BadSignature));
+        assert_eq!(v.verify("POST", "/peer/other", &h, 1_000_000), Err(AuthError::BadSignature));
         let mut other_node = h.clone();
         other_node.node = "evil".into();
-        assert_eq!(v.verify("POST", "/peer/command", b"{\"command\":\"go-standby\"}", &other_node, 1_000_000), Err(AuthError::BadSignature));
+        assert_eq!(v.verify("POST", PATH, &other_node, 1_000_000), Err(AuthError::BadSignature));
         let wrong_key = signed(K2, b"{}", 1_000_000);
-        assert_eq!(v.verify("POST", "/peer/command", b"{}", &wrong_key, 1_000_000), Err(AuthError::BadSignature));
+        assert_eq!(v.verify("POST", PATH, &wrong_key, 1_000_000), Err(AuthError::BadSignature));
+        assert!(!AuthError::BadSignature.authentic());
+    }
+
+    #[test]
+    fn a_request_for_another_node_is_refused_even_when_authentic() {
+        let v = verifier(&[K1]);
+        // Node a's heartbeat to b, arriving at a itself (a VIP moved), or at c.
+        let h = sign_request(K1, request(b"", "a"), 1_000_000, new_nonce());
+        let e = v.verify("POST", PATH, &h, 1_000_000).unwrap_err();
+        assert!(matches!(&e, AuthError::Misdirected { to, me } if to == "a" && me == "b"), "{e}");
+        assert!(e.authentic() && !e.is_clock());
+        // The receiver's id is signed: rewriting the header breaks the signature.
+        let mut rewritten = h.clone();
+        rewritten.to = "b".into();
+        assert_eq!(v.verify("POST", PATH, &rewritten, 1_000_000), Err(AuthError::BadSignature));
     }
 
     #[test]
     fn stale_and_future_timestamps_are_refused() {
-        let v = Verifier::new(vec![K1.to_vec()], 30_000);
+        let v = verifier(&[K1]);
         let old = signed(K1, b"", 1_000_000);
-        assert!(matches!(v.verify("POST", "/peer/command", b"", &old, 1_040_000), Err(AuthError::Stale { .. })));
+        let e = v.verify("POST", PATH, &old, 1_040_000).unwrap_err();
+        assert!(matches!(e, AuthError::Stale { .. }) && e.authentic() && e.is_clock());
         let future = signed(K1, b"", 1_100_000);
-        assert!(matches!(v.verify("POST", "/peer/command", b"", &future, 1_000_000), Err(AuthError::Stale { .. })));
+        assert!(matches!(v.verify("POST", PATH, &future, 1_000_000), Err(AuthError::Stale { .. })));
+    }
+
+    #[test]
+    fn requests_for_an_earlier_run_are_refused() {
+        // Captured before a restart and replayed after it: the cache that knew the nonce is gone, the
+        // timestamp is still inside the window, but the run is not the same.
+        let restarted = Verifier::new(vec![K1.to_vec()], 30_000, "b");
+        assert_ne!(restarted.boot(), Verifier::new(vec![K1.to_vec()], 30_000, "b").boot(), "every run has its own id");
+        let captured = signed(K1, b"", 1_000_000);
+        let e = restarted.verify("POST", PATH, &captured, 1_000_500).unwrap_err();
+        assert!(matches!(e, AuthError::EarlierRun { .. }) && e.authentic() && !e.is_clock(), "{e}");
+        // A heartbeat needs no run: it is how a peer learns it.
+        let heartbeat = sign_request(K1, Request { method: "GET", path: crate::peer::HEARTBEAT_PATH, boot: "", ..request(b"", "b") }, 1_000_000, new_nonce());
+        assert_eq!(restarted.verify("GET", crate::peer::HEARTBEAT_PATH, &heartbeat, 1_000_500), Ok(()));
+        let current = sign_request(K1, Request { boot: restarted.boot(), ..request(b"", "b") }, 1_000_000, new_nonce());
+        assert_eq!(restarted.verify("POST", PATH, &current, 1_000_500), Ok(()));
     }
 
     #[test]
     fn an_absurd_timestamp_is_stale_not_a_panic() {
-        let v = Verifier::new(vec![K1.to_vec()], 30_000);
-        let mut h = signed(K1, b"", 1_000_000);
-        h.timestamp_ms = u64::MAX;
-        assert!(matches!(v.verify("POST", "/peer/command", b"", &h, 1_000_000), Err(AuthError::Stale { .. })));
+        let v = verifier(&[K1]);
+        let h = signed(K1, b"", u64::MAX);
+        assert!(matches!(v.verify("POST", PATH, &h, 1_000_000), Err(AuthError::Stale { .. })));
     }
 
     #[test]
     fn two_keys_during_rotation() {
-        let v = Verifier::new(vec![K1.to_vec(), K2.to_vec()], 30_000);
-        assert_eq!(v.verify("POST", "/peer/command", b"", &signed(K1, b"", 5), 5), Ok(()));
-        assert_eq!(v.verify("POST", "/peer/command", b"", &signed(K2, b"", 5), 5), Ok(()));
+        let v = verifier(&[K1, K2]);
+        assert_eq!(v.verify("POST", PATH, &signed(K1, b"", 5), 5), Ok(()));
+        assert_eq!(v.verify("POST", PATH, &signed(K2, b"", 5), 5), Ok(()));
         assert_eq!(v.signing_key(), Some(K1));
+    }
+
+    #[test]
+    fn headers_round_trip() {
+        let h = signed(K1, b"body", 42);
+        let mut map = hyper::HeaderMap::new();
+        for (name, value) in h.pairs() {
+            map.insert(name, value.parse().unwrap());
+        }
+        assert_eq!(SignedHeaders::from_headers(&map), Ok(h));
+        map.remove(HEADER_TO);
+        assert_eq!(SignedHeaders::from_headers(&map), Err(AuthError::Missing(HEADER_TO)));
     }
 
     #[test]

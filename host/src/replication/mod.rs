@@ -292,7 +292,7 @@ impl Replicator {
             let path = format!("{CHANGES_PATH}?since={since}&limit={PAGE_CHANGES}");
             let body = self.on_any_path(link, |url| {
                 let path = path.clone();
-                async move { self.client.get_signed(&url, &path, PAGE_TIMEOUT).await }
+                async move { self.client.get_signed(&link.id, &url, &path, PAGE_TIMEOUT).await }
             }).await?;
             let page: Page = serde_json::from_slice(&body).map_err(|e| format!("{peer}: malformed change page: {e}"))?;
             if page.next < since {
@@ -360,7 +360,7 @@ impl Replicator {
             let body = bytes::Bytes::from(serde_json::to_vec(&Batch { changes }).expect("serializes"));
             self.on_any_path(link, |url| {
                 let body = body.clone();
-                async move { self.client.post_signed(&url, CHANGES_PATH, body, PAGE_TIMEOUT).await }
+                async move { self.client.post_signed(&link.id, &url, CHANGES_PATH, body, PAGE_TIMEOUT).await }
             })
             .await?;
             since = next;
@@ -440,7 +440,7 @@ mod tests {
     }
 
     fn answer(mode: Mode, seq: u64) -> HeartbeatAnswer {
-        HeartbeatAnswer { id: "b".into(), mode, configured_role: crate::model::Role::Secondary, app_healthy: true, mode_since_ms: 0, now_ms: 0, seq }
+        HeartbeatAnswer { id: "b".into(), mode, configured_role: crate::model::Role::Secondary, app_healthy: true, mode_since_ms: 0, now_ms: 0, seq, boot: String::new() }
     }
 
     #[tokio::test]
