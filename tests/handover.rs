@@ -1,9 +1,11 @@
-//! Break-before-make hand-over through the real binary (issue 10, item 11): a hot-standby pair of
-//! `vigil run` processes on loopback whose service is a marker file (its stop takes a moment, as real
-//! services' do). A sampler reads both nodes' `/active` and both markers every few milliseconds
-//! through an automatic failback (server #1 restarted, `first_server_auto_active`), an operator
-//! `vigil switch standby` on the active node and a `vigil switch active` on the standby, and no sample
-//! may show both nodes answering `/active` 200 or both services running.
+//! Break-before-make hand-over through the real binary (issue 10, item 11): pairs of `vigil run`
+//! processes on loopback whose services are marker files (their stop takes a moment, as real services'
+//! do). A sampler reads both nodes' `/active` and both markers every few milliseconds, and no sample
+//! may show both nodes answering `/active` 200 or both services running:
+//!
+//! - hot-standby: through an automatic failback (server #1 restarted, `first_server_auto_active`), an
+//!   operator `vigil switch standby` on the active node and a `vigil switch active` on the standby;
+//! - xivo: through the automatic failback of the standby when the main comes back.
 //!
 //! A sample reads node a, then b, then a again, and counts "both" only when both reads of a agree
 //! with b: two sequential reads can never then invent an overlap that a hand-over between them
@@ -19,7 +21,7 @@ use vigil::http_client::HttpClient;
 use vigil::model::{Mode, Role};
 use vigil_tests::{describe, plugins_dir, vigil, vigil_bin};
 
-/// The service writes a marker file; its stop takes 250 ms before the marker goes, the window in which
+/// The hot-standby service writes a marker file; its stop takes 250 ms before the marker goes, the window in which
 /// a node that reported STANDBY too early still runs its service.
 const POLICY: &str = r#"plugin = "hot-standby"
 
@@ -71,9 +73,9 @@ struct Sampler {
 }
 
 impl Sampler {
-    fn start(cluster: &Cluster) -> Sampler {
+    /// Sample the two nodes of `cluster`; node i runs its service while `markers[i]` exists.
+    fn start(cluster: &Cluster, markers: [PathBuf; 2]) -> Sampler {
         let urls: Vec<String> = cluster.nodes.iter().map(|n| format!("{}/active", n.url)).collect();
-        let markers = [marker(cluster, 0), marker(cluster, 1)];
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let task = tokio::spawn(async move {
@@ -171,7 +173,7 @@ async fn failback_and_switches_never_run_two_actives() {
 
     // Automatic failback: server #1 comes back and takes the role back by itself.
     let mut problems = Vec::new();
-    let sampler = Sampler::start(&cluster);
+    let sampler = Sampler::start(&cluster, [marker(&cluster, 0), marker(&cluster, 1)]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     cluster.start(0).unwrap();
     settle(&cluster, [Mode::Active, Mode::Standby], 0, "automatic failback to a").await;
@@ -179,7 +181,7 @@ async fn failback_and_switches_never_run_two_actives() {
     problems.extend(sampler.finish("automatic failback", 1).await);
 
     // `vigil switch standby` on the active node: a hands the role to b.
-    let sampler = Sampler::start(&cluster);
+    let sampler = Sampler::start(&cluster, [marker(&cluster, 0), marker(&cluster, 1)]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     switch(&cluster, 0, "standby");
     settle(&cluster, [Mode::Standby, Mode::Active], 1, "switch standby on a").await;
@@ -187,12 +189,69 @@ async fn failback_and_switches_never_run_two_actives() {
     problems.extend(sampler.finish("vigil switch standby on the active node", 0).await);
 
     // `vigil switch active` on the standby node: a takes the role back from b.
-    let sampler = Sampler::start(&cluster);
+    let sampler = Sampler::start(&cluster, [marker(&cluster, 0), marker(&cluster, 1)]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     switch(&cluster, 0, "active");
     settle(&cluster, [Mode::Active, Mode::Standby], 0, "switch active on a").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     problems.extend(sampler.finish("vigil switch active on the standby node", 1).await);
 
+    assert!(problems.is_empty(), "{}; logs in {}", problems.join("\n"), cluster.dir.display());
+}
+
+/// The XiVO telephony (one service here) writes a marker file; its stop takes 250 ms.
+fn xivo_policy() -> String {
+    r#"plugin = "xivo"
+
+[params]
+services = ["asterisk"]
+
+[services.asterisk]
+start = "echo running > '{dir}/asterisk.running'"
+stop = "sleep 0.25; rm -f '{dir}/asterisk.running'"
+status = "test -f '{dir}/asterisk.running'"
+timeout_ms = 3000
+"#
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn xivo_failback_never_runs_telephony_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let timing = Timing { interval_ms: 150, timeout_ms: 120, failures: 3, successes: 3 };
+    let mut cluster = Cluster::new(vigil_bin(), dir.path(), timing, vec![plugins_dir()]).expect("configure the pair");
+    // The main sees the standby over the vigil heartbeat (a ping could not say its mode).
+    for (id, role, peer) in [("xivo-a", Role::Primary, "xivo-b"), ("xivo-b", Role::Secondary, "xivo-a")] {
+        let mut spec = NodeSpec::new(id, role, &xivo_policy());
+        spec.peers = vec![peer.into()];
+        cluster.add(spec).unwrap();
+    }
+    cluster.start(0).unwrap();
+    cluster.start(1).unwrap();
+    let (main, standby) = (cluster.nodes[0].dir.join("asterisk.running"), cluster.nodes[1].dir.join("asterisk.running"));
+    cluster
+        .wait_for(Duration::from_secs(15), |m| (m == [Some(Mode::Active), Some(Mode::Standby)]).then_some(()))
+        .await
+        .unwrap_or_else(|e| panic!("the main runs the telephony: {e}"));
+
+    // The main goes down cleanly (telephony stopped on shutdown); the standby takes over.
+    cluster.stop(0);
+    cluster
+        .wait_for(Duration::from_secs(15), |m| (m[1] == Some(Mode::Active)).then_some(()))
+        .await
+        .unwrap_or_else(|e| panic!("the standby takes over: {e}"));
+    assert!(vigil::cluster::eventually(Duration::from_secs(10), || standby.exists() && !main.exists()).await, "only the standby runs telephony");
+
+    // The main comes back: the standby fails back by itself, the main starts after it stopped.
+    let sampler = Sampler::start(&cluster, [main.clone(), standby.clone()]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.start(0).unwrap();
+    cluster
+        .wait_for(Duration::from_secs(15), |m| (m == [Some(Mode::Active), Some(Mode::Standby)]).then_some(()))
+        .await
+        .unwrap_or_else(|e| panic!("automatic failback to the main: {e}"));
+    assert!(vigil::cluster::eventually(Duration::from_secs(10), || main.exists() && !standby.exists()).await, "only the main runs telephony");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let problems = sampler.finish("xivo automatic failback", 1).await;
     assert!(problems.is_empty(), "{}; logs in {}", problems.join("\n"), cluster.dir.display());
 }
