@@ -5,7 +5,9 @@
 //!
 //! - hot-standby: through an automatic failback (server #1 restarted, `first_server_auto_active`), an
 //!   operator `vigil switch standby` on the active node and a `vigil switch active` on the standby;
-//! - xivo: through the automatic failback of the standby when the main comes back.
+//! - xivo: through the automatic failback of the standby when the main comes back;
+//! - mail-gateway (the engine the voice plugin shares): through the failback of a restarted primary
+//!   (`restore-original-role`) and both `vigil switch` directions.
 //!
 //! A sample reads node a, then b, then a again, and counts "both" only when both reads of a agree
 //! with b: two sequential reads can never then invent an overlap that a hand-over between them
@@ -139,13 +141,18 @@ impl Sampler {
     }
 }
 
-/// Wait until the modes are `want` and exactly the service of node `runs` runs.
-async fn settle(cluster: &Cluster, want: [Mode; 2], runs: usize, what: &str) {
+/// Node i runs the hot-standby service while `app_markers(cluster)[i]` exists.
+fn app_markers(cluster: &Cluster) -> [PathBuf; 2] {
+    [marker(cluster, 0), marker(cluster, 1)]
+}
+
+/// Wait until the modes are `want` and exactly the service of node `runs` runs (per `markers`).
+async fn settle(cluster: &Cluster, markers: &[PathBuf; 2], want: [Mode; 2], runs: usize, what: &str) {
     cluster
         .wait_for(Duration::from_secs(15), |m| (m == [Some(want[0]), Some(want[1])]).then_some(()))
         .await
         .unwrap_or_else(|e| panic!("{what}: {e}"));
-    let done = vigil::cluster::eventually(Duration::from_secs(10), || marker(cluster, runs).exists() && !marker(cluster, 1 - runs).exists()).await;
+    let done = vigil::cluster::eventually(Duration::from_secs(10), || markers[runs].exists() && !markers[1 - runs].exists()).await;
     assert!(done, "{what}: only node {runs}'s service should run; logs in {}", cluster.dir.display());
 }
 
@@ -161,7 +168,7 @@ fn switch(cluster: &Cluster, i: usize, to: &str) {
 async fn failback_and_switches_never_run_two_actives() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = pair(dir.path());
-    settle(&cluster, [Mode::Active, Mode::Standby], 0, "the primary takes the role").await;
+    settle(&cluster, &app_markers(&cluster), [Mode::Active, Mode::Standby], 0, "the primary takes the role").await;
 
     // Server #1 goes down cleanly (its service stopped on shutdown); server #2 fails over.
     cluster.stop(0);
@@ -173,26 +180,26 @@ async fn failback_and_switches_never_run_two_actives() {
 
     // Automatic failback: server #1 comes back and takes the role back by itself.
     let mut problems = Vec::new();
-    let sampler = Sampler::start(&cluster, [marker(&cluster, 0), marker(&cluster, 1)]);
+    let sampler = Sampler::start(&cluster, app_markers(&cluster));
     tokio::time::sleep(Duration::from_millis(300)).await;
     cluster.start(0).unwrap();
-    settle(&cluster, [Mode::Active, Mode::Standby], 0, "automatic failback to a").await;
+    settle(&cluster, &app_markers(&cluster), [Mode::Active, Mode::Standby], 0, "automatic failback to a").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     problems.extend(sampler.finish("automatic failback", 1).await);
 
     // `vigil switch standby` on the active node: a hands the role to b.
-    let sampler = Sampler::start(&cluster, [marker(&cluster, 0), marker(&cluster, 1)]);
+    let sampler = Sampler::start(&cluster, app_markers(&cluster));
     tokio::time::sleep(Duration::from_millis(300)).await;
     switch(&cluster, 0, "standby");
-    settle(&cluster, [Mode::Standby, Mode::Active], 1, "switch standby on a").await;
+    settle(&cluster, &app_markers(&cluster), [Mode::Standby, Mode::Active], 1, "switch standby on a").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     problems.extend(sampler.finish("vigil switch standby on the active node", 0).await);
 
     // `vigil switch active` on the standby node: a takes the role back from b.
-    let sampler = Sampler::start(&cluster, [marker(&cluster, 0), marker(&cluster, 1)]);
+    let sampler = Sampler::start(&cluster, app_markers(&cluster));
     tokio::time::sleep(Duration::from_millis(300)).await;
     switch(&cluster, 0, "active");
-    settle(&cluster, [Mode::Active, Mode::Standby], 0, "switch active on a").await;
+    settle(&cluster, &app_markers(&cluster), [Mode::Active, Mode::Standby], 0, "switch active on a").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     problems.extend(sampler.finish("vigil switch active on the standby node", 1).await);
 
@@ -253,5 +260,68 @@ async fn xivo_failback_never_runs_telephony_twice() {
     assert!(vigil::cluster::eventually(Duration::from_secs(10), || main.exists() && !standby.exists()).await, "only the main runs telephony");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let problems = sampler.finish("xivo automatic failback", 1).await;
+    assert!(problems.is_empty(), "{}; logs in {}", problems.join("\n"), cluster.dir.display());
+}
+
+/// A mail gateway whose primary takes its role back (restore original role); the mail service writes a
+/// marker file and takes 250 ms to stop. No VIP: the loopback pair has no interface to move one on.
+const MAIL_POLICY: &str = r#"plugin = "mail-gateway"
+
+[params]
+on_failure = "restore-original-role"
+vip = false
+
+[services.mta]
+start = "echo running > '{dir}/mta.running'"
+stop = "sleep 0.25; rm -f '{dir}/mta.running'"
+status = "test -f '{dir}/mta.running'"
+timeout_ms = 3000
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mail_gateway_failback_and_switches_never_run_two_actives() {
+    let dir = tempfile::tempdir().unwrap();
+    let timing = Timing { interval_ms: 150, timeout_ms: 120, failures: 3, successes: 3 };
+    let mut cluster = Cluster::new(vigil_bin(), dir.path(), timing, vec![plugins_dir()]).expect("configure the pair");
+    for (id, role, peer) in [("a", Role::Primary, "b"), ("b", Role::Secondary, "a")] {
+        let mut spec = NodeSpec::new(id, role, MAIL_POLICY);
+        spec.peers = vec![peer.into()];
+        cluster.add(spec).unwrap();
+    }
+    cluster.start(0).unwrap();
+    cluster.start(1).unwrap();
+    let markers = [cluster.nodes[0].dir.join("mta.running"), cluster.nodes[1].dir.join("mta.running")];
+    settle(&cluster, &markers, [Mode::Active, Mode::Standby], 0, "the primary takes the role").await;
+
+    cluster.stop(0);
+    cluster
+        .wait_for(Duration::from_secs(15), |m| (m[1] == Some(Mode::Active)).then_some(()))
+        .await
+        .unwrap_or_else(|e| panic!("b fails over: {e}"));
+    assert!(vigil::cluster::eventually(Duration::from_secs(10), || markers[1].exists()).await, "b runs the mail service");
+
+    // The primary restarts, finds b active and takes its role back once healthy.
+    let mut problems = Vec::new();
+    let sampler = Sampler::start(&cluster, markers.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.start(0).unwrap();
+    settle(&cluster, &markers, [Mode::Active, Mode::Standby], 0, "failback to the primary").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    problems.extend(sampler.finish("mail-gateway failback (restore original role)", 1).await);
+
+    let sampler = Sampler::start(&cluster, markers.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    switch(&cluster, 0, "standby");
+    settle(&cluster, &markers, [Mode::Standby, Mode::Active], 1, "switch standby on a").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    problems.extend(sampler.finish("mail-gateway: vigil switch standby on the active node", 0).await);
+
+    let sampler = Sampler::start(&cluster, markers.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    switch(&cluster, 0, "active");
+    settle(&cluster, &markers, [Mode::Active, Mode::Standby], 0, "switch active on a").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    problems.extend(sampler.finish("mail-gateway: vigil switch active on the standby node", 1).await);
+
     assert!(problems.is_empty(), "{}; logs in {}", problems.join("\n"), cluster.dir.display());
 }
