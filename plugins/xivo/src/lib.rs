@@ -62,6 +62,9 @@ struct State {
     operator_hold: bool,
     /// Configuration warnings already raised (each once).
     warned: BTreeSet<String>,
+    /// An operator `standby` on an active node: its telephony is being stopped, and it reports
+    /// STANDBY only once every service reads stopped (break-before-make).
+    stepping_down: bool,
 }
 
 /// Everything a rule needs, computed once per tick.
@@ -148,7 +151,20 @@ fn operator(cx: &Cx, request: OperatorRequest, state: &mut State) -> Option<Deci
     let mode = cx.tick.node.mode;
     match request {
         OperatorRequest::Active => {
+            if mode != Mode::Active {
+                // Break-before-make: the main ignores the standby, so it cannot be asked to stop; the
+                // operator stops it first (`vigil switch standby` there).
+                if let Some(main) = cx.main.filter(|m| still_serving(m, cx.failures)) {
+                    let text = format!(
+                        "operator active refused: main {} {} and runs the telephony; `vigil switch standby` on the main first (two telephony servers must never run at once)",
+                        main.id,
+                        if main.reachable { "answers ACTIVE" } else { "answered ACTIVE and is not lost for the failure threshold yet" }
+                    );
+                    return Some(Decision::because(text.clone()).alarm(Level::Warn, text));
+                }
+            }
             state.operator_hold = !cx.is_main() && !cx.params.manual;
+            state.stepping_down = false;
             let hold = if state.operator_hold { "; automatic failback held until restore" } else { "" };
             if mode == Mode::Active {
                 return Some(ensure_running(cx, Decision::because(format!("operator active: already ACTIVE{hold}"))));
@@ -158,6 +174,10 @@ fn operator(cx: &Cx, request: OperatorRequest, state: &mut State) -> Option<Deci
         OperatorRequest::Standby => {
             state.operator_hold = cx.is_main() || !cx.params.manual;
             let hold = if state.operator_hold { "; automatic rules held until restore" } else { "" };
+            if mode == Mode::Active {
+                state.stepping_down = true;
+                return Some(step_down(cx, format!("operator standby: stopping telephony on this node ({}){hold}", cx.me())));
+            }
             Some(stop_telephony(cx, format!("operator standby: stopping telephony on this node ({}){hold}", cx.me())))
         }
         // Back to the configured behaviour: the automatic rules decide in this very tick.
@@ -198,6 +218,23 @@ fn main_rules(cx: &Cx, state: &State) -> Decision {
         return start_telephony(cx, format!("main: starting telephony on this node ({}): {}", cx.me(), cx.service_list()));
     }
     ensure_running(cx, Decision::because("ACTIVE (main)"))
+}
+
+/// An active node giving up the role (operator `standby`): STANDBY once its stops finished and every
+/// service reads stopped; until then it keeps reporting ACTIVE, so a main waiting for this node's
+/// STANDBY never starts beside it. A service still running is stopped again.
+fn step_down(cx: &Cx, why: String) -> Decision {
+    match handover::stopped(cx.tick, &cx.order) {
+        Ok(()) => Decision::to(Mode::Standby, format!("{why}: telephony stopped, STANDBY")),
+        Err(left) if left.is_empty() => Decision::because(format!("{why}: waiting for the stop actions before reporting STANDBY")),
+        Err(left) => {
+            let mut d = Decision::because(format!("{why}; STANDBY once {} stopped", left.join(", ")));
+            for name in left.iter().rev() {
+                d = d.stop(name);
+            }
+            d
+        }
+    }
 }
 
 /// Whether `peer` may still run telephony: its last answer said ACTIVE, and it either answers now or
@@ -362,10 +399,15 @@ impl Policy for Xivo {
             main,
             order,
         };
+        if tick.node.mode != Mode::Active {
+            state.stepping_down = false;
+        }
         let d = if matches!(tick.node.mode, Mode::Off | Mode::Failed) {
             out_of_group(&cx, state)
         } else if let Some(d) = tick.operator.and_then(|r| operator(&cx, r, state)) {
             d
+        } else if state.stepping_down {
+            step_down(&cx, "operator standby".to_string())
         } else if cx.is_main() {
             main_rules(&cx, state)
         } else {
