@@ -38,8 +38,15 @@ app_check = true
 timeout_ms = 3000
 "#;
 
+/// Fast heartbeats, but a failure threshold of 10 rounds (1.5 s): on a loaded machine a few late
+/// heartbeat answers must not pass for a dead peer, whose takeover would be a real two-actives case
+/// rather than a hand-over.
+fn timing() -> Timing {
+    Timing { interval_ms: 150, timeout_ms: 120, failures: 10, successes: 3 }
+}
+
 fn pair(dir: &std::path::Path) -> Cluster {
-    let timing = Timing { interval_ms: 150, timeout_ms: 120, failures: 3, successes: 3 };
+    let timing = timing();
     let mut cluster = Cluster::new(vigil_bin(), dir, timing, vec![plugins_dir()]).expect("configure the pair");
     for (id, role, peer) in [("a", Role::Primary, "b"), ("b", Role::Secondary, "a")] {
         let mut spec = NodeSpec::new(id, role, POLICY);
@@ -225,7 +232,7 @@ timeout_ms = 3000
 #[tokio::test(flavor = "multi_thread")]
 async fn xivo_failback_never_runs_telephony_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let timing = Timing { interval_ms: 150, timeout_ms: 120, failures: 3, successes: 3 };
+    let timing = timing();
     let mut cluster = Cluster::new(vigil_bin(), dir.path(), timing, vec![plugins_dir()]).expect("configure the pair");
     // The main sees the standby over the vigil heartbeat (a ping could not say its mode).
     for (id, role, peer) in [("xivo-a", Role::Primary, "xivo-b"), ("xivo-b", Role::Secondary, "xivo-a")] {
@@ -281,7 +288,7 @@ timeout_ms = 3000
 #[tokio::test(flavor = "multi_thread")]
 async fn mail_gateway_failback_and_switches_never_run_two_actives() {
     let dir = tempfile::tempdir().unwrap();
-    let timing = Timing { interval_ms: 150, timeout_ms: 120, failures: 3, successes: 3 };
+    let timing = timing();
     let mut cluster = Cluster::new(vigil_bin(), dir.path(), timing, vec![plugins_dir()]).expect("configure the pair");
     for (id, role, peer) in [("a", Role::Primary, "b"), ("b", Role::Secondary, "a")] {
         let mut spec = NodeSpec::new(id, role, MAIL_POLICY);
