@@ -109,7 +109,8 @@ async fn killing_main_starts_the_standby_telephony_in_order_and_main_back_stops_
         .expect("main active and the standby back in standby without a manual step");
     until(Duration::from_secs(5), "the standby stops its telephony", || SERVICES.iter().all(|s| !running(&cluster, 1, s))).await;
     assert_eq!(&order_log(&cluster, 1)[5..], ["stop xivo-ctid", "stop xivo-agid", "stop asterisk", "stop xivo-confgend"]);
-    assert!(SERVICES.iter().all(|s| running(&cluster, 0, s)), "main runs its telephony");
+    // Break-before-make: the main starts only once the standby reports STANDBY, its telephony stopped.
+    until(Duration::from_secs(5), "main runs its telephony", || SERVICES.iter().all(|s| running(&cluster, 0, s))).await;
 
     // Stable afterwards: nothing restarts on the standby.
     tokio::time::sleep(Duration::from_millis(INTERVAL * 8)).await;

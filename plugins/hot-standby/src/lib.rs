@@ -17,6 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use vigil_sdk::handover::{self, Handover, StepDown};
 use vigil_sdk::prelude::*;
 use vigil_sdk::Service;
 
@@ -48,7 +49,15 @@ struct Params {
     /// these, in the policy's (alphabetical) order. Default: the policy's order.
     #[serde(default)]
     start_order: Vec<String>,
+    /// How long a node taking the role from a live peer (rollback, `vigil switch`, a peer's
+    /// go-active) waits for the peer to report STANDBY with its services stopped before it gives up
+    /// and stays standby. Default 30 s.
+    #[serde(default)]
+    handover_timeout_ms: Option<u64>,
 }
+
+/// Bounds of `handover_timeout_ms`: at least a second, at most an hour.
+const HANDOVER_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 1_000..=3_600_000;
 
 /// Upper bound for every count: beyond this a typo (e.g. 500 instead of 5) is more likely than intent.
 const MAX_COUNT: u32 = 1000;
@@ -74,6 +83,12 @@ struct State {
     operator_hold: bool,
     /// Configuration warnings already raised (each is raised once).
     warned: BTreeSet<String>,
+    /// This node takes the role from a live peer and waits for it to report STANDBY.
+    handover: Option<Handover>,
+    /// This node gives the role up: its stops are issued, it reports STANDBY once they finished.
+    stepping_down: Option<StepDown>,
+    /// After an abandoned hand-over, rollback waits until this tick time before asking again.
+    rollback_after_ms: Option<u64>,
 }
 
 /// The counts this tick runs with: parameters, or the node's heartbeat settings by default.
@@ -160,6 +175,10 @@ impl<'a> Cx<'a> {
         self.peers.iter().map(|(p, _)| p.id.as_str()).collect()
     }
 
+    fn handover_timeout_ms(&self) -> u64 {
+        self.params.handover_timeout_ms.unwrap_or(handover::DEFAULT_TIMEOUT_MS)
+    }
+
     fn vip_reaches_me(&self) -> bool {
         self.tick.vip.as_ref().and_then(|v| v.reaches.as_deref()) == Some(self.me())
     }
@@ -241,13 +260,154 @@ fn go_active(cx: &Cx, reason: String, peers: &[&str]) -> Decision {
     d
 }
 
-/// Switch to standby: stop the services in reverse start order.
-fn go_standby(cx: &Cx, reason: String) -> Decision {
-    let mut d = Decision::to(Mode::Standby, reason);
+/// Give up the active role break-before-make (`vigil_sdk::handover`): stop the services in reverse
+/// start order and keep reporting ACTIVE until they are stopped ([`finish_step_down`] then reports
+/// STANDBY), so a peer waiting for this node's STANDBY never starts its services beside ours.
+fn step_down(cx: &Cx, state: &mut State, reason: String) -> Decision {
+    state.handover = None;
+    if handover::stopped(cx.tick, &cx.order).is_ok() {
+        state.stepping_down = None;
+        return Decision::to(Mode::Standby, format!("{reason}: services stopped, STANDBY"));
+    }
+    state.stepping_down = Some(StepDown { why: reason.clone(), attempts: 0 });
+    let mut d = Decision::because(format!("{reason}: stopping the services first, STANDBY once they are stopped"));
     for s in cx.order.iter().rev() {
         d = d.stop(&s.name);
     }
     d
+}
+
+/// A node stepping down: STANDBY once its stops finished and every service reads stopped; a service
+/// that would not stop is stopped again, and after [`handover::STOP_ATTEMPTS`] rounds the node gives
+/// up the hand-over and keeps the role with its services started again (one active node, serving).
+fn finish_step_down(cx: &Cx, state: &mut State, step: StepDown) -> Decision {
+    match handover::stopped(cx.tick, &cx.order) {
+        Ok(()) => {
+            state.stepping_down = None;
+            Decision::to(Mode::Standby, format!("{}: services stopped, this node ({}) now reports STANDBY", step.why, cx.me()))
+        }
+        Err(left) if left.is_empty() => {
+            state.stepping_down = Some(step.clone());
+            Decision::because(format!("{}: waiting for the stop actions before reporting STANDBY", step.why))
+        }
+        Err(left) => {
+            let attempts = step.attempts + 1;
+            if attempts >= handover::STOP_ATTEMPTS {
+                state.stepping_down = None;
+                let text = format!(
+                    "could not stop {} after {attempts} attempts: hand-over abandoned, this node ({}) stays ACTIVE",
+                    left.join(", "),
+                    cx.me()
+                );
+                let mut d = Decision::because(text.clone()).alarm(Level::Error, text);
+                for s in &cx.order {
+                    d = d.start(&s.name);
+                }
+                return d;
+            }
+            let mut d = Decision::because(format!(
+                "{}: {} not stopped, stopping again (attempt {}/{}) before reporting STANDBY",
+                step.why,
+                left.join(", "),
+                attempts + 1,
+                handover::STOP_ATTEMPTS
+            ));
+            for name in left.iter().rev() {
+                d = d.stop(name);
+            }
+            state.stepping_down = Some(StepDown { attempts, ..step });
+            d
+        }
+    }
+}
+
+/// Whether this node may take the role without waiting for `peer`: it reports STANDBY (so its
+/// services are stopped), or it has failed the full failure threshold.
+fn released(cx: &Cx, state: &State, peer: &Remote) -> bool {
+    handover::confirms_standby(peer) || state.peer_failures.get(&peer.id).copied().unwrap_or(0) >= cx.n.failures
+}
+
+/// Take the role from live peers break-before-make: when every peer already serves nothing, switch
+/// now; otherwise command them to stand by and stay STANDBY until they confirm ([`handover_progress`]).
+/// `why` says what asks for the switch.
+fn take_role(cx: &Cx, state: &mut State, why: &str) -> Decision {
+    state.stepping_down = None;
+    let peers = cx.peer_ids();
+    let waiting: Vec<&Remote> = cx.peers.iter().map(|(p, _)| *p).filter(|p| !released(cx, state, p)).collect();
+    if waiting.is_empty() {
+        state.handover = None;
+        return go_active(cx, format!("{why}: switch this node ({}) to ACTIVE, peers to STANDBY", cx.me()), &peers);
+    }
+    let timeout = cx.handover_timeout_ms();
+    state.handover = Some(Handover::new(why, cx.tick.now_ms, timeout));
+    let names: Vec<&str> = waiting.iter().map(|p| p.id.as_str()).collect();
+    let mut d = Decision::because(format!(
+        "{why}: break-before-make: asking {} to stand by; this node ({}) stays STANDBY until {} reports STANDBY with its services stopped (at most {} s)",
+        names.iter().map(|n| format!("peer {n}")).collect::<Vec<_>>().join(", "),
+        cx.me(),
+        if names.len() == 1 { "it" } else { "each" },
+        timeout.div_ceil(1000)
+    ));
+    for p in names {
+        d = d.command_peer(Some(p), PeerCommand::GoStandby);
+    }
+    // The wait happens in standby, where the hand-over's progress is followed (from off or failed
+    // too: an operator restore there means "take the role").
+    if cx.tick.node.mode != Mode::Standby {
+        d.mode = Some(Mode::Standby);
+    }
+    stop_leftovers(cx, d)
+}
+
+/// A hand-over under way: switch once every peer is released, give up at the deadline.
+fn handover_progress(cx: &Cx, state: &mut State) -> Option<Decision> {
+    let h = state.handover.clone()?;
+    let now = cx.tick.now_ms;
+    let waiting: Vec<&Remote> = cx.peers.iter().map(|(p, _)| *p).filter(|p| !released(cx, state, p)).collect();
+    if waiting.is_empty() {
+        state.handover = None;
+        let how = cx
+            .peers
+            .iter()
+            .map(|(p, _)| {
+                if handover::confirms_standby(p) {
+                    format!("peer {} reports STANDBY with its services stopped", p.id)
+                } else {
+                    format!("peer {} failed {} checks", p.id, cx.n.failures)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Some(go_active(cx, format!("{}: {how}: switch this node ({}) to ACTIVE", h.why, cx.me()), &[]));
+    }
+    let names = waiting.iter().map(|p| format!("peer {}", p.id)).collect::<Vec<_>>().join(", ");
+    if h.expired(now) {
+        state.handover = None;
+        state.rollback_after_ms = Some(now.saturating_add(cx.handover_timeout_ms()));
+        let text = format!(
+            "hand-over abandoned ({}): {names} did not report STANDBY within {} s; this node ({}) stays STANDBY",
+            h.why,
+            cx.handover_timeout_ms().div_ceil(1000),
+            cx.me()
+        );
+        return Some(stop_leftovers(cx, Decision::because(text.clone()).alarm(Level::Warn, text)));
+    }
+    let mut d = Decision::because(format!(
+        "hand-over ({}): waiting for {names} to report STANDBY with its services stopped, {} s left; {}",
+        h.why,
+        h.seconds_left(now),
+        peer_modes(cx)
+    ));
+    // A go-standby that did not arrive (its result failed) is sent again.
+    for p in &waiting {
+        let lost = cx.tick.results.iter().any(|r| {
+            !r.ok && matches!(&r.action, Action::Command(m) if m.peer.as_deref() == Some(p.id.as_str()) && m.command == PeerCommand::GoStandby)
+        });
+        if lost {
+            d = d.command_peer(Some(&p.id), PeerCommand::GoStandby).and_because(&format!("go-standby to peer {} failed, sent again", p.id));
+        }
+    }
+    Some(stop_leftovers(cx, d))
 }
 
 /// A node that is not active must not run the services (two CTI servers on one CUCM is exactly what
@@ -323,6 +483,8 @@ fn peer_modes(cx: &Cx) -> String {
 /// `off`/`failed`: out of the group until the operator says otherwise. Services stay stopped.
 fn out_of_group(cx: &Cx, state: &mut State) -> Decision {
     let mode = cx.tick.node.mode;
+    state.handover = None;
+    state.stepping_down = None;
     match cx.tick.operator {
         Some(OperatorRequest::RestartHa) => {
             Decision::to(Mode::Standby, format!("operator restart-ha: this node ({}) leaves {} and rejoins in STANDBY", cx.me(), mode_word(mode)))
@@ -342,6 +504,8 @@ fn operator(cx: &Cx, request: OperatorRequest, state: &mut State) -> Option<Deci
         OperatorRequest::Active => take_over_by_operator(cx, state, "operator switch active"),
         OperatorRequest::Standby => release_by_operator(cx, state, "operator switch standby"),
         OperatorRequest::Restore => restore(cx, state),
+        // A step-down under way goes on: the request changes nothing.
+        OperatorRequest::RestartHa | OperatorRequest::PlannedReboot if state.stepping_down.is_some() => return None,
         OperatorRequest::RestartHa => {
             Decision::because(format!("operator restart-ha: nothing to do, this node is already {}", mode_word(cx.tick.node.mode)))
         }
@@ -367,20 +531,23 @@ fn take_over_by_operator(cx: &Cx, state: &mut State, why: &str) -> Decision {
     }
     let peers = cx.peer_ids();
     if cx.tick.node.mode == Mode::Active {
-        // Already active: make sure the services run and the peers know (covers a two-actives state).
+        // Already active (or stepping down, which this cancels): make sure the services run and the
+        // peers know (covers a two-actives state).
+        state.stepping_down = None;
         let mut d = go_active(cx, format!("{why}: this node ({}) is already ACTIVE; telling peers to stand by", cx.me()), &peers);
         d.mode = None;
         return d;
     }
-    go_active(cx, format!("{why}: switch this node ({}) to ACTIVE, peers to STANDBY", cx.me()), &peers)
+    take_role(cx, state, why)
 }
 
 fn release_by_operator(cx: &Cx, state: &mut State, why: &str) -> Decision {
     state.operator_hold = true;
     state.yielded = true;
+    state.handover = None;
     let peers = cx.peer_ids();
     let mut d = if cx.tick.node.mode == Mode::Active {
-        go_standby(cx, format!("{why}: switch this node ({}) to STANDBY, peers to ACTIVE", cx.me()))
+        step_down(cx, state, format!("{why}: switch this node ({}) to STANDBY, peers to ACTIVE", cx.me()))
     } else {
         Decision::because(format!("{why}: this node ({}) is already STANDBY; asking peers to take the role", cx.me()))
     };
@@ -403,7 +570,7 @@ fn peer_command(cx: &Cx, state: &mut State) -> Option<Decision> {
     match cmd.command {
         PeerCommand::GoStandby if active => {
             state.yielded = true;
-            Some(go_standby(cx, format!("peer {from} took the role and commands go-standby: switch this node ({}) to STANDBY", cx.me())))
+            Some(step_down(cx, state, format!("peer {from} takes the role and commands go-standby: switch this node ({}) to STANDBY", cx.me())))
         }
         PeerCommand::GoActive if !active => Some(if cx.tick.sync.initial == InitialSync::Pending {
             Decision::because(format!("peer {from} commands go-active: refused, initial configuration sync still pending"))
@@ -411,7 +578,7 @@ fn peer_command(cx: &Cx, state: &mut State) -> Option<Decision> {
             // Taking a role nobody can reach would only bounce it back and forth.
             Decision::because(format!("peer {from} commands go-active: refused, this node's LAN probe is failing"))
         } else {
-            go_active(cx, format!("peer {from} hands over and commands go-active: switch this node ({}) to ACTIVE", cx.me()), &[])
+            take_role(cx, state, &format!("peer {from} hands over and commands go-active"))
         }),
         _ => None,
     }
@@ -424,8 +591,9 @@ fn active_rules(cx: &Cx, state: &mut State) -> Decision {
             // §6.3.4. Tell the peers to take over: they may still hear us on another link, and would
             // otherwise wait for the slow "nobody active" path.
             state.yielded = true;
-            let mut d = go_standby(
+            let mut d = step_down(
                 cx,
+                state,
                 format!(
                     "LAN check failed {failed}/{} checks: switch this node ({}) to STANDBY, services nobody can reach are stopped",
                     cx.n.lan_failures,
@@ -483,7 +651,7 @@ fn two_actives(cx: &Cx, state: &mut State) -> Result<Decision, Option<(String, V
         Some(limit) if seen >= limit => {
             state.yielded = true;
             let why = if limit == n { "this node gives way".to_string() } else { format!("still two actives after {limit} checks, giving way") };
-            Ok(go_standby(cx, format!("two actives: {count}: {why}: switch this node ({}) to STANDBY", cx.me())))
+            Ok(step_down(cx, state, format!("two actives: {count}: {why}: switch this node ({}) to STANDBY", cx.me())))
         }
         // `%` rather than `is_multiple_of`: the workspace's rust-version is 1.85.
         #[allow(clippy::manual_is_multiple_of)]
@@ -545,7 +713,10 @@ fn standby_rules(cx: &Cx, state: &mut State) -> Decision {
         );
         return with_sync_note(cx, d);
     }
-    if let Some(d) = rollback(cx, state, &peers) {
+    if let Some(d) = handover_progress(cx, state) {
+        return d;
+    }
+    if let Some(d) = rollback(cx, state) {
         return d;
     }
     if let Some(d) = nobody_active(cx, state, &peers) {
@@ -584,9 +755,13 @@ fn vip_self_for(cx: &Cx) -> u32 {
     }
 }
 
-/// §6.3.2: server #1, with `first_server_auto_active`, takes the role back once healthy.
-fn rollback(cx: &Cx, state: &State, peers: &[&str]) -> Option<Decision> {
+/// §6.3.2: server #1, with `first_server_auto_active`, takes the role back once healthy — from a
+/// live server #2, break-before-make ([`take_role`]).
+fn rollback(cx: &Cx, state: &mut State) -> Option<Decision> {
     if !cx.is_primary() || !cx.params.first_server_auto_active || state.operator_hold {
+        return None;
+    }
+    if state.rollback_after_ms.is_some_and(|t| cx.tick.now_ms < t) {
         return None;
     }
     let s = cx.n.successes;
@@ -603,14 +778,7 @@ fn rollback(cx: &Cx, state: &State, peers: &[&str]) -> Option<Decision> {
     } else {
         String::new()
     };
-    Some(with_sync_note(
-        cx,
-        go_active(
-            cx,
-            format!("first server auto-active: local health good {s}/{s} checks{vip}: switch this node ({}) to ACTIVE, peers to STANDBY", cx.me()),
-            peers,
-        ),
-    ))
+    Some(with_sync_note(cx, take_role(cx, state, &format!("first server auto-active: local health good {s}/{s} checks{vip}"))))
 }
 
 /// Adds the rollback's progress to a quiet standby decision of server #1.
@@ -717,6 +885,15 @@ impl Policy for HotStandby {
                 }
             }
         }
+        if let Some(ms) = p.handover_timeout_ms {
+            if !HANDOVER_TIMEOUT_MS.contains(&ms) {
+                return Err(format!(
+                    "handover_timeout_ms: expected {} to {} milliseconds, got {ms}",
+                    HANDOVER_TIMEOUT_MS.start(),
+                    HANDOVER_TIMEOUT_MS.end()
+                ));
+            }
+        }
         check_names("start_order", &p.start_order)
     }
 
@@ -729,10 +906,17 @@ impl Policy for HotStandby {
         observe(&cx, state);
 
         let before = tick.node.mode;
+        if before != Mode::Active {
+            // A step-down ends in standby; one found in another mode is a leftover.
+            state.stepping_down = None;
+        }
         let d = if matches!(before, Mode::Off | Mode::Failed) {
             out_of_group(&cx, state)
         } else if let Some(d) = tick.operator.and_then(|r| operator(&cx, r, state)) {
             d
+        } else if let Some(step) = state.stepping_down.clone() {
+            // Peer commands wait too: the step-down already does what either would ask.
+            finish_step_down(&cx, state, step)
         } else if let Some(d) = peer_command(&cx, state) {
             d
         } else if before == Mode::Active {
@@ -747,6 +931,8 @@ impl Policy for HotStandby {
                 state.idle = 0;
                 state.yielded = false;
                 state.operator_hold = false;
+                state.handover = None;
+                state.rollback_after_ms = None;
             }
             Some(m) if m != Mode::Active && before == Mode::Active => state.seen_active = 0,
             _ => {}

@@ -40,6 +40,7 @@
 #![deny(unsafe_code)]
 
 pub mod decision;
+pub mod handover;
 mod tickext;
 
 /// The generated bindings of the `vigil:policy` world.

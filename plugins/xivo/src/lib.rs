@@ -19,6 +19,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
+use vigil_sdk::handover;
 use vigil_sdk::prelude::*;
 use vigil_sdk::Service;
 
@@ -61,6 +62,9 @@ struct State {
     operator_hold: bool,
     /// Configuration warnings already raised (each once).
     warned: BTreeSet<String>,
+    /// An operator `standby` on an active node: its telephony is being stopped, and it reports
+    /// STANDBY only once every service reads stopped (break-before-make).
+    stepping_down: bool,
 }
 
 /// Everything a rule needs, computed once per tick.
@@ -147,7 +151,20 @@ fn operator(cx: &Cx, request: OperatorRequest, state: &mut State) -> Option<Deci
     let mode = cx.tick.node.mode;
     match request {
         OperatorRequest::Active => {
+            if mode != Mode::Active {
+                // Break-before-make: the main ignores the standby, so it cannot be asked to stop; the
+                // operator stops it first (`vigil switch standby` there).
+                if let Some(main) = cx.main.filter(|m| still_serving(m, cx.failures)) {
+                    let text = format!(
+                        "operator active refused: main {} {} and runs the telephony; `vigil switch standby` on the main first (two telephony servers must never run at once)",
+                        main.id,
+                        if main.reachable { "answers ACTIVE" } else { "answered ACTIVE and is not lost for the failure threshold yet" }
+                    );
+                    return Some(Decision::because(text.clone()).alarm(Level::Warn, text));
+                }
+            }
             state.operator_hold = !cx.is_main() && !cx.params.manual;
+            state.stepping_down = false;
             let hold = if state.operator_hold { "; automatic failback held until restore" } else { "" };
             if mode == Mode::Active {
                 return Some(ensure_running(cx, Decision::because(format!("operator active: already ACTIVE{hold}"))));
@@ -157,6 +174,10 @@ fn operator(cx: &Cx, request: OperatorRequest, state: &mut State) -> Option<Deci
         OperatorRequest::Standby => {
             state.operator_hold = cx.is_main() || !cx.params.manual;
             let hold = if state.operator_hold { "; automatic rules held until restore" } else { "" };
+            if mode == Mode::Active {
+                state.stepping_down = true;
+                return Some(step_down(cx, format!("operator standby: stopping telephony on this node ({}){hold}", cx.me())));
+            }
             Some(stop_telephony(cx, format!("operator standby: stopping telephony on this node ({}){hold}", cx.me())))
         }
         // Back to the configured behaviour: the automatic rules decide in this very tick.
@@ -170,16 +191,78 @@ fn operator(cx: &Cx, request: OperatorRequest, state: &mut State) -> Option<Deci
     }
 }
 
-/// The main is the telephony server: it runs the services, whatever the standby does. The product's
-/// main has no view of the standby, so neither does this rule.
+/// The main is the telephony server: it runs the services. Break-before-make: when it sees the
+/// standby serving (a vigil heartbeat answering ACTIVE, or last answering so and not yet lost for the
+/// failure threshold), it starts only once the standby has failed back — the standby stops its
+/// telephony when it reaches the main and reports STANDBY only after the stops finished. With a probe
+/// that reports no mode (ping, tcp) nothing is known, and the main starts at once as the product does.
 fn main_rules(cx: &Cx, state: &State) -> Decision {
     if state.operator_hold {
         return stop_leftovers(cx, Decision::because("STANDBY by operator switch; `vigil switch restore` resumes telephony"));
     }
     if cx.tick.node.mode != Mode::Active {
+        if let Some(standby) = cx.tick.peers.iter().find(|p| still_serving(p, cx.failures)) {
+            let seen = if standby.reachable {
+                "answers ACTIVE".to_string()
+            } else {
+                format!("answered ACTIVE and is lost only {}/{} checks", standby.consecutive_failures, cx.failures)
+            };
+            return stop_leftovers(
+                cx,
+                Decision::because(format!(
+                    "main: standby {} {seen}: waiting for it to stop its telephony and report STANDBY before starting here (break-before-make)",
+                    standby.id
+                )),
+            );
+        }
         return start_telephony(cx, format!("main: starting telephony on this node ({}): {}", cx.me(), cx.service_list()));
     }
     ensure_running(cx, Decision::because("ACTIVE (main)"))
+}
+
+/// An active node giving up the role (operator `standby`): STANDBY once its stops finished and every
+/// service reads stopped; until then it keeps reporting ACTIVE, so a main waiting for this node's
+/// STANDBY never starts beside it. A service still running is stopped again.
+fn step_down(cx: &Cx, why: String) -> Decision {
+    match handover::stopped(cx.tick, &cx.order) {
+        Ok(()) => Decision::to(Mode::Standby, format!("{why}: telephony stopped, STANDBY")),
+        Err(left) if left.is_empty() => Decision::because(format!("{why}: waiting for the stop actions before reporting STANDBY")),
+        Err(left) => {
+            let mut d = Decision::because(format!("{why}; STANDBY once {} stopped", left.join(", ")));
+            for name in left.iter().rev() {
+                d = d.stop(name);
+            }
+            d
+        }
+    }
+}
+
+/// Whether `peer` may still run telephony: its last answer said ACTIVE, and it either answers now or
+/// has not been lost for `failures` checks yet.
+fn still_serving(peer: &Remote, failures: u32) -> bool {
+    let active = peer.report.as_ref().is_some_and(|r| r.mode == Mode::Active);
+    active && (peer.reachable || peer.consecutive_failures < failures)
+}
+
+/// Automatic failback of the standby, break-before-make: stop the telephony in reverse and keep
+/// reporting ACTIVE until the stops finished and every service reads stopped; only then STANDBY, which
+/// is what the main waits for before it starts its own.
+fn fail_back(cx: &Cx, why: String) -> Decision {
+    match handover::stopped(cx.tick, &cx.order) {
+        Ok(()) => Decision::to(Mode::Standby, format!("{why}: telephony stopped on this node ({}), back to STANDBY (automatic failback)", cx.me())),
+        Err(left) if left.is_empty() => Decision::because(format!("{why}: waiting for the stop actions before reporting STANDBY")),
+        Err(left) => {
+            let mut d = Decision::because(format!(
+                "{why}: stopping telephony on this node ({}) ({}), STANDBY once stopped (automatic failback)",
+                cx.me(),
+                left.join(", ")
+            ));
+            for name in left.iter().rev() {
+                d = d.stop(name);
+            }
+            d
+        }
+    }
 }
 
 /// The standby's automatic rules.
@@ -195,16 +278,9 @@ fn standby_rules(cx: &Cx, state: &State) -> Decision {
         return stop_leftovers(cx, Decision::because("STANDBY: no main peer configured, nothing to take over from"));
     };
     match mode {
-        Mode::Active if main.reachable && main.consecutive_successes >= cx.failback_after => stop_telephony(
-            cx,
-            format!(
-                "main {} answers again {}/{} checks: stopping telephony on this node ({}), back to STANDBY (automatic failback)",
-                main.id,
-                cx.failback_after,
-                cx.failback_after,
-                cx.me()
-            ),
-        ),
+        Mode::Active if main.reachable && main.consecutive_successes >= cx.failback_after => {
+            fail_back(cx, format!("main {} answers again {}/{} checks", main.id, cx.failback_after, cx.failback_after))
+        }
         Mode::Active if main.reachable => {
             ensure_running(cx, Decision::because(format!("ACTIVE; main {} answers {}/{} checks before failback", main.id, main.consecutive_successes, cx.failback_after)))
         }
@@ -323,10 +399,15 @@ impl Policy for Xivo {
             main,
             order,
         };
+        if tick.node.mode != Mode::Active {
+            state.stepping_down = false;
+        }
         let d = if matches!(tick.node.mode, Mode::Off | Mode::Failed) {
             out_of_group(&cx, state)
         } else if let Some(d) = tick.operator.and_then(|r| operator(&cx, r, state)) {
             d
+        } else if state.stepping_down {
+            step_down(&cx, "operator standby".to_string())
         } else if cx.is_main() {
             main_rules(&cx, state)
         } else {

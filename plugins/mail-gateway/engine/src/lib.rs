@@ -23,6 +23,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
+use vigil_sdk::handover::{self, Handover, StepDown};
 use vigil_sdk::prelude::*;
 use vigil_sdk::Service;
 
@@ -154,6 +155,12 @@ pub struct State {
     pub push_queue_due: bool,
     /// Configuration warnings already raised (each is raised once).
     pub warned: BTreeSet<String>,
+    /// This node takes the role from a live peer and waits for it to report STANDBY.
+    pub handover: Option<Handover>,
+    /// This node gives the role up: its stops are issued, it reports its new mode once they finished.
+    pub stepping_down: Option<StepDown>,
+    /// After an abandoned hand-over, failback waits until this tick time before asking again.
+    pub failback_after_ms: Option<u64>,
 }
 
 /// How many consecutive "nobody is active" checks the primary waits before it takes the role: two,
@@ -244,6 +251,23 @@ impl<'a> Cx<'a> {
 
     fn active_peer(&self) -> Option<&'a Remote> {
         self.peers.iter().find(|(_, s)| *s == Peer::Active).map(|(p, _)| *p)
+    }
+
+    /// Whether `p` has been lost for the full failover threshold: every heartbeat path and, when they
+    /// count, every remote service.
+    fn lost_for_threshold(&self, p: &Remote) -> bool {
+        let n = self.n.lost;
+        p.consecutive_failures >= n
+            && (!self.cfg.remote_services_as_heartbeat || p.services.iter().all(|s| !s.ok && s.consecutive_failures >= n))
+    }
+
+    /// Whether this node may take the role without waiting for `p`: it answers STANDBY now (so its
+    /// services are stopped, see `vigil_sdk::handover`), it answers OFF or FAILED (a local failure took
+    /// it out: the failover rule takes over from it at once, as before), or it has been lost for the
+    /// full threshold.
+    fn released(&self, p: &Remote) -> bool {
+        let out = p.reachable && p.report.as_ref().is_some_and(|r| matches!(r.mode, Mode::Off | Mode::Failed));
+        handover::confirms_standby(p) || out || self.lost_for_threshold(p)
     }
 
     /// The least run of successes over the local monitors (`u32::MAX` without monitors).
@@ -373,6 +397,145 @@ fn leave_active(cx: &Cx, mode: Mode, reason: String) -> Decision {
     d
 }
 
+/// Hand the role to a live peer break-before-make (`vigil_sdk::handover`): release the VIPs and stop
+/// the services as [`leave_active`] does, but keep reporting ACTIVE until the stops finished and every
+/// service reads stopped ([`finish_step_down`] then reports STANDBY), so a peer waiting for this
+/// node's STANDBY never starts its services beside ours. Real failures (local monitoring) still
+/// leave at once: [`leave_active`].
+fn step_down(cx: &Cx, state: &mut State, reason: String) -> Decision {
+    state.handover = None;
+    if cx.tick.node.mode != Mode::Active || handover::stopped(cx.tick, &cx.order).is_ok() {
+        state.stepping_down = None;
+        return leave_active(cx, Mode::Standby, reason);
+    }
+    state.stepping_down = Some(StepDown { why: reason.clone(), attempts: 0 });
+    let mut d = leave_active(cx, Mode::Standby, format!("{reason}: stopping the services first, STANDBY once they are stopped"));
+    d.mode = None;
+    d
+}
+
+/// A node stepping down: its new mode once its stops finished and every service reads stopped; a
+/// service that would not stop is stopped again, and after [`handover::STOP_ATTEMPTS`] rounds the node
+/// gives up the hand-over and keeps the role with its VIPs and services back (one active node).
+fn finish_step_down(cx: &Cx, state: &mut State, step: StepDown) -> Decision {
+    match handover::stopped(cx.tick, &cx.order) {
+        Ok(()) => {
+            state.stepping_down = None;
+            Decision::to(Mode::Standby, format!("{}: services stopped, this node ({}) now reports STANDBY", step.why, cx.me()))
+        }
+        Err(left) if left.is_empty() => {
+            state.stepping_down = Some(step.clone());
+            Decision::because(format!("{}: waiting for the stop actions before reporting STANDBY", step.why))
+        }
+        Err(left) => {
+            let attempts = step.attempts + 1;
+            if attempts >= handover::STOP_ATTEMPTS {
+                state.stepping_down = None;
+                let text = format!("could not stop {} after {attempts} attempts: hand-over abandoned, this node ({}) stays ACTIVE", left.join(", "), cx.me());
+                let mut d = go_active(cx, text.clone(), &[]).alarm(Level::Error, text);
+                d.mode = None;
+                return d;
+            }
+            let mut d = Decision::because(format!(
+                "{}: {} not stopped, stopping again (attempt {}/{}) before reporting STANDBY",
+                step.why,
+                left.join(", "),
+                attempts + 1,
+                handover::STOP_ATTEMPTS
+            ));
+            for name in left.iter().rev() {
+                d = d.stop(name);
+            }
+            state.stepping_down = Some(StepDown { attempts, ..step });
+            d
+        }
+    }
+}
+
+/// Take the role from live peers break-before-make: when every peer is released ([`Cx::released`])
+/// switch now; otherwise command them to stand by and wait in STANDBY ([`handover_progress`]). `why`
+/// says what asks for the switch.
+fn take_role(cx: &Cx, state: &mut State, why: &str) -> Decision {
+    state.stepping_down = None;
+    let peers = cx.peer_ids();
+    let waiting: Vec<&str> = cx.peers.iter().filter(|(p, _)| !cx.released(p)).map(|(p, _)| p.id.as_str()).collect();
+    if waiting.is_empty() {
+        state.handover = None;
+        return go_active(cx, format!("{why}: switch this node ({}) to ACTIVE, peers to STANDBY", cx.me()), &peers);
+    }
+    let timeout = handover::DEFAULT_TIMEOUT_MS;
+    state.handover = Some(Handover::new(why, cx.tick.now_ms, timeout));
+    let mut d = Decision::because(format!(
+        "{why}: break-before-make: asking {} to stand by; this node ({}) stays STANDBY until {} reports STANDBY with its services stopped (at most {} s)",
+        waiting.iter().map(|n| format!("peer {n}")).collect::<Vec<_>>().join(", "),
+        cx.me(),
+        if waiting.len() == 1 { "it" } else { "each" },
+        timeout / 1000
+    ));
+    for p in waiting {
+        d = d.command_peer(Some(p), PeerCommand::GoStandby);
+    }
+    // The wait happens in standby, where the hand-over's progress is followed (from off or failed
+    // too: an operator restore there means "take the role").
+    if cx.tick.node.mode != Mode::Standby {
+        d.mode = Some(Mode::Standby);
+    }
+    d
+}
+
+/// A hand-over under way: switch once every peer is released, give up at the deadline.
+fn handover_progress(cx: &Cx, state: &mut State) -> Option<Decision> {
+    let h = state.handover.clone()?;
+    let now = cx.tick.now_ms;
+    let waiting: Vec<&Remote> = cx.peers.iter().filter(|(p, _)| !cx.released(p)).map(|(p, _)| *p).collect();
+    if waiting.is_empty() {
+        state.handover = None;
+        let how = cx
+            .peers
+            .iter()
+            .map(|(p, _)| {
+                if handover::confirms_standby(p) {
+                    format!("peer {} reports STANDBY with its services stopped", p.id)
+                } else if p.reachable {
+                    format!("peer {} reports {}", p.id, word(p.report.as_ref().map_or(Mode::Off, |r| r.mode)))
+                } else {
+                    format!("peer {}: heartbeat lost {}", p.id, lost_detail(cx, p))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Some(go_active(cx, format!("{}: {how}: switch this node ({}) to ACTIVE", h.why, cx.me()), &[]));
+    }
+    let names = waiting.iter().map(|p| format!("peer {}", p.id)).collect::<Vec<_>>().join(", ");
+    if h.expired(now) {
+        state.handover = None;
+        state.failback_after_ms = Some(now.saturating_add(handover::DEFAULT_TIMEOUT_MS));
+        let text = format!(
+            "hand-over abandoned ({}): {names} did not report STANDBY within {} s; this node ({}) stays STANDBY",
+            h.why,
+            handover::DEFAULT_TIMEOUT_MS / 1000,
+            cx.me()
+        );
+        return Some(stop_leftovers(cx, Decision::because(text.clone()).alarm(Level::Warn, text)));
+    }
+    let mut d = Decision::because(format!(
+        "hand-over ({}): waiting for {names} to report STANDBY with its services stopped, {} s left; {}",
+        h.why,
+        h.seconds_left(now),
+        describe_peers(cx)
+    ));
+    // A go-standby that did not arrive (its result failed) is sent again.
+    for p in &waiting {
+        let lost = cx.tick.results.iter().any(|r| {
+            !r.ok && matches!(&r.action, Action::Command(m) if m.peer.as_deref() == Some(p.id.as_str()) && m.command == PeerCommand::GoStandby)
+        });
+        if lost {
+            d = d.command_peer(Some(&p.id), PeerCommand::GoStandby).and_because(&format!("go-standby to peer {} failed, sent again", p.id));
+        }
+    }
+    Some(stop_leftovers(cx, d))
+}
+
 /// Not active, not switching: stop services left running (e.g. by a killed daemon). Not while our own
 /// actions are in flight, whose effect the status does not show yet.
 fn stop_leftovers(cx: &Cx, d: Decision) -> Decision {
@@ -474,19 +637,36 @@ fn sync_failed_again(cx: &Cx, state: &mut State) -> Option<Decision> {
             Some(Decision::to(Mode::Standby, format!("configuration sync succeeded after {} failure(s): this node ({}) rejoins in STANDBY", sync.consecutive_failures.max(1), cx.me())))
         }
         InitialSync::Failed if sync.consecutive_failures >= 2 => {
-            if let Some(peer) = cx.active_peer() {
-                // The off mode exists to prevent two actives: with the primary visibly serving, taking
-                // the role would create exactly that.
-                return Some(Decision::because(format!(
-                    "configuration sync failed {} times, but peer {} answers ACTIVE: staying OFF (two actives is what OFF prevents); check the sync",
+            // The off mode exists to prevent two actives. A peer may still serve unless it answers in
+            // another mode now or has been lost for the full failover threshold: one lost round (the
+            // link trouble that likely failed the sync) is not enough, nor is an answer without a mode.
+            if let Some((peer, _)) = cx.peers.iter().find(|(p, _)| !sync_failure_may_take_over_from(cx, p)) {
+                let seen = match (peer.reachable, peer.report.as_ref().map(|r| r.mode)) {
+                    (true, Some(Mode::Active)) => "answers ACTIVE".to_string(),
+                    (true, _) => "answers without a mode".to_string(),
+                    (false, Some(Mode::Active)) => format!("answered ACTIVE and is lost only {}", lost_detail(cx, peer)),
+                    (false, _) => format!("is lost only {}", lost_detail(cx, peer)),
+                };
+                let text = format!(
+                    "configuration sync failed {} times, but peer {} {seen}: staying OFF (two actives is what OFF prevents); check the sync",
                     sync.consecutive_failures, peer.id
-                )));
+                );
+                let d = if cx.tick.node.mode == Mode::Off { Decision::because(text) } else { Decision::to(Mode::Off, text) };
+                return Some(stop_leftovers(cx, d));
             }
             state.off_cause = None;
-            Some(take_over(cx, format!("configuration sync failed {} times and no peer is active: switch this node ({}) to ACTIVE", sync.consecutive_failures, cx.me()), &[]))
+            Some(take_over(cx, format!("configuration sync failed {} times and no peer is active ({}): switch this node ({}) to ACTIVE", sync.consecutive_failures, describe_peers(cx), cx.me()), &[]))
         }
         _ => None,
     }
+}
+
+/// Whether a secondary whose sync failed again may take the role in spite of `p`: `p` answers now in
+/// a mode that serves nobody (standby, off, failed, hold-off), or has been lost for the full
+/// failover threshold.
+fn sync_failure_may_take_over_from(cx: &Cx, p: &Remote) -> bool {
+    let answers_idle = p.reachable && p.report.as_ref().is_some_and(|r| r.mode != Mode::Active);
+    answers_idle || cx.lost_for_threshold(p)
 }
 
 /// `failed`: wait until the local monitors are good again, then apply the on-failure option.
@@ -499,8 +679,7 @@ fn recovery(cx: &Cx, state: &mut State) -> Decision {
     }
     match cx.cfg.on_failure {
         OnFailure::RestoreOriginalRole if cx.is_primary() => {
-            let peers = cx.peer_ids();
-            go_active(cx, format!("recovered: local monitors good {s}/{s} checks: restore original role, switch this node ({}) to ACTIVE, peers to STANDBY", cx.me()), &peers)
+            take_role(cx, state, &format!("recovered: local monitors good {s}/{s} checks: restore original role"))
         }
         OnFailure::RestoreOriginalRole => Decision::to(Mode::Standby, format!("recovered: local monitors good {s}/{s} checks: restore original role (secondary): STANDBY")),
         OnFailure::RestoreSlaveRole | OnFailure::SwitchOff => {
@@ -511,15 +690,18 @@ fn recovery(cx: &Cx, state: &mut State) -> Decision {
     }
 }
 
-/// The operator's requests (delivered once).
-fn operator(cx: &Cx, request: OperatorRequest, state: &mut State) -> Decision {
-    match request {
+/// The operator's requests (delivered once). `None` lets a step-down under way go on.
+fn operator(cx: &Cx, request: OperatorRequest, state: &mut State) -> Option<Decision> {
+    if state.stepping_down.is_some() && matches!(request, OperatorRequest::RestartHa | OperatorRequest::PlannedReboot) {
+        return None;
+    }
+    Some(match request {
         OperatorRequest::Active => take_by_operator(cx, state, "operator switch active"),
         OperatorRequest::Standby => release_by_operator(cx, state, "operator switch to slave mode (standby)"),
         OperatorRequest::Restore => restore(cx, state),
         OperatorRequest::RestartHa => Decision::because(format!("operator restart-ha: nothing to restart, this node is {}", word(cx.tick.node.mode))),
         OperatorRequest::PlannedReboot => planned_reboot(cx),
-    }
+    })
 }
 
 /// "click HERE to restore configured operating mode": primary active, secondary standby.
@@ -538,22 +720,26 @@ fn take_by_operator(cx: &Cx, state: &mut State, why: &str) -> Decision {
         return Decision::because(text.clone()).alarm(Level::Warn, text);
     }
     let peers = cx.peer_ids();
-    let mut d = go_active(cx, format!("{why}: switch this node ({}) to ACTIVE, peers to STANDBY", cx.me()), &peers);
-    if cx.tick.node.mode == Mode::Active {
-        d.mode = None;
-        d.reason = format!("{why}: this node ({}) is already ACTIVE; VIPs and services ensured, peers told to stand by", cx.me());
+    if cx.tick.node.mode != Mode::Active {
+        return take_role(cx, state, why);
     }
+    // Already active (or stepping down, which this cancels).
+    state.stepping_down = None;
+    let mut d = go_active(cx, format!("{why}: switch this node ({}) to ACTIVE, peers to STANDBY", cx.me()), &peers);
+    d.mode = None;
+    d.reason = format!("{why}: this node ({}) is already ACTIVE; VIPs and services ensured, peers told to stand by", cx.me());
     d
 }
 
 fn release_by_operator(cx: &Cx, state: &mut State, why: &str) -> Decision {
     state.operator_hold = true;
     state.yielded = true;
+    state.handover = None;
     let peers = cx.peer_ids();
     let mut d = if cx.tick.node.mode == Mode::Standby {
         Decision::because(format!("{why}: this node ({}) is already STANDBY; asking peers to take the role", cx.me()))
     } else {
-        leave_active(cx, Mode::Standby, format!("{why}: switch this node ({}) to STANDBY, peers to ACTIVE", cx.me()))
+        step_down(cx, state, format!("{why}: switch this node ({}) to STANDBY, peers to ACTIVE", cx.me()))
     };
     for p in peers {
         d = d.command_peer(Some(p), PeerCommand::GoActive);
@@ -589,12 +775,12 @@ fn peer_command(cx: &Cx, state: &mut State) -> Option<Decision> {
         PeerCommand::GoStandby if mode == Mode::Active || mode == Mode::HoldOff => {
             state.yielded = true;
             state.hold_until_ms = None;
-            Some(leave_active(cx, Mode::Standby, format!("peer {from} holds the role and commands go-standby: switch this node ({}) to STANDBY", cx.me())))
+            Some(step_down(cx, state, format!("peer {from} holds the role and commands go-standby: switch this node ({}) to STANDBY", cx.me())))
         }
         PeerCommand::GoActive if mode != Mode::Active => Some(if cx.tick.sync.initial == InitialSync::Pending {
             Decision::because(format!("peer {from} commands go-active: refused, initial configuration sync still pending"))
         } else {
-            go_active(cx, format!("peer {from} hands over and commands go-active: switch this node ({}) to ACTIVE", cx.me()), &[])
+            take_role(cx, state, &format!("peer {from} hands over and commands go-active"))
         }),
         PeerCommand::PlannedReboot if mode == Mode::Standby => {
             let Some(hold) = cx.cfg.planned_reboot_hold_ms else {
@@ -714,7 +900,7 @@ fn two_actives(cx: &Cx, state: &mut State) -> Option<Decision> {
             }
             _ => {
                 state.push_queue_due = true;
-                let d = leave_active(cx, Mode::Standby, format!("two actives: {count}: the secondary took over during the heartbeat outage; restore slave role: this node ({}) goes STANDBY", cx.me()));
+                let d = step_down(cx, state, format!("two actives: {count}: the secondary took over during the heartbeat outage; restore slave role: this node ({}) goes STANDBY", cx.me()));
                 push_queue(cx, state, d)
             }
         });
@@ -722,7 +908,7 @@ fn two_actives(cx: &Cx, state: &mut State) -> Option<Decision> {
     let limit = n.saturating_mul(3);
     if seen >= limit {
         state.yielded = true;
-        return Some(leave_active(cx, Mode::Standby, format!("two actives: peer {} still ACTIVE after {limit} checks: this node (secondary) gives way, STANDBY", other.id)));
+        return Some(step_down(cx, state, format!("two actives: peer {} still ACTIVE after {limit} checks: this node (secondary) gives way, STANDBY", other.id)));
     }
     Some(Decision::because(format!("two actives: peer {} seen ACTIVE {seen} checks: waiting for the primary to resolve (this node gives way after {limit})", other.id)))
 }
@@ -766,7 +952,10 @@ fn standby_rules(cx: &Cx, state: &mut State) -> Decision {
     if let Some(d) = failover(cx, &peers) {
         return d;
     }
-    if let Some(d) = failback(cx, state, &peers) {
+    if let Some(d) = handover_progress(cx, state) {
+        return d;
+    }
+    if let Some(d) = failback(cx, state) {
         return d;
     }
     if let Some(d) = nobody_active(cx, state, &peers) {
@@ -781,17 +970,13 @@ fn standby_rules(cx: &Cx, state: &mut State) -> Decision {
 /// effective HA operating mode to become the new primary unit"). A peer that says it is `off` or
 /// `failed` serves nobody: take over at once.
 fn failover(cx: &Cx, peers: &[&str]) -> Option<Decision> {
-    let n = cx.n.lost;
     if let Some((p, Peer::Out(m))) = cx.peers.iter().find(|(_, s)| matches!(s, Peer::Out(_))) {
         if cx.peers.iter().all(|(_, s)| !matches!(s, Peer::Active)) {
             return Some(take_over(cx, format!("peer {} reports {}: switch this node ({}) to ACTIVE", p.id, word(*m), cx.me()), peers));
         }
     }
     let services_count = cx.cfg.remote_services_as_heartbeat;
-    let lost = |p: &Remote| {
-        p.consecutive_failures >= n && (!services_count || p.services.iter().all(|s| !s.ok && s.consecutive_failures >= n))
-    };
-    if cx.peers.iter().all(|(p, _)| lost(p)) {
+    if cx.peers.iter().all(|(p, _)| cx.lost_for_threshold(p)) {
         let what = if services_count && cx.peers.iter().any(|(p, _)| !p.services.is_empty()) {
             "heartbeat and remote services lost"
         } else {
@@ -805,8 +990,11 @@ fn failover(cx: &Cx, peers: &[&str]) -> Option<Decision> {
 
 /// A configured primary with failback (or restore-original-role) takes the role back from the active
 /// secondary once its local monitors and the peer link have been good `successes` checks.
-fn failback(cx: &Cx, state: &State, peers: &[&str]) -> Option<Decision> {
+fn failback(cx: &Cx, state: &mut State) -> Option<Decision> {
     if !cx.is_primary() || !failback_enabled(cx) || state.operator_hold {
+        return None;
+    }
+    if state.failback_after_ms.is_some_and(|t| cx.tick.now_ms < t) {
         return None;
     }
     let other = cx.active_peer()?;
@@ -814,7 +1002,7 @@ fn failback(cx: &Cx, state: &State, peers: &[&str]) -> Option<Decision> {
     if healthy_for(cx) < s {
         return None;
     }
-    Some(go_active(cx, format!("failback: local health good {s}/{s} checks, peer {} ACTIVE: restore original role, switch this node ({}) to ACTIVE", other.id, cx.me()), peers))
+    Some(take_role(cx, state, &format!("failback: local health good {s}/{s} checks, peer {} ACTIVE: restore original role", other.id)))
 }
 
 fn failback_enabled(cx: &Cx) -> bool {
@@ -900,10 +1088,20 @@ pub fn decide(cfg: &Config, tick: &Tick, state: &mut State) -> Decision {
     }
     observe(&cx, state);
     let before = tick.node.mode;
+    if before != Mode::Active {
+        // A step-down ends in its new mode; one found in another mode is a leftover.
+        state.stepping_down = None;
+    }
+    if matches!(before, Mode::Off | Mode::Failed) {
+        state.handover = None;
+    }
     let d = if matches!(before, Mode::Off | Mode::Failed) {
         out_of_group(&cx, state)
-    } else if let Some(r) = tick.operator {
-        operator(&cx, r, state)
+    } else if let Some(d) = tick.operator.and_then(|r| operator(&cx, r, state)) {
+        d
+    } else if let Some(step) = state.stepping_down.clone() {
+        // Peer commands wait too: the step-down already does what either would ask.
+        finish_step_down(&cx, state, step)
     } else if let Some(d) = peer_command(&cx, state) {
         d
     } else if before == Mode::HoldOff {
@@ -920,6 +1118,9 @@ pub fn decide(cfg: &Config, tick: &Tick, state: &mut State) -> Decision {
             state.operator_hold = false;
             state.push_queue_due = false;
             state.off_cause = None;
+            state.handover = None;
+            state.stepping_down = None;
+            state.failback_after_ms = None;
         }
         Some(m) if m != Mode::Active && before == Mode::Active => state.seen_active = 0,
         _ => {}

@@ -1,0 +1,84 @@
+//! Break-before-make hand-over of the active role, the pieces every pair plugin shares.
+//!
+//! The host sets a node's reported mode the moment a decision names it, and runs the decision's
+//! actions afterwards on its queue. So a node that went `standby` in the same decision that stops its
+//! services reports STANDBY while they still run, and a node that went `active` with its starts
+//! reports ACTIVE before they ran. A hand-over between two live nodes therefore follows two rules:
+//!
+//! - **The node giving up the role** stops its services first and keeps its mode until the stops
+//!   have finished and every service reads `stopped` ([`StepDown`], [`stopped`]): its peer reading
+//!   STANDBY in a heartbeat answer is then the proof that nothing runs there any more.
+//! - **The node taking the role** asks its peers to stand by and stays standby ([`Handover`]) until
+//!   each answers STANDBY ([`confirms_standby`]) or has failed the full failure threshold (the
+//!   ordinary failover rule), or the hand-over's deadline passes (it then gives up and stays standby).
+//!
+//! Real failures are not hand-overs: a peer that stopped answering is taken over from after the
+//! failure threshold, without waiting for anything.
+
+use crate::{Mode, Remote, Service, ServiceState, Tick};
+use serde::{Deserialize, Serialize};
+
+/// How long a node waits for its peers to confirm STANDBY when a policy does not say: services
+/// may take many seconds to stop (a PBX), and giving up early only leaves the role where it was.
+pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+
+/// Stop attempts a node stepping down makes before it gives up and keeps the role.
+pub const STOP_ATTEMPTS: u32 = 3;
+
+/// A hand-over this node started as the taker: it asked its peers to stand by and waits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handover {
+    /// Why this node takes the role (the rule or request that started the hand-over).
+    pub why: String,
+    /// Tick time after which it gives up (ms since the epoch).
+    pub deadline_ms: u64,
+}
+
+impl Handover {
+    /// A hand-over started at `now_ms` that waits at most `timeout_ms`.
+    pub fn new(why: impl Into<String>, now_ms: u64, timeout_ms: u64) -> Handover {
+        Handover { why: why.into(), deadline_ms: now_ms.saturating_add(timeout_ms) }
+    }
+
+    /// Whole seconds left at `now_ms` (rounded up).
+    pub fn seconds_left(&self, now_ms: u64) -> u64 {
+        self.deadline_ms.saturating_sub(now_ms).div_ceil(1000)
+    }
+
+    /// Whether the deadline has passed at `now_ms`.
+    pub fn expired(&self, now_ms: u64) -> bool {
+        now_ms >= self.deadline_ms
+    }
+}
+
+/// This node is giving up the active role: its stops are issued, it stays ACTIVE until they finished
+/// and reports STANDBY then.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepDown {
+    /// Why it steps down.
+    pub why: String,
+    /// Stop rounds that finished with a service still not stopped.
+    #[serde(default)]
+    pub attempts: u32,
+}
+
+/// Whether `peer` proves it serves nothing: it answered this round and reports STANDBY. Holds for a
+/// peer that follows [`StepDown`] (it reports STANDBY only after its stops finished).
+pub fn confirms_standby(peer: &Remote) -> bool {
+    peer.reachable && peer.report.as_ref().is_some_and(|r| r.mode == Mode::Standby)
+}
+
+/// What still keeps a node stepping down from reporting its new mode: `Ok` when no action of its own
+/// is queued or running and every service in `services` reads `stopped`; otherwise the names of the
+/// services not yet stopped (empty while actions are still in flight).
+pub fn stopped<'a>(tick: &Tick, services: &[&'a Service]) -> Result<(), Vec<&'a str>> {
+    if tick.pending_actions > 0 {
+        return Err(Vec::new());
+    }
+    let left: Vec<&str> = services.iter().filter(|s| s.state != ServiceState::Stopped).map(|s| s.name.as_str()).collect();
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(left)
+    }
+}
