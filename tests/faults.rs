@@ -97,24 +97,14 @@ async fn a_flapping_link_ends_with_exactly_one_active_node() {
     );
 }
 
-/// libfaketime, which skews a process's wall clock (`.ci/run` installs Debian's `faketime`).
-const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_skewed_peer_clock_is_measured_and_reported() {
-    if !std::path::Path::new(FAKETIME).exists() {
-        println!("SKIPPED: libfaketime is not installed (apt-get install faketime)");
-        return;
-    }
+    // b's wall clock runs 5 s ahead: within the 30 s signature window, over the default 2 s warning
+    // threshold.
+    let Some(skewed) = vigil_tests::faketime::skewed_clock("+5s") else { return };
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::hot_standby_pair(vigil_bin(), dir.path(), &spec()).unwrap();
-    // b's wall clock runs 5 s ahead (its monotonic clock is left alone): within the 30 s signature
-    // window, over the default 2 s warning threshold.
-    cluster.spec_mut(1).env = vec![
-        ("LD_PRELOAD".into(), FAKETIME.into()),
-        ("FAKETIME".into(), "+5s".into()),
-        ("DONT_FAKE_MONOTONIC".into(), "1".into()),
-    ];
+    cluster.spec_mut(1).env = skewed;
     cluster.start(0).unwrap();
     cluster.start(1).unwrap();
     settles(&cluster, Duration::from_secs(20), Duration::from_millis(300)).await;

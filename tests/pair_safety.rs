@@ -208,22 +208,12 @@ async fn a_command_captured_before_a_restart_is_refused_after_it() {
     assert!(!events.contains("command go-standby received"), "the replay was not delivered: {events}");
 }
 
-/// libfaketime, which skews a process's wall clock (`.ci/run` installs Debian's `faketime`).
-const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_peer_clock_40_s_ahead_is_reachable_and_skewed_never_dead() {
-    if !std::path::Path::new(FAKETIME).exists() {
-        println!("SKIPPED: libfaketime is not installed (apt-get install faketime)");
-        return;
-    }
+    let Some(skewed) = vigil_tests::faketime::skewed_clock("+40s") else { return };
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::hot_standby_pair(vigil_bin(), dir.path(), &spec()).unwrap();
-    cluster.spec_mut(1).env = vec![
-        ("LD_PRELOAD".into(), FAKETIME.into()),
-        ("FAKETIME".into(), "+40s".into()),
-        ("DONT_FAKE_MONOTONIC".into(), "1".into()),
-    ];
+    cluster.spec_mut(1).env = skewed;
     cluster.start(0).unwrap();
     cluster.start(1).unwrap();
     cluster.wait_for(Duration::from_secs(20), exactly_one_active).await.expect("one active node despite the skew");
