@@ -62,10 +62,6 @@ const HANDOVER_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 1_000..=3_600_000;
 /// Upper bound for every count: beyond this a typo (e.g. 500 instead of 5) is more likely than intent.
 const MAX_COUNT: u32 = 1000;
 
-/// How many consecutive "nobody is active" checks the primary waits before it takes the role. Two,
-/// so that one stale answer of a peer that is switching right now is not enough.
-const IDLE_CHECKS_PRIMARY: u32 = 2;
-
 /// What the plugin remembers between ticks. Every field defaults, so an older state still loads.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -798,13 +794,11 @@ fn rollback_progress(cx: &Cx, state: &State, d: Decision) -> Decision {
 }
 
 /// Nobody is active (both servers restarted together, or a hand-over did not complete): the seed's
-/// "a mechanism forces the primary server to run and the backup to idle". The primary claims after
-/// two such checks; the backup — or a node that just gave the role away — only after the primary
-/// has had twice the failover count more, as a safety net.
+/// "a mechanism forces the primary server to run and the backup to idle"; who claims when is
+/// [`vigil_sdk::handover::nobody_active_wait`].
 fn nobody_active(cx: &Cx, state: &State, peers: &[&str]) -> Option<Decision> {
     let fast = cx.is_primary() && !state.yielded;
-    let slow = IDLE_CHECKS_PRIMARY + cx.n.failures.saturating_mul(2);
-    let needed = if fast { IDLE_CHECKS_PRIMARY } else { slow };
+    let needed = vigil_sdk::handover::nobody_active_wait(cx.is_primary(), state.yielded, cx.n.failures);
     if state.idle < needed {
         return None;
     }

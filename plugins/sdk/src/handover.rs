@@ -82,3 +82,24 @@ pub fn stopped<'a>(tick: &Tick, services: &[&'a Service]) -> Result<(), Vec<&'a 
         Err(left)
     }
 }
+/// How many consecutive "nobody is active" checks a node waits before it claims the role, when every
+/// node of the pair answers and none is active (both restarted together, a hand-over that did not
+/// complete). The primary claims first (`IDLE_CHECKS` checks: one stale answer of a peer switching
+/// right now is not enough); the backup after `threshold` twice more, as a safety net; a node that
+/// just gave the role away later still, a yielded primary before a yielded backup. No two nodes wait
+/// the same number (apart by at least two, since their counts may be a round apart): two that claimed
+/// in the same tick would command each other to stand by, obey, and start over with nobody active.
+pub fn nobody_active_wait(primary: bool, yielded: bool, threshold: u32) -> u32 {
+    let slow = IDLE_CHECKS.saturating_add(threshold.saturating_mul(2));
+    let gap = threshold.max(2);
+    match (primary, yielded) {
+        (true, false) => IDLE_CHECKS,
+        (false, false) => slow,
+        (true, true) => slow.saturating_add(gap),
+        (false, true) => slow.saturating_add(gap.saturating_mul(2)),
+    }
+}
+
+/// Checks the primary waits in [`nobody_active_wait`].
+pub const IDLE_CHECKS: u32 = 2;
+

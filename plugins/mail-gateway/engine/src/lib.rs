@@ -163,10 +163,6 @@ pub struct State {
     pub failback_after_ms: Option<u64>,
 }
 
-/// How many consecutive "nobody is active" checks the primary waits before it takes the role: two,
-/// so that one stale answer of a peer switching right now is not enough.
-const IDLE_CHECKS_PRIMARY: u32 = 2;
-
 /// The counts this tick runs with.
 #[derive(Debug, Clone, Copy)]
 struct Counts {
@@ -580,16 +576,16 @@ fn push_queue(cx: &Cx, state: &mut State, d: Decision) -> Decision {
 /// configuration is synchronized (by the host). Nothing fails over, nothing is monitored.
 fn config_only(cx: &Cx) -> Decision {
     let role = if cx.is_primary() { "config primary" } else { "config secondary" };
-    if let Some(r) = cx.tick.operator {
-        return Decision::because(format!(
-            "config-only group ({role}): operator {} has no mode to switch; only `vigil sync` applies",
-            request_word(r)
-        ));
+    let d = if cx.tick.node.mode != Mode::Active {
+        Decision::to(Mode::Active, format!("config-only group ({role}): every node serves; only the configuration is synchronized"))
+    } else {
+        Decision::because(format!("config-only group ({role}): serving; configuration sync only, no failover"))
+    };
+    // An operator request changes nothing here, not even on the first tick.
+    match cx.tick.operator {
+        Some(r) => d.and_because(&format!("operator {} has no mode to switch; only `vigil sync` applies", request_word(r))),
+        None => d,
     }
-    if cx.tick.node.mode != Mode::Active {
-        return Decision::to(Mode::Active, format!("config-only group ({role}): every node serves; only the configuration is synchronized"));
-    }
-    Decision::because(format!("config-only group ({role}): serving; configuration sync only, no failover"))
 }
 
 /// `off` / `failed`.
@@ -1027,11 +1023,11 @@ fn failback_progress(cx: &Cx, state: &State, d: Decision) -> Decision {
 }
 
 /// Nobody active (both restarted together, a hand-over that did not complete, the primary back from a
-/// planned reboot while the secondary holds off): the primary claims after two such checks; the
-/// secondary — or a node that just gave the role away — only after 2 + 2 × the count.
+/// planned reboot while the secondary holds off); who claims when is
+/// [`vigil_sdk::handover::nobody_active_wait`].
 fn nobody_active(cx: &Cx, state: &State, peers: &[&str]) -> Option<Decision> {
     let fast = cx.is_primary() && !state.yielded;
-    let needed = if fast { IDLE_CHECKS_PRIMARY } else { IDLE_CHECKS_PRIMARY + cx.n.lost.saturating_mul(2) };
+    let needed = vigil_sdk::handover::nobody_active_wait(cx.is_primary(), state.yielded, cx.n.lost);
     if state.idle < needed {
         return None;
     }
