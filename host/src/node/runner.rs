@@ -207,7 +207,7 @@ impl NodeLoop {
         let targets = Targets::from_config(config);
         let prober = prober_for(config, state.verifier.keys().to_vec(), state.clock.clone(), HttpClient::new());
         // The traffic relay of the policy's `[relay]`: started on the first tick, kept in line with reloads.
-        let relay = Arc::new(crate::relay::RelayHost::default());
+        let relay = Arc::new(crate::relay::RelayHost::with_memory(config.node.data_dir.join("route-target")));
         // The policy's `[[vip]]` addresses; what `set` replaced survives a restart in the data directory.
         let vips = crate::vip::Vips::new(Some(config.node.data_dir.join("vip-replaced.json")));
         let delegate = Arc::new(HostDelegate { state: state.clone(), prober: prober.clone(), targets: targets.clone(), relay: relay.clone(), vips });

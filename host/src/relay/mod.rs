@@ -269,10 +269,14 @@ async fn connect(client: TcpStream, shared: &Shared) -> Option<(std::net::TcpStr
 
 /// The relay of the node's current policy. The daemon calls [`RelayHost::sync`] on every tick with the
 /// policy's `[relay]`: the first call starts the relay, a changed section after a hot reload updates or
-/// re-creates it, a removed one stops it. The current target survives a reload when it still exists.
+/// re-creates it, a removed one stops it. The current target survives a reload when it still exists,
+/// and, with a route hook, a restart of the daemon: the system the hook moved (an nginx upstream)
+/// still sends traffic where the last hook put it, so that is where the relay starts.
 #[derive(Debug, Default)]
 pub struct RelayHost {
     inner: Mutex<Slot>,
+    /// Where the target of the last successful route hook is kept across restarts.
+    memory: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Default)]
@@ -283,6 +287,26 @@ struct Slot {
 }
 
 impl RelayHost {
+    /// A relay host that remembers its route hook's target in the file `memory`.
+    pub fn with_memory(memory: std::path::PathBuf) -> RelayHost {
+        RelayHost { inner: Mutex::default(), memory: Some(memory) }
+    }
+
+    /// The target the last successful route hook set, before this daemon started.
+    fn remembered(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.memory.as_ref()?).ok()?;
+        Some(text.trim().to_string()).filter(|t| !t.is_empty())
+    }
+
+    /// Keep `target` as the hook's last target (a temporary file renamed over the old one).
+    fn remember(&self, target: &str) -> Result<(), String> {
+        let Some(path) = &self.memory else { return Ok(()) };
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{target}\n"))
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+
     /// Bring the relay in line with `spec`. Returns a note when something changed, an error when the
     /// listener could not be bound (not retried until the spec changes, so a busy port is reported
     /// once, not every tick).
@@ -301,7 +325,12 @@ impl RelayHost {
             relay.update(spec);
             return Ok(Some(format!("traffic relay updated: new connections go to {}", relay.current())));
         }
-        let carried = slot.relay.as_ref().map(|r| r.current()).filter(|c| spec.targets.contains_key(c));
+        let carried = slot
+            .relay
+            .as_ref()
+            .map(|r| r.current())
+            .or_else(|| spec.hook.as_ref().and_then(|_| self.remembered()))
+            .filter(|c| spec.targets.contains_key(c));
         // Release the old listener first: a re-created relay may listen on an address the old one held.
         slot.relay = None;
         match Relay::start(spec) {
@@ -349,6 +378,9 @@ impl RelayHost {
                 return Err(format!("route hook {name} failed, traffic not moved: {}", outcome.summary()));
             }
             note = format!("; route hook {name}: {}", outcome.summary());
+            if let Err(e) = self.remember(target) {
+                note.push_str(&format!("; cannot remember the target across a restart: {e}"));
+            }
         }
         Ok(format!("{}{note}", relay.route(target)?))
     }
@@ -578,5 +610,33 @@ mod tests {
 
         assert!(host.sync(None).unwrap().unwrap().contains("stopped"));
         assert_eq!(host.current(), None);
+    }
+
+    #[tokio::test]
+    async fn a_restarted_host_starts_where_the_last_route_hook_sent_traffic() {
+        let (main, _m) = echo("main").await;
+        let (standby, _s) = echo("standby").await;
+        let dir = tempfile::tempdir().unwrap();
+        let memory = dir.path().join("route-target");
+        let mut s = spec(&[("main", main), ("standby", standby)], "main");
+        s.listen = None;
+        s.hook = Some("upstream".into());
+        let policy: PolicyFile = toml::from_str("plugin = \"edge\"\n[hooks.upstream]\ncommand = [\"/bin/true\"]\n").unwrap();
+        {
+            let host = RelayHost::with_memory(memory.clone());
+            host.sync(Some(&s)).unwrap();
+            host.route("standby", &policy).await.unwrap();
+        }
+        // kill -9 and restart: nginx still sends traffic to the standby stack.
+        let host = RelayHost::with_memory(memory.clone());
+        host.sync(Some(&s)).unwrap();
+        assert_eq!(host.current().as_deref(), Some("standby"), "the plugin sees where traffic really goes");
+
+        // Without a hook the built-in relay is the traffic: a restart starts it at `initial`.
+        let mut built_in = spec(&[("main", main), ("standby", standby)], "main");
+        built_in.hook = None;
+        let host = RelayHost::with_memory(memory);
+        host.sync(Some(&built_in)).unwrap();
+        assert_eq!(host.current().as_deref(), Some("main"));
     }
 }
