@@ -31,6 +31,10 @@ pub struct HeartbeatAnswer {
     pub now_ms: u64,
     /// The answering node's latest replication sequence: a peer behind it pulls the difference.
     pub seq: u64,
+    /// The answering node's store incarnation (0: unknown, an older node): when it changes, its
+    /// sequence numbers started again and a peer pulls everything from it.
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 impl HeartbeatAnswer {
