@@ -56,7 +56,7 @@
 //! exclude = ["*.swp"]
 //! interval_ms = 10000             # rescan period (file events also trigger a scan)
 //! max_file_mib = 8
-//! max_delete_percent = 50         # a scan deleting more than this share of the files is held
+//! max_delete_percent = 50         # a scan deleting more than this share of the files is held (100: off)
 //! max_delete_files = 100          # ... or more files than this (`vigil sync --confirm-deletes`)
 //! ```
 //!
@@ -295,7 +295,8 @@ pub struct DirectoryConfig {
     #[serde(default = "default_max_file_mib")]
     pub max_file_mib: u64,
     /// A scan that would delete more than this share of the directory's files (percent) is held
-    /// until `vigil sync --confirm-deletes`; 100 turns the share check off.
+    /// until `vigil sync --confirm-deletes`; 100 turns the share check off (an emptied directory is
+    /// then not held either: only the missing-root and other-filesystem checks remain).
     #[serde(default = "default_max_delete_percent")]
     pub max_delete_percent: u32,
     /// A scan that would delete more files than this is held likewise.

@@ -39,7 +39,8 @@ const TMP_PREFIX: &str = ".vigil-tmp-";
 /// `max_delete_percent` and `max_delete_files`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeleteLimits {
-    /// Largest share of the directory's files, in percent (100: no share limit).
+    /// Largest share of the directory's files, in percent (100: no share limit, and an emptied
+    /// directory is not held either).
     pub max_percent: u32,
     /// Largest number of files.
     pub max_files: u64,
@@ -220,7 +221,8 @@ impl DirSync {
         let present: HashSet<&str> = files.iter().map(|(rel, _)| rel.as_str()).collect();
         let deletes: Vec<&Entry> = expected.iter().filter(|e| !present.contains(e.key.as_str())).collect();
         if !confirmed && !expected.is_empty() {
-            if files.is_empty() {
+            // An emptied directory is the extreme share: held unless the share check is off.
+            if files.is_empty() && self.limits.max_percent < 100 {
                 return self.hold_scan(Hold::Empty { root: shown, files: expected.len() });
             }
             // The share is of every file the directory holds or held: old ones gone, new ones there.
@@ -674,6 +676,14 @@ mod tests {
         }
         assert!(matches!(d.scan(&s, 2000), Err(ScanError::Held(Hold::TooManyDeletes { deletes: 4, .. }))));
         assert_eq!(live(&s).len(), 10);
+
+        // With the share check off, emptying the directory is an ordinary scan too.
+        let (s, d) = setup(dir.path(), "e");
+        let d = d.with_limits(DeleteLimits { max_percent: 100, max_files: 100 });
+        fill(&d, 3);
+        d.scan(&s, 1000).unwrap();
+        (0..3).for_each(|i| std::fs::remove_file(d.root.join(format!("f{i:02}"))).unwrap());
+        assert_eq!(d.scan(&s, 2000).unwrap().written.len(), 3);
     }
 
     #[test]
