@@ -335,7 +335,13 @@ pub struct Probe {
 impl NodeConfig {
     /// Read and check a node configuration file. Relative paths in it are relative to the file.
     pub fn read(path: &Path) -> Result<NodeConfig, TomlError> {
-        Self::parse(path, &toml_file::read_text(path)?)
+        let config = Self::parse(path, &toml_file::read_text(path)?)?;
+        // Again with symbolic links resolved, now that the filesystem is at hand: a replicated
+        // directory that reaches vigil's own files through a link is refused too.
+        for (i, d) in config.sync.directories.iter().enumerate() {
+            config.check_sync_path(i, &d.path, resolved)?;
+        }
+        Ok(config)
     }
 
     /// Parse and check the text of the node configuration file at `path` (named in errors; relative
@@ -450,7 +456,7 @@ impl NodeConfig {
             if d.max_delete_files == 0 {
                 return Err(self.err(format!("sync.directory[{i}].max_delete_files"), "expected at least 1 (files one scan may delete)"));
             }
-            self.check_sync_path(i, &d.path)?;
+            self.check_sync_path(i, &d.path, lexical)?;
         }
         if self.events.retention < 100 {
             return Err(self.err("events.retention", "expected at least 100 events"));
@@ -462,9 +468,9 @@ impl NodeConfig {
     /// executes or loads from: any holder of the peer key can write replicated files on every node,
     /// so replicating the policy (its service commands), a plugin, the data directory (the store,
     /// the compiled-plugin cache) or a key would let it run commands or take over every node.
-    /// Compared lexically (`.` and `..` resolved, links not followed: the file is not read here).
-    fn check_sync_path(&self, i: usize, path: &Path) -> Result<(), TomlError> {
-        let synced = lexical(path);
+    /// Paths are compared after `resolve`: lexically when parsing, with links followed when reading.
+    fn check_sync_path(&self, i: usize, path: &Path, resolve: fn(&Path) -> PathBuf) -> Result<(), TomlError> {
+        let synced = resolve(path);
         // (key, path, whether a replicated directory inside it is refused too)
         let mut guarded: Vec<(String, &Path, bool)> = vec![
             ("node.data_dir".into(), &self.node.data_dir, true),
@@ -481,7 +487,7 @@ impl NodeConfig {
             if guarded_path.as_os_str().is_empty() {
                 continue;
             }
-            let g = lexical(guarded_path);
+            let g = resolve(guarded_path);
             let why = "any holder of the peer key could change it on every node and run commands there; replicate a directory that holds none of vigil's own files";
             if g.starts_with(&synced) {
                 return Err(self.err(
@@ -614,6 +620,25 @@ impl NodeConfig {
     }
 }
 
+/// `path` with symbolic links resolved as far as it exists (the rest resolved lexically).
+fn resolved(path: &Path) -> PathBuf {
+    let lex = lexical(path);
+    let mut existing = lex.clone();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return rest.iter().rev().fold(real, |p, part| p.join(part));
+        }
+        match existing.file_name() {
+            Some(name) => {
+                rest.push(name.to_owned());
+                existing.pop();
+            }
+            None => return lex,
+        }
+    }
+}
+
 /// `path` with `.` and `..` resolved without touching the filesystem.
 fn lexical(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
@@ -737,6 +762,11 @@ peer_keys = ["k"]
         }
         read(&format!("{base}/templates")).unwrap();
         read(&format!("{base}/etc-app")).unwrap();
+        // Through a link: refused once the file is read (the filesystem is then at hand).
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("etc"), dir.path().join("templates-link")).unwrap();
+        let e = read(&format!("{base}/templates-link")).unwrap_err();
+        assert!(e.message.contains("node.policy"), "{e}");
     }
 
     #[test]

@@ -327,7 +327,8 @@ impl DirSync {
                 Ok(_) => return Err(format!("{shown}: {} is a file, not a directory", below.display())),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && !put => return Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::create_dir(&below) {
-                    Ok(()) => {}
+                    // The new entry must survive a power loss with the file about to be written in it.
+                    Ok(()) => sync_dir(below.parent().unwrap_or(&self.root))?,
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                     Err(e) => return Err(format!("{}: {e}", below.display())),
                 },
