@@ -367,3 +367,47 @@ async fn a_peer_whose_store_was_reset_is_pulled_from_zero() {
     until_key(&c, 0, "k4", "old", Duration::from_secs(15)).await; // and a gets its keys back from b
     until_event(&c, 1, "was reset or restored").await;
 }
+
+#[test]
+fn a_replicated_directory_holding_the_policy_or_the_keys_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().display().to_string();
+    std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+    std::fs::write(dir.path().join("etc/peer.key"), "0123456789abcdef0123456789abcdef").unwrap();
+    std::fs::write(dir.path().join("etc/policy.toml"), "plugin = \"hot-standby\"\n").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("etc"), dir.path().join("shared-link")).unwrap();
+    for (sync_path, names) in [
+        (format!("{base}/etc"), "contains node.policy"),
+        (format!("{base}/shared-link"), "contains node.policy"),
+        (format!("{base}/data/replicated"), "is inside node.data_dir"),
+    ] {
+        let config = dir.path().join("node.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[node]\nid = \"a\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{base}/data\"\npolicy = \"{base}/etc/policy.toml\"\nplugin_dirs = [{:?}]\n\
+                 [[peer]]\nid = \"b\"\nurl = \"http://127.0.0.1:1\"\n[security]\npeer_keys = [\"{base}/etc/peer.key\"]\n\
+                 [[sync.directory]]\nname = \"shared\"\npath = \"{sync_path}\"\n",
+                plugins_dir().display().to_string()
+            ),
+        )
+        .unwrap();
+        // A daemon that starts despite it is stopped after a while (and the test fails).
+        let mut child = Command::new(vigil_bin())
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{sync_path}: {stderr}");
+        assert!(stderr.contains("sync.directory[0].path") && stderr.contains(names), "{sync_path}: {stderr}");
+    }
+}
