@@ -498,11 +498,12 @@ impl Replicator {
         Ok(report.join("; "))
     }
 
-    /// Scan the replicated directories that are due (or all when `force`), retry pending writes,
-    /// purge old tombstones.
+    /// Scan the replicated directories that are due (or all when `force`), then retry the pending
+    /// writes; purge old tombstones.
     pub fn scan_due(&self, force: bool) {
         let now = self.clock.wall_ms();
         let mut skipped = Vec::new();
+        let mut scanned = false;
         let _files = self.files.lock().expect("files lock");
         for (dir, interval) in self.dirs.iter() {
             let due = {
@@ -517,6 +518,7 @@ impl Replicator {
             if !due {
                 continue;
             }
+            scanned = true;
             let result = dir.scan(&self.store, now);
             let mut st = self.lock();
             match result {
@@ -547,7 +549,11 @@ impl Replicator {
             st.status.held = st.held.values().cloned().collect();
             st.status.held.sort();
         }
-        self.retry_pending();
+        // At the scan's pace (a file event or the directory's interval), not every tick: a write
+        // that fails for want of space is not attempted again ten times a second.
+        if scanned {
+            self.retry_pending();
+        }
         if let Err(e) = self.store.purge_tombstones(now.saturating_sub(self.tombstone_ms)) {
             tracing::warn!(error = %e, "cannot purge old tombstones");
         }
