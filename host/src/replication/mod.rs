@@ -41,9 +41,8 @@ pub const PAGE_BYTES: usize = 4 << 20;
 /// Deadline of one page request.
 const PAGE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// One page of the change feed.
+/// One page of the change feed. Unknown fields are ignored, so a newer node's pages still apply.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Page {
     pub changes: Vec<Change>,
     /// Ask from here next time.
