@@ -75,8 +75,8 @@ pub struct SyncStatus {
     pub lag: HashMap<String, u64>,
     /// Files a scan left out, with why.
     pub skipped: Vec<String>,
-    /// File changes in the store that could not be written to disk yet (retried after every scan and
-    /// batch; never read as deletes).
+    /// File changes in the store that could not be written to disk yet (retried after every scan;
+    /// never read as deletes).
     pub pending_files: u64,
     /// The first of them, with why (`scope/path: error`).
     pub pending: Vec<String>,
