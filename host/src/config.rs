@@ -57,6 +57,8 @@
 //! exclude = ["*.swp"]
 //! interval_ms = 10000             # rescan period (file events also trigger a scan)
 //! max_file_mib = 8
+//! max_delete_percent = 50         # a scan deleting more than this share of the files is held (100: off)
+//! max_delete_files = 100          # ... or more files than this (`vigil sync --confirm-deletes`)
 //! ```
 //!
 //! A probe (`paths`, `services`, `[lan]`, a `[[watch]]` entry) has a `kind`: `vigil` (the signed peer
@@ -306,6 +308,22 @@ pub struct DirectoryConfig {
     pub interval_ms: u64,
     #[serde(default = "default_max_file_mib")]
     pub max_file_mib: u64,
+    /// A scan that would delete more than this share of the directory's files (percent) is held
+    /// until `vigil sync --confirm-deletes`; 100 turns the share check off (an emptied directory is
+    /// then not held either: only the missing-root and other-filesystem checks remain).
+    #[serde(default = "default_max_delete_percent")]
+    pub max_delete_percent: u32,
+    /// A scan that would delete more files than this is held likewise.
+    #[serde(default = "default_max_delete_files")]
+    pub max_delete_files: u64,
+}
+
+fn default_max_delete_percent() -> u32 {
+    50
+}
+
+fn default_max_delete_files() -> u64 {
+    100
 }
 
 fn default_dir_interval() -> u64 {
@@ -331,7 +349,13 @@ pub struct Probe {
 impl NodeConfig {
     /// Read and check a node configuration file. Relative paths in it are relative to the file.
     pub fn read(path: &Path) -> Result<NodeConfig, TomlError> {
-        Self::parse(path, &toml_file::read_text(path)?)
+        let config = Self::parse(path, &toml_file::read_text(path)?)?;
+        // Again with symbolic links resolved, now that the filesystem is at hand: a replicated
+        // directory that reaches vigil's own files through a link is refused too.
+        for (i, d) in config.sync.directories.iter().enumerate() {
+            config.check_sync_path(i, &d.path, resolved)?;
+        }
+        Ok(config)
     }
 
     /// Parse and check the text of the node configuration file at `path` (named in errors; relative
@@ -440,9 +464,57 @@ impl NodeConfig {
             if !(1..=16).contains(&d.max_file_mib) {
                 return Err(self.err(format!("sync.directory[{i}].max_file_mib"), "expected 1 to 16 (larger files do not replicate)"));
             }
+            if !(1..=100).contains(&d.max_delete_percent) {
+                return Err(self.err(
+                    format!("sync.directory[{i}].max_delete_percent"),
+                    format!("expected 1 to 100 (percent of the directory's files one scan may delete), got {}", d.max_delete_percent),
+                ));
+            }
+            if d.max_delete_files == 0 {
+                return Err(self.err(format!("sync.directory[{i}].max_delete_files"), "expected at least 1 (files one scan may delete)"));
+            }
+            self.check_sync_path(i, &d.path, lexical)?;
         }
         if self.events.retention < 100 {
             return Err(self.err("events.retention", "expected at least 100 events"));
+        }
+        Ok(())
+    }
+
+    /// A replicated directory must hold none of vigil's own files, nor be inside a directory vigil
+    /// executes or loads from: any holder of the peer key can write replicated files on every node,
+    /// so replicating the policy (its service commands), a plugin, the data directory (the store,
+    /// the compiled-plugin cache) or a key would let it run commands or take over every node.
+    /// Paths are compared after `resolve`: lexically when parsing, with links followed when reading.
+    fn check_sync_path(&self, i: usize, path: &Path, resolve: fn(&Path) -> PathBuf) -> Result<(), TomlError> {
+        let synced = resolve(path);
+        // (key, path, whether a replicated directory inside it is refused too)
+        let mut guarded: Vec<(String, &Path, bool)> = vec![
+            ("node.data_dir".into(), &self.node.data_dir, true),
+            ("node.policy".into(), &self.node.policy, false),
+            ("the node configuration file".into(), &self.path, false),
+            ("the standard plugin directory".into(), Path::new("/usr/lib/vigil/plugins"), true),
+        ];
+        guarded.extend(self.node.plugin_dirs.iter().enumerate().map(|(j, d)| (format!("node.plugin_dirs[{j}]"), d.as_path(), true)));
+        guarded.extend(self.security.peer_keys.iter().enumerate().map(|(j, k)| (format!("security.peer_keys[{j}]"), k.as_path(), false)));
+        if let Some(t) = &self.security.admin_token_file {
+            guarded.push(("security.admin_token_file".into(), t.as_path(), false));
+        }
+        for (key, guarded_path, no_inside) in guarded {
+            if guarded_path.as_os_str().is_empty() {
+                continue;
+            }
+            let g = resolve(guarded_path);
+            let why = "any holder of the peer key could change it on every node and run commands there; replicate a directory that holds none of vigil's own files";
+            if g.starts_with(&synced) {
+                return Err(self.err(
+                    format!("sync.directory[{i}].path"),
+                    format!("{} contains {key} ({}): {why}", path.display(), guarded_path.display()),
+                ));
+            }
+            if no_inside && synced.starts_with(&g) {
+                return Err(self.err(format!("sync.directory[{i}].path"), format!("{} is inside {key} ({}): {why}", path.display(), guarded_path.display())));
+            }
         }
         Ok(())
     }
@@ -565,6 +637,40 @@ impl NodeConfig {
     }
 }
 
+/// `path` with symbolic links resolved as far as it exists (the rest resolved lexically).
+fn resolved(path: &Path) -> PathBuf {
+    let lex = lexical(path);
+    let mut existing = lex.clone();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return rest.iter().rev().fold(real, |p, part| p.join(part));
+        }
+        match existing.file_name() {
+            Some(name) => {
+                rest.push(name.to_owned());
+                existing.pop();
+            }
+            None => return lex,
+        }
+    }
+}
+
+/// `path` with `.` and `..` resolved without touching the filesystem.
+fn lexical(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
@@ -638,6 +744,56 @@ peer_keys = ["k"]
             let e = parse(text).unwrap_err();
             assert_eq!(e.key.as_deref(), Some(key), "{text}\n{e}");
         }
+    }
+
+    #[test]
+    fn a_replicated_directory_may_not_hold_vigils_own_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().display().to_string();
+        let config = |sync_path: &str| {
+            format!(
+                "[node]\nid = \"a\"\ndata_dir = \"{base}/data\"\npolicy = \"{base}/etc/policy.toml\"\nplugin_dirs = [\"{base}/plugins\"]\n\
+                 [[peer]]\nid = \"b\"\nurl = \"http://127.0.0.1:1\"\n[security]\npeer_keys = [\"{base}/keys/peer.key\"]\nadmin_token_file = \"{base}/etc/admin.token\"\n\
+                 [[sync.directory]]\nname = \"d\"\npath = \"{sync_path}\"\n"
+            )
+        };
+        let path = dir.path().join("node.toml");
+        let read = |sync_path: &str| {
+            std::fs::write(&path, config(sync_path)).unwrap();
+            NodeConfig::read(&path)
+        };
+        for (sync_path, names) in [
+            (format!("{base}/etc"), "node.policy"),
+            (format!("{base}/keys"), "security.peer_keys[0]"),
+            (format!("{base}/data"), "node.data_dir"),
+            (format!("{base}/data/sub"), "is inside node.data_dir"),
+            (format!("{base}/plugins/x/.."), "node.plugin_dirs[0]"),
+            (format!("{base}/plugins/own"), "is inside node.plugin_dirs[0]"),
+            (base.clone(), "contains node.data_dir"),
+            ("/".to_string(), "contains"),
+            ("/usr/lib/vigil".to_string(), "the standard plugin directory"),
+        ] {
+            let e = read(&sync_path).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("sync.directory[0].path"), "{sync_path}: {e}");
+            assert!(e.message.contains(names) && e.message.contains("run commands"), "{sync_path}: {e}");
+        }
+        read(&format!("{base}/templates")).unwrap();
+        read(&format!("{base}/etc-app")).unwrap();
+        // Through a link: refused once the file is read (the filesystem is then at hand).
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("etc"), dir.path().join("templates-link")).unwrap();
+        let e = read(&format!("{base}/templates-link")).unwrap_err();
+        assert!(e.message.contains("node.policy"), "{e}");
+    }
+
+    #[test]
+    fn delete_limits_are_checked() {
+        let e = parse("[node]\nid = \"a\"\n[[sync.directory]]\nname = \"d\"\npath = \"/srv/d\"\nmax_delete_percent = 0").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("sync.directory[0].max_delete_percent"), "{e}");
+        let e = parse("[node]\nid = \"a\"\n[[sync.directory]]\nname = \"d\"\npath = \"/srv/d\"\nmax_delete_files = 0").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("sync.directory[0].max_delete_files"), "{e}");
+        let c = parse("[node]\nid = \"a\"\n[[sync.directory]]\nname = \"d\"\npath = \"/srv/d\"").unwrap();
+        assert_eq!((c.sync.directories[0].max_delete_percent, c.sync.directories[0].max_delete_files), (50, 100));
     }
 
     #[test]

@@ -157,13 +157,18 @@ fn admin_token(token: Option<String>) -> Result<String, CliError> {
     token.ok_or_else(|| CliError::Config(anyhow::anyhow!("no admin token: use --token-file, --config or $VIGIL_ADMIN_TOKEN")))
 }
 
-/// `vigil sync`: a full exchange with every peer, now.
-pub async fn sync(target: &Target) -> Result<(), CliError> {
+/// `vigil sync`: a full exchange with every peer, now (after releasing held scans when
+/// `confirm_deletes`).
+pub async fn sync(target: &Target, confirm_deletes: bool) -> Result<(), CliError> {
     let (url, token) = target.resolve()?;
     let token = admin_token(token)?;
-    let answer = call_with(Method::POST, &format!("{url}/admin/sync"), Some(&token), Bytes::new(), Duration::from_secs(120)).await?;
+    let query = if confirm_deletes { "?confirm_deletes=true" } else { "" };
+    let answer = call_with(Method::POST, &format!("{url}/admin/sync{query}"), Some(&token), Bytes::new(), Duration::from_secs(120)).await?;
     let v: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
     println!("sync done: {}", v["synced"].as_str().unwrap_or("(no peers)"));
+    for held in v["held"].as_array().into_iter().flatten() {
+        println!("still held: {}", held.as_str().unwrap_or_default());
+    }
     Ok(())
 }
 

@@ -51,6 +51,11 @@ pub enum Command {
     Sync {
         #[command(flatten)]
         target: client::Target,
+        /// Release held directory scans first (a directory missing files, emptied, on another
+        /// filesystem, or losing more files than `max_delete_*` allows): their deletes are recorded
+        /// and replicated. Check the directories (`vigil status`) before confirming.
+        #[arg(long)]
+        confirm_deletes: bool,
     },
     /// The replicated configuration store.
     Config {
@@ -146,7 +151,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Demo { deployment } => demo::run(deployment.as_deref()),
         Command::Status { target, json } => runtime()?.block_on(client::status(&target, json)),
         Command::Switch { request, target } => runtime()?.block_on(client::switch(&target, request)),
-        Command::Sync { target } => runtime()?.block_on(client::sync(&target)),
+        Command::Sync { target, confirm_deletes } => runtime()?.block_on(client::sync(&target, confirm_deletes)),
         Command::Config { op, target } => runtime()?.block_on(client::config(&target, &op)),
         Command::Events { target, limit, json } => runtime()?.block_on(client::events(&target, limit, json)),
         Command::Policy(PolicyCommand::Check { policy, plugin_dirs }) => policy_cmd::check(&policy, plugin_dirs),

@@ -28,7 +28,7 @@ pub async fn handle(state: &NodeState, method: &Method, path: &str, query: Optio
     match (method, path) {
         (&Method::POST, p) if p.starts_with("/admin/switch/") => switch(state, &p["/admin/switch/".len()..]),
         (&Method::POST, "/admin/reload") => reload(state).await,
-        (&Method::POST, "/admin/sync") => sync(state).await,
+        (&Method::POST, "/admin/sync") => sync(state, query).await,
         (m, p) if p.starts_with("/config/") => config(state, m, &p["/config/".len()..], query, body),
         (&Method::GET, "/events") => events(state, query),
         _ => text(StatusCode::NOT_FOUND, format!("{method} {path}: no such admin endpoint")),
@@ -63,17 +63,30 @@ async fn reload(state: &NodeState) -> Answer {
     }
 }
 
-/// A full exchange with every peer, now.
-async fn sync(state: &NodeState) -> Answer {
+/// A full exchange with every peer, now. With `?confirm_deletes=true`, held directory scans are
+/// released first (a rescan that records their deletes), so the exchange carries them.
+async fn sync(state: &NodeState, query: Option<&str>) -> Answer {
+    let confirm = query.is_some_and(|q| q.split('&').any(|kv| kv == "confirm_deletes=true" || kv == "confirm_deletes"));
+    let now = state.clock.wall_ms();
+    if confirm {
+        state.record(Event::new(now, EventKind::Operator, "operator confirmed the deletes of held directory scans".to_string()));
+        state.replicator.confirm_deletes();
+        let replicator = state.replicator.clone();
+        let _ = tokio::task::spawn_blocking(move || replicator.scan_due(true)).await;
+        for note in state.replicator.take_notes() {
+            state.record(Event::new(state.clock.wall_ms(), EventKind::Peer, note));
+        }
+    }
     state.record(Event::new(state.clock.wall_ms(), EventKind::Operator, "operator requested a sync".to_string()));
+    let held = state.replicator.status().held;
     match state.replicator.full_exchange().await {
         Ok(report) => {
             state.record(Event::new(state.clock.wall_ms(), EventKind::Peer, format!("sync done: {report}")));
-            json(StatusCode::OK, &serde_json::json!({ "synced": report }))
+            json(StatusCode::OK, &serde_json::json!({ "synced": report, "held": held }))
         }
         Err(error) => {
             state.record(Event::new(state.clock.wall_ms(), EventKind::Peer, format!("sync failed: {error}")));
-            json(StatusCode::BAD_GATEWAY, &serde_json::json!({ "error": error }))
+            json(StatusCode::BAD_GATEWAY, &serde_json::json!({ "error": error, "held": held }))
         }
     }
 }

@@ -121,6 +121,7 @@ fn heartbeat(state: &NodeState) -> Answer {
             now_ms: state.clock.wall_ms(),
             seq: state.replicator.latest_seq(),
             boot: state.verifier.boot().to_string(),
+            incarnation: state.replicator.store.incarnation(),
         }
     };
     json(StatusCode::OK, &answer)
@@ -148,14 +149,16 @@ fn changes(state: &NodeState, query: Option<&str>) -> Answer {
         Ok((changes, next)) => hyper::Response::builder()
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(http_body_util::Full::new(Bytes::from(
-                serde_json::to_vec(&Page { changes, next: next.max(since), latest }).expect("serializes"),
+                serde_json::to_vec(&Page { changes, next: next.max(since), latest, incarnation: store.incarnation() }).expect("serializes"),
             )))
             .expect("valid response"),
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
-/// A pushed batch: checked whole, applied in one transaction, or refused with nothing changed.
+/// A pushed batch, applied in one transaction; a change the checks refuse is skipped and recorded
+/// (event log, `/status.sync.refused_changes`), the others apply. Only a malformed or oversized
+/// batch is refused whole.
 async fn pushed(state: &NodeState, from: &str, body: &[u8]) -> Answer {
     if !state.config.peers.iter().any(|p| p.id == from) {
         return text(StatusCode::FORBIDDEN, format!("{from:?} is not a peer of this node"));
@@ -164,9 +167,6 @@ async fn pushed(state: &NodeState, from: &str, body: &[u8]) -> Answer {
         Ok(b) => b,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("malformed change batch: {e}")),
     };
-    if let Err(e) = state.replicator.store.check_batch(&batch.changes, state.clock.wall_ms()) {
-        return text(StatusCode::UNPROCESSABLE_ENTITY, format!("change batch refused, nothing applied: {e}"));
-    }
     match state.replicator.apply(batch.changes).await {
         Ok(n) => json(StatusCode::OK, &serde_json::json!({ "applied": n })),
         Err(e) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("change batch refused, nothing applied: {e}")),

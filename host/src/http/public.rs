@@ -125,6 +125,8 @@ fn metrics(state: &NodeState) -> Answer {
     }
     metric("vigil_sync_items", "gauge", "Live entries in the replicated store.", one(s.sync.items));
     metric("vigil_sync_consecutive_failures", "gauge", "Failed sync attempts in a row.", one(u64::from(s.sync.consecutive_failures)));
+    metric("vigil_sync_pending_files", "gauge", "File changes in the store not yet written to disk (retried).", one(s.sync.pending_files));
+    metric("vigil_sync_held_directories", "gauge", "Replicated directories whose scan is held (see /status).", one(s.sync.held.len() as u64));
     Response::builder()
         .header(hyper::header::CONTENT_TYPE, "text/plain; version=0.0.4")
         .body(Full::new(Bytes::from(out)))

@@ -416,8 +416,8 @@ async fn scan_directories(state: Arc<NodeState>, interval: Duration, stop: watch
     })
     .map_err(|e| tracing::warn!(error = %e, "file events unavailable; replicated directories are rescanned periodically"))
     .ok();
+    state.replicator.create_new_roots();
     for root in state.replicator.directory_roots() {
-        let _ = std::fs::create_dir_all(root);
         if let Some(w) = watcher.as_mut() {
             if let Err(e) = w.watch(root, notify::RecursiveMode::Recursive) {
                 tracing::warn!(dir = %root.display(), error = %e, "cannot watch a replicated directory");

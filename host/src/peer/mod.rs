@@ -20,9 +20,9 @@ pub const COMMAND_PATH: &str = "/peer/command";
 /// On a signed refusal (409 to a heartbeat, 401 or 421 otherwise): why the request was refused.
 pub const HEADER_REFUSED: &str = "x-vigil-refused";
 
-/// A node's answer to a heartbeat.
+/// A node's answer to a heartbeat. Unknown fields are ignored (not refused): a field a newer node
+/// adds must not make this node count it as failed during a rolling upgrade.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HeartbeatAnswer {
     pub id: String,
     pub mode: Mode,
@@ -36,6 +36,10 @@ pub struct HeartbeatAnswer {
     /// The answering node's run: every other request to it must name it (see `signing`).
     #[serde(default)]
     pub boot: String,
+    /// The answering node's store incarnation (0: unknown, an older node): when it changes, its
+    /// sequence numbers started again and a peer pulls everything from it.
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 impl HeartbeatAnswer {
@@ -55,4 +59,18 @@ impl HeartbeatAnswer {
 #[serde(deny_unknown_fields)]
 pub struct CommandMessage {
     pub command: PeerCommand,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_heartbeat_answer_from_an_older_or_newer_node_is_understood() {
+        let older = r#"{"id":"b","mode":"standby","configured_role":"secondary","app_healthy":true,"mode_since_ms":1,"now_ms":2,"seq":3}"#;
+        let answer: HeartbeatAnswer = serde_json::from_str(older).unwrap();
+        assert_eq!(answer.incarnation, 0, "unknown");
+        let newer = r#"{"id":"b","mode":"standby","configured_role":"secondary","app_healthy":true,"mode_since_ms":1,"now_ms":2,"seq":3,"incarnation":9,"later":true}"#;
+        assert_eq!(serde_json::from_str::<HeartbeatAnswer>(newer).unwrap().incarnation, 9);
+    }
 }

@@ -4,10 +4,41 @@
 //! two nodes' wall clocks disagree; between nodes whose clocks agree, the order is the wall-clock
 //! order. Ties (same wall time and counter on two nodes) are broken by node id, so every pair of
 //! writes is ordered the same way everywhere: that is what makes last-writer-wins converge.
+//!
+//! The clock never runs away: a remote timestamp more than [`MAX_FUTURE_MS`] ahead of this node's
+//! wall clock, or with a counter over [`MAX_COUNTER`], is refused rather than observed (a far-future
+//! version would win every later write), a counter at its maximum moves the wall part instead, and a
+//! timestamp more than [`MAX_FUTURE_MS`] ahead of the wall clock is never issued.
 
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::sync::Mutex;
+
+/// How far ahead of the local wall clock a timestamp may be, issued or observed.
+pub const MAX_FUTURE_MS: u64 = 10 * 60 * 1000;
+/// The largest counter: a clock whose counter reaches it moves its wall part on by a millisecond.
+/// Ten million events within one millisecond only come from a broken or hostile peer.
+pub const MAX_COUNTER: u32 = 10_000_000;
+
+/// Why a timestamp was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HlcError {
+    #[error("timestamp {stamp} is {ahead_s} s ahead of this node's clock (over the limit of {} s): a broken clock", MAX_FUTURE_MS / 1000)]
+    TooFarAhead { stamp: Hlc, ahead_s: u64 },
+    #[error("timestamp {0} has an absurd counter (over {MAX_COUNTER})")]
+    AbsurdCounter(Hlc),
+}
+
+/// Whether `stamp` may be observed at wall time `wall_ms`.
+pub fn check(stamp: Hlc, wall_ms: u64) -> Result<(), HlcError> {
+    if stamp.wall_ms > wall_ms.saturating_add(MAX_FUTURE_MS) {
+        return Err(HlcError::TooFarAhead { stamp, ahead_s: (stamp.wall_ms - wall_ms) / 1000 });
+    }
+    if stamp.counter > MAX_COUNTER {
+        return Err(HlcError::AbsurdCounter(stamp));
+    }
+    Ok(())
+}
 
 /// A hybrid logical timestamp.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -54,24 +85,38 @@ impl HlcClock {
     }
 
     /// A timestamp for a local event at wall time `wall_ms`: later than every timestamp issued or
-    /// observed before.
-    pub fn now(&self, wall_ms: u64) -> Hlc {
+    /// observed before. Refused when that would be more than [`MAX_FUTURE_MS`] ahead of `wall_ms`
+    /// (the wall clock stepped back that far since the newest timestamp): peers would refuse it.
+    pub fn now(&self, wall_ms: u64) -> Result<Hlc, HlcError> {
+        self.stamp(wall_ms, wall_ms)
+    }
+
+    /// A timestamp for a local event dated `at_ms` (a file's modification time, at most `now_ms`),
+    /// checked against the wall clock `now_ms`.
+    pub fn stamp(&self, at_ms: u64, now_ms: u64) -> Result<Hlc, HlcError> {
+        let wall_ms = at_ms;
         let mut last = self.last.lock().expect("hlc lock");
         let next = if wall_ms > last.wall_ms {
             Hlc { wall_ms, counter: 0 }
+        } else if last.counter >= MAX_COUNTER {
+            Hlc { wall_ms: last.wall_ms + 1, counter: 0 }
         } else {
-            Hlc { wall_ms: last.wall_ms, counter: last.counter.saturating_add(1) }
+            Hlc { wall_ms: last.wall_ms, counter: last.counter + 1 }
         };
+        check(next, now_ms.max(at_ms))?;
         *last = next;
-        next
+        Ok(next)
     }
 
-    /// Take note of a timestamp from elsewhere, so later local events come after it.
-    pub fn observe(&self, remote: Hlc) {
+    /// Take note of a timestamp from elsewhere at wall time `wall_ms`, so later local events come
+    /// after it; refused (not observed) when [`check`] refuses it.
+    pub fn observe(&self, remote: Hlc, wall_ms: u64) -> Result<(), HlcError> {
+        check(remote, wall_ms)?;
         let mut last = self.last.lock().expect("hlc lock");
         if remote > *last {
             *last = remote;
         }
+        Ok(())
     }
 
     /// The latest timestamp issued or observed.
@@ -87,22 +132,43 @@ mod tests {
     #[test]
     fn timestamps_increase_even_when_the_wall_clock_does_not() {
         let c = HlcClock::default();
-        let a = c.now(1000);
-        let b = c.now(1000);
-        let d = c.now(999); // the clock stepped back
+        let a = c.now(1000).unwrap();
+        let b = c.now(1000).unwrap();
+        let d = c.now(999).unwrap(); // the clock stepped back
         assert!(a < b && b < d);
         assert_eq!(d, Hlc { wall_ms: 1000, counter: 2 });
-        assert_eq!(c.now(2000), Hlc { wall_ms: 2000, counter: 0 });
+        assert_eq!(c.now(2000).unwrap(), Hlc { wall_ms: 2000, counter: 0 });
     }
 
     #[test]
     fn a_write_that_has_seen_another_is_later_despite_a_slow_clock() {
         let fast = HlcClock::default();
         let slow = HlcClock::default();
-        let w1 = fast.now(10_000); // a node whose clock is 5 s ahead
-        slow.observe(w1);
-        let w2 = slow.now(5_000);
+        let w1 = fast.now(10_000).unwrap(); // a node whose clock is 5 s ahead
+        slow.observe(w1, 5_000).unwrap();
+        let w2 = slow.now(5_000).unwrap();
         assert!(w2 > w1, "{w2} must be later than {w1}");
+    }
+
+    #[test]
+    fn the_clock_never_runs_away() {
+        let now = 1_000_000_000;
+        let c = HlcClock::new(Hlc { wall_ms: now, counter: 0 });
+        // A peer stamp a day ahead is refused, not observed: local stamps stay at the wall clock.
+        let far = Hlc { wall_ms: now + 86_400_000, counter: 0 };
+        assert!(matches!(c.observe(far, now), Err(HlcError::TooFarAhead { .. })));
+        assert_eq!(c.now(now + 1).unwrap(), Hlc { wall_ms: now + 1, counter: 0 });
+        // Absurd counters are refused too.
+        assert!(matches!(c.observe(Hlc { wall_ms: now, counter: u32::MAX }, now), Err(HlcError::AbsurdCounter(_))));
+        // A counter at its maximum moves the wall part on.
+        let c = HlcClock::new(Hlc { wall_ms: now, counter: MAX_COUNTER });
+        assert_eq!(c.now(now).unwrap(), Hlc { wall_ms: now + 1, counter: 0 });
+        // A stamp within the limit is observed; one that would be issued beyond it is refused.
+        let c = HlcClock::default();
+        c.observe(Hlc { wall_ms: now + MAX_FUTURE_MS, counter: 0 }, now).unwrap();
+        assert_eq!(c.now(now).unwrap(), Hlc { wall_ms: now + MAX_FUTURE_MS, counter: 1 });
+        let stepped_back = HlcClock::new(Hlc { wall_ms: now + MAX_FUTURE_MS + 1, counter: 0 });
+        assert!(matches!(stepped_back.now(now), Err(HlcError::TooFarAhead { .. })));
     }
 
     #[test]

@@ -41,15 +41,17 @@ pub const PAGE_BYTES: usize = 4 << 20;
 /// Deadline of one page request.
 const PAGE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// One page of the change feed.
+/// One page of the change feed. Unknown fields are ignored, so a newer node's pages still apply.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Page {
     pub changes: Vec<Change>,
     /// Ask from here next time.
     pub next: u64,
     /// The sender's latest sequence: the feed is exhausted when `next >= latest`.
     pub latest: u64,
+    /// The sender's store incarnation (0: unknown): see `Store::incarnation`.
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// A pushed batch (`POST /peer/changes`).
@@ -73,6 +75,19 @@ pub struct SyncStatus {
     pub lag: HashMap<String, u64>,
     /// Files a scan left out, with why.
     pub skipped: Vec<String>,
+    /// File changes in the store that could not be written to disk yet (retried after every scan;
+    /// never read as deletes).
+    pub pending_files: u64,
+    /// The first of them, with why (`scope/path: error`).
+    pub pending: Vec<String>,
+    /// Changes from peers refused by the checks (unknown scope, too large, bad timestamp) and skipped
+    /// since the start: the rest of their batch applied and replication went on.
+    pub refused_changes: u64,
+    /// The latest of them, with why.
+    pub last_refused: Option<String>,
+    /// Replicated directories whose scan is held, with why (`vigil sync --confirm-deletes` releases
+    /// a hold once the directory is right).
+    pub held: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -85,7 +100,16 @@ struct State {
     notes: Vec<String>,
     first_round_seen: bool,
     next_scan_ms: HashMap<String, u64>,
+    /// `scope/path` of file changes whose last write failed (one note when it starts, one when it ends).
+    failing: HashSet<String>,
+    /// Directories whose hold was reported (one note per hold).
+    held: HashMap<String, String>,
+    /// Each peer's store incarnation as last pulled from (cache of the store's `incarnation:PEER`).
+    incarnations: HashMap<String, Option<u64>>,
 }
+
+/// Pending files listed in `/status` (the count has them all).
+const PENDING_SHOWN: usize = 20;
 
 /// A peer to replicate with.
 #[derive(Debug, Clone)]
@@ -123,7 +147,8 @@ impl Replicator {
         for d in &s.directories {
             let max = (d.max_file_mib as usize) << 20;
             scopes.sizes.push((d.name.clone(), max));
-            dirs.push((DirSync::new(&d.name, &d.path, d.include.clone(), d.exclude.clone(), max), d.interval_ms));
+            let limits = files::DeleteLimits { max_percent: d.max_delete_percent, max_files: d.max_delete_files };
+            dirs.push((DirSync::new(&d.name, &d.path, d.include.clone(), d.exclude.clone(), max).with_limits(limits), d.interval_ms));
         }
         let store = Store::open(&config.node.data_dir.join("store.sqlite"), &config.node.id, local_only, scopes)?;
         let peers = config
@@ -207,10 +232,14 @@ impl Replicator {
                 st.peer_seq.insert(peer.clone(), answer.seq);
                 let watermark = self.store.watermark(peer).unwrap_or(0);
                 st.status.lag.insert(peer.clone(), answer.seq.saturating_sub(watermark));
+                // A peer whose sequence went back, or whose store is another one, was reset or
+                // restored: the pull finds out which and starts again from zero.
+                let known = self.known_incarnation(&mut st, peer);
+                let reset = answer.seq < watermark || (answer.incarnation != 0 && known.is_some_and(|k| k != answer.incarnation));
                 if first && answer.mode == Mode::Active {
                     st.status.initial = InitialSync::Pending;
                     due.push((peer.clone(), true));
-                } else if answer.seq > watermark || periodic {
+                } else if answer.seq > watermark || periodic || reset {
                     due.push((peer.clone(), st.status.initial == InitialSync::Pending || st.status.initial == InitialSync::Failed));
                 }
             }
@@ -283,11 +312,20 @@ impl Replicator {
         }
     }
 
-    /// Pull `peer`'s changes since the watermark (or since 0 when `full`), page by page.
+    /// `peer`'s store incarnation as last pulled from, if known.
+    fn known_incarnation(&self, st: &mut State, peer: &str) -> Option<u64> {
+        *st.incarnations.entry(peer.to_string()).or_insert_with(|| self.store.meta_value(&format!("incarnation:{peer}")).ok().flatten())
+    }
+
+    /// Pull `peer`'s changes since the watermark (or since 0 when `full`), page by page. A page
+    /// from another store incarnation than before, or whose sequence is behind the watermark, means
+    /// the peer's store was reset or restored: the watermark goes back to zero and the pull starts
+    /// again from there (last writer wins, so nothing is lost by applying a change twice).
     pub async fn pull(&self, peer: &str, full: bool) -> Result<usize, String> {
         let link = self.peers.iter().find(|p| p.id == peer).ok_or_else(|| format!("no peer {peer:?}"))?;
         let mut since = if full { 0 } else { self.store.watermark(peer).map_err(|e| e.to_string())? };
         let mut total = 0;
+        let mut restarted = false;
         loop {
             let path = format!("{CHANGES_PATH}?since={since}&limit={PAGE_CHANGES}");
             let body = self.on_any_path(link, |url| {
@@ -295,6 +333,23 @@ impl Replicator {
                 async move { self.client.get_signed(&link.id, &url, &path, PAGE_TIMEOUT).await }
             }).await?;
             let page: Page = serde_json::from_slice(&body).map_err(|e| format!("{peer}: malformed change page: {e}"))?;
+            let known = {
+                let mut st = self.lock();
+                self.known_incarnation(&mut st, peer)
+            };
+            let new_store = page.incarnation != 0 && known.is_some_and(|k| k != page.incarnation);
+            if (new_store || page.latest < since) && !restarted {
+                let why = if new_store { "its store is another one (new incarnation)".to_string() } else { format!("its change sequence went back from {since} to {}", page.latest) };
+                tracing::warn!(%peer, reason = %why, "peer store reset or restored: pulling everything again");
+                self.lock().notes.push(format!("{peer} was reset or restored ({why}): pulling everything from it again"));
+                self.remember_incarnation(peer, page.incarnation)?;
+                self.store.set_watermark(peer, 0).map_err(|e| e.to_string())?;
+                (since, restarted) = (0, true);
+                continue;
+            }
+            if page.incarnation != 0 && known != Some(page.incarnation) {
+                self.remember_incarnation(peer, page.incarnation)?;
+            }
             if page.next < since {
                 return Err(format!("{peer}: change page goes backwards ({} < {since})", page.next));
             }
@@ -305,6 +360,14 @@ impl Replicator {
                 return Ok(total);
             }
         }
+    }
+
+    fn remember_incarnation(&self, peer: &str, incarnation: u64) -> Result<(), String> {
+        if incarnation != 0 {
+            self.store.set_meta_value(&format!("incarnation:{peer}"), incarnation).map_err(|e| e.to_string())?;
+            self.lock().incarnations.insert(peer.to_string(), Some(incarnation));
+        }
+        Ok(())
     }
 
     async fn on_any_path<F, Fut>(&self, link: &PeerLink, f: F) -> Result<bytes::Bytes, String>
@@ -326,24 +389,76 @@ impl Replicator {
     pub async fn apply(&self, changes: Vec<Change>) -> Result<usize, String> {
         let (store, dirs, files) = (self.store.clone(), self.dirs.clone(), self.files.clone());
         let now = self.clock.wall_ms();
-        let (written, errors) = tokio::task::spawn_blocking(move || {
+        let (written, refused, outcomes) = tokio::task::spawn_blocking(move || {
             let _files = files.lock().expect("files lock");
             let applied = store.apply(&changes, now).map_err(|e| e.to_string())?;
-            let errors: Vec<String> = applied
-                .written
-                .iter()
-                .filter_map(|change| dirs.iter().find(|(d, _)| d.name == change.scope).map(|(dir, _)| (dir, change)))
-                .filter_map(|(dir, change)| dir.write_out(change).err())
-                .collect();
-            Ok::<_, String>((applied.written.len(), errors))
+            let outcomes = files::write_changes(&store, &dirs.iter().map(|(d, _)| d).collect::<Vec<_>>(), applied.written.iter().filter(|c| c.scope != store::CONFIG).cloned().collect());
+            Ok::<_, String>((applied.written.len(), applied.refused, outcomes))
         })
         .await
         .map_err(|e| e.to_string())??;
-        for e in errors {
-            tracing::error!(error = %e, "cannot write a replicated file");
-            self.lock().notes.push(format!("cannot write a replicated file: {e}"));
+        self.note_writes(outcomes);
+        if !refused.is_empty() {
+            let mut st = self.lock();
+            st.status.refused_changes += refused.len() as u64;
+            st.status.last_refused = refused.last().cloned();
+            for r in refused {
+                tracing::warn!(reason = %r, "change from a peer refused and skipped");
+                st.notes.push(format!("change from a peer refused and skipped (the rest applied): {r}"));
+            }
         }
         Ok(written)
+    }
+
+    /// Write the pending file changes again (after a scan, which may have found the directory back).
+    fn retry_pending(&self) {
+        let mut changes = Vec::new();
+        for (dir, _) in self.dirs.iter() {
+            for (key, _) in self.store.pending(&dir.name).unwrap_or_default() {
+                match self.store.get(&dir.name, &key) {
+                    Ok(Some(entry)) => changes.push(Change::from(entry)),
+                    // Purged meanwhile: nothing to write.
+                    Ok(None) => {
+                        let _ = self.store.clear_pending(&dir.name, &key);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot read a pending change"),
+                }
+            }
+        }
+        let outcomes = files::write_changes(&self.store, &self.dirs.iter().map(|(d, _)| d).collect::<Vec<_>>(), changes);
+        self.note_writes(outcomes);
+    }
+
+    /// Report write failures (once per file until it is written) and refresh the pending list.
+    fn note_writes(&self, outcomes: Vec<(String, Result<(), String>)>) {
+        let mut pending = Vec::new();
+        let mut count = 0;
+        for (dir, _) in self.dirs.iter() {
+            for (key, reason) in self.store.pending(&dir.name).unwrap_or_default() {
+                count += 1;
+                if pending.len() < PENDING_SHOWN {
+                    pending.push(format!("{}/{key}: {}", dir.name, reason.unwrap_or_else(|| "not written yet".into())));
+                }
+            }
+        }
+        let mut st = self.lock();
+        for (what, outcome) in outcomes {
+            match outcome {
+                Ok(()) => {
+                    if st.failing.remove(&what) {
+                        st.notes.push(format!("replicated file {what} written after earlier failures"));
+                    }
+                }
+                Err(e) => {
+                    if st.failing.insert(what.clone()) {
+                        tracing::error!(file = %what, error = %e, "cannot write a replicated file; kept pending and retried");
+                        st.notes.push(format!("cannot write replicated file {what} (kept pending, retried): {e}"));
+                    }
+                }
+            }
+        }
+        st.status.pending_files = count;
+        st.status.pending = pending;
     }
 
     /// Push every local change to `peer` (part of a full exchange).
@@ -382,10 +497,12 @@ impl Replicator {
         Ok(report.join("; "))
     }
 
-    /// Scan the replicated directories that are due (or all when `force`); purge old tombstones.
+    /// Scan the replicated directories that are due (or all when `force`), then retry the pending
+    /// writes; purge old tombstones.
     pub fn scan_due(&self, force: bool) {
         let now = self.clock.wall_ms();
         let mut skipped = Vec::new();
+        let mut scanned = false;
         let _files = self.files.lock().expect("files lock");
         for (dir, interval) in self.dirs.iter() {
             let due = {
@@ -400,16 +517,61 @@ impl Replicator {
             if !due {
                 continue;
             }
-            match dir.scan(&self.store, now) {
-                Ok(report) => skipped.extend(report.skipped),
-                Err(e) => skipped.push(e),
+            scanned = true;
+            let result = dir.scan(&self.store, now);
+            let mut st = self.lock();
+            match result {
+                Ok(report) => {
+                    skipped.extend(report.skipped);
+                    for t in report.removed_temp {
+                        st.notes.push(format!("removed {t}, left by an interrupted write"));
+                    }
+                    if st.held.remove(&dir.name).is_some() {
+                        tracing::info!(dir = %dir.name, "replicated directory scanned again");
+                        st.notes.push(format!("replicated directory {} ({}) scanned again", dir.name, dir.root.display()));
+                    }
+                }
+                Err(files::ScanError::Held(hold)) => {
+                    let message = hold.to_string();
+                    if st.held.get(&dir.name) != Some(&message) {
+                        tracing::error!(dir = %dir.name, reason = %message, "replicated directory not scanned");
+                        st.notes.push(format!("replicated directory {} not scanned: {message}", dir.name));
+                        st.held.insert(dir.name.clone(), message);
+                    }
+                }
+                Err(files::ScanError::Failed(e)) => skipped.push(e),
             }
         }
         if !self.dirs.is_empty() {
-            self.lock().status.skipped = skipped;
+            let mut st = self.lock();
+            st.status.skipped = skipped;
+            st.status.held = st.held.values().cloned().collect();
+            st.status.held.sort();
+        }
+        // At the scan's pace (a file event or the directory's interval), not every tick: a write
+        // that fails for want of space is not attempted again ten times a second.
+        if scanned {
+            self.retry_pending();
         }
         if let Err(e) = self.store.purge_tombstones(now.saturating_sub(self.tombstone_ms)) {
             tracing::warn!(error = %e, "cannot purge old tombstones");
+        }
+    }
+
+    /// `vigil sync --confirm-deletes`: the next scan of every directory proceeds despite a hold.
+    pub fn confirm_deletes(&self) {
+        for (dir, _) in self.dirs.iter() {
+            dir.confirm_deletes();
+        }
+    }
+
+    /// Create the roots of new replicated directories (the store holds no file of them), so they can
+    /// be watched. A root that held files is never recreated: see `DirSync::scan`.
+    pub fn create_new_roots(&self) {
+        for (dir, _) in self.dirs.iter() {
+            if let Err(e) = dir.create_if_new(&self.store) {
+                tracing::warn!(dir = %dir.name, error = %e, "cannot create a replicated directory");
+            }
         }
     }
 
@@ -440,7 +602,7 @@ mod tests {
     }
 
     fn answer(mode: Mode, seq: u64) -> HeartbeatAnswer {
-        HeartbeatAnswer { id: "b".into(), mode, configured_role: crate::model::Role::Secondary, app_healthy: true, mode_since_ms: 0, now_ms: 0, seq, boot: String::new() }
+        HeartbeatAnswer { id: "b".into(), mode, configured_role: crate::model::Role::Secondary, app_healthy: true, mode_since_ms: 0, now_ms: 0, seq, boot: String::new(), incarnation: 7 }
     }
 
     #[tokio::test]

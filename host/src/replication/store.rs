@@ -11,8 +11,16 @@
 //! changed since sequence N" (their watermark) and so also receive what this node learned from a
 //! third node. Local-only keys (patterns) are never sent and never accepted.
 //!
-//! A batch from a peer is checked whole before anything is written, then applied in one
-//! transaction: a corrupt or oversized batch changes nothing.
+//! A batch from a peer is applied in one transaction; each change is checked first, and one the
+//! checks refuse (unknown scope, too large, a bad key or timestamp) is skipped and reported while the
+//! rest applies: one bad change must not stop replication. An oversized batch changes nothing.
+//!
+//! A file change applied from a peer is *pending* until its file is on disk (a table committed with
+//! the change): a scan never reads a pending file's absence as a delete, and a crash between the
+//! commit and the write leaves it pending for the next retry.
+//!
+//! The store has an *incarnation*, a random id created with it: a peer that sees it change knows the
+//! sequence numbers started again and pulls from zero.
 
 use super::hlc::{newer, Hlc, HlcClock};
 use base64::Engine as _;
@@ -29,7 +37,7 @@ pub const MAX_KEY: usize = 1024;
 pub const MAX_VALUE: usize = 1 << 20;
 /// How far in the future a peer's timestamp may be: a far-future version would win every later
 /// write, so it is refused as a sign of a broken clock.
-pub const MAX_FUTURE_MS: u64 = 10 * 60 * 1000;
+pub use super::hlc::MAX_FUTURE_MS;
 /// Most changes in one batch.
 pub const MAX_BATCH: usize = 10_000;
 
@@ -44,6 +52,8 @@ pub enum StoreError {
     BatchTooLarge(usize),
     #[error("key {key:?}: {message}")]
     BadKey { key: String, message: String },
+    #[error("local write refused: {0}; fix the clock (NTP)")]
+    Clock(#[from] super::hlc::HlcError),
 }
 
 /// One versioned change, as replicated between nodes.
@@ -145,6 +155,15 @@ pub struct Applied {
     pub written: Vec<Change>,
     /// Changes that lost to what the store had, or were local-only.
     pub ignored: usize,
+    /// Changes refused by the checks (unknown scope, too large, bad key or timestamp), with why:
+    /// skipped, the rest of the batch applies.
+    pub refused: Vec<String>,
+}
+
+impl From<Entry> for Change {
+    fn from(e: Entry) -> Change {
+        Change { scope: e.scope, key: e.key, value: e.value, mode: e.mode, hlc: e.hlc, origin: e.origin, seq: e.seq }
+    }
 }
 
 /// The store of one node.
@@ -163,6 +182,8 @@ pub struct Store {
     /// connection.
     latest: std::sync::atomic::AtomicU64,
     watermarks: Mutex<std::collections::HashMap<String, u64>>,
+    /// Random, created with the store: see [`Store::incarnation`].
+    incarnation: u64,
 }
 
 impl Store {
@@ -172,16 +193,19 @@ impl Store {
         let conn = Connection::open(path).map_err(db)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
+             PRAGMA synchronous = FULL;
              CREATE TABLE IF NOT EXISTS entries (
                  scope TEXT NOT NULL, key TEXT NOT NULL, value BLOB, mode INTEGER,
                  wall INTEGER NOT NULL, counter INTEGER NOT NULL, origin TEXT NOT NULL,
                  seq INTEGER NOT NULL, PRIMARY KEY (scope, key));
              CREATE INDEX IF NOT EXISTS entries_seq ON entries (seq);
              CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-             CREATE TABLE IF NOT EXISTS peers (id TEXT PRIMARY KEY, watermark INTEGER NOT NULL);",
+             CREATE TABLE IF NOT EXISTS peers (id TEXT PRIMARY KEY, watermark INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS pending (scope TEXT NOT NULL, key TEXT NOT NULL, reason TEXT, PRIMARY KEY (scope, key));",
         )
         .map_err(db)?;
+        // FULL: a write that was acknowledged (`PUT /config`, a scanned file, a pulled page and its
+        // watermark) survives a power loss, not only a crash; writes are rare.
         let integrity: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(db)?;
         if integrity != "ok" {
             return Err(StoreError::Db { path: path.to_path_buf(), message: format!("integrity check failed: {integrity}") });
@@ -193,11 +217,25 @@ impl Store {
         let last = last.map(|(wall_ms, counter)| Hlc { wall_ms, counter }).unwrap_or_default();
         let items: u64 = conn.query_row("SELECT count(*) FROM entries WHERE value IS NOT NULL", [], |r| r.get(0)).map_err(db)?;
         let latest: u64 = conn.query_row("SELECT coalesce(max(seq), 0) FROM entries", [], |r| r.get(0)).map_err(db)?;
+        // The store's identity: created with it, so a peer can tell a reset or replaced store
+        // (whose sequence numbers start again) from the one it pulled from.
+        let incarnation = match meta(&conn, "incarnation").map_err(db)? {
+            Some(i) => i,
+            None => {
+                let mut bytes = [0u8; 8];
+                getrandom::fill(&mut bytes).map_err(|e| StoreError::Db { path: path.to_path_buf(), message: format!("no random source: {e}") })?;
+                // 63 bits (SQLite integers are signed), never 0 (0 means "unknown" on the wire).
+                let i = (u64::from_le_bytes(bytes) >> 1).max(1);
+                set_meta(&conn, "incarnation", i).map_err(db)?;
+                i
+            }
+        };
         let watermarks = conn
             .prepare("SELECT id, watermark FROM peers")
             .and_then(|mut st| st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?.collect::<Result<_, _>>())
             .map_err(db)?;
         Ok(Store {
+            incarnation,
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
             node: node.to_string(),
@@ -212,6 +250,12 @@ impl Store {
 
     fn db(&self, e: rusqlite::Error) -> StoreError {
         StoreError::Db { path: self.path.clone(), message: e.to_string() }
+    }
+
+    /// The store's incarnation: a random id created with the store and kept with it. A peer that
+    /// sees it change knows the sequence numbers started again (a reset or replaced store).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     /// This node's id.
@@ -245,19 +289,31 @@ impl Store {
         if value.len() > limit {
             return Err(StoreError::BadKey { key: key.into(), message: format!("value of {} bytes is over the limit of {limit}", value.len()) });
         }
-        self.write_local(scope, key, Some(value), mode, wall_ms)
+        self.write_local(scope, key, Some(value), mode, wall_ms, wall_ms)
+    }
+
+    /// Write a value locally, versioned as of `at_ms` (a file's modification time) at wall time
+    /// `now_ms`: the version is later than every one this node has seen, as close to `at_ms` as that
+    /// allows.
+    pub fn put_at(&self, scope: &str, key: &str, value: Vec<u8>, mode: Option<u32>, at_ms: u64, now_ms: u64) -> Result<Change, StoreError> {
+        self.check_key(key)?;
+        let limit = self.scopes.limit(scope).ok_or_else(|| StoreError::BadKey { key: key.into(), message: format!("no scope {scope:?}") })?;
+        if value.len() > limit {
+            return Err(StoreError::BadKey { key: key.into(), message: format!("value of {} bytes is over the limit of {limit}", value.len()) });
+        }
+        self.write_local(scope, key, Some(value), mode, at_ms, now_ms)
     }
 
     /// Delete locally (a tombstone). `None` when there was nothing to delete.
     pub fn delete(&self, scope: &str, key: &str, wall_ms: u64) -> Result<Option<Change>, StoreError> {
         self.check_key(key)?;
         match self.get(scope, key)? {
-            Some(e) if e.value.is_some() => self.write_local(scope, key, None, None, wall_ms).map(Some),
+            Some(e) if e.value.is_some() => self.write_local(scope, key, None, None, wall_ms, wall_ms).map(Some),
             _ => Ok(None),
         }
     }
 
-    fn write_local(&self, scope: &str, key: &str, value: Option<Vec<u8>>, mode: Option<u32>, wall_ms: u64) -> Result<Change, StoreError> {
+    fn write_local(&self, scope: &str, key: &str, value: Option<Vec<u8>>, mode: Option<u32>, at_ms: u64, now_ms: u64) -> Result<Change, StoreError> {
         let mut conn = self.conn.lock().expect("store lock");
         let tx = conn.transaction().map_err(|e| self.db(e))?;
         let was_live: bool = tx
@@ -266,7 +322,8 @@ impl Store {
             .map_err(|e| self.db(e))?
             .unwrap_or(false);
         let seq = next_seq(&tx).map_err(|e| self.db(e))?;
-        let change = Change { scope: scope.into(), key: key.into(), value, mode, hlc: self.clock.now(wall_ms), origin: self.node.clone(), seq };
+        let hlc = self.clock.stamp(at_ms, now_ms)?;
+        let change = Change { scope: scope.into(), key: key.into(), value, mode, hlc, origin: self.node.clone(), seq };
         upsert(&tx, &change, seq).map_err(|e| self.db(e))?;
         tx.commit().map_err(|e| self.db(e))?;
         self.latest.fetch_max(seq, std::sync::atomic::Ordering::AcqRel);
@@ -334,34 +391,39 @@ impl Store {
         Ok((changes, next))
     }
 
-    /// Check a batch from a peer without writing anything.
-    pub fn check_batch(&self, changes: &[Change], now_ms: u64) -> Result<(), StoreError> {
-        if changes.len() > MAX_BATCH {
-            return Err(StoreError::BatchTooLarge(changes.len()));
+    /// Check one change from a peer at wall time `now_ms`.
+    pub fn check_change(&self, index: usize, c: &Change, now_ms: u64) -> Result<(), StoreError> {
+        let bad = |message: String| StoreError::BadChange { index, scope: c.scope.clone(), key: c.key.chars().take(80).collect(), message };
+        self.check_key(&c.key).map_err(|e| bad(e.to_string()))?;
+        let limit = self.scopes.limit(&c.scope).ok_or_else(|| bad(format!("no scope {:?} on this node", c.scope)))?;
+        if c.value.as_ref().is_some_and(|v| v.len() > limit) {
+            return Err(bad(format!("value over the scope's limit of {limit} bytes")));
         }
-        for (index, c) in changes.iter().enumerate() {
-            let bad = |message: String| StoreError::BadChange { index, scope: c.scope.clone(), key: c.key.chars().take(80).collect(), message };
-            self.check_key(&c.key).map_err(|e| bad(e.to_string()))?;
-            let limit = self.scopes.limit(&c.scope).ok_or_else(|| bad(format!("no scope {:?} on this node", c.scope)))?;
-            if c.value.as_ref().is_some_and(|v| v.len() > limit) {
-                return Err(bad(format!("value over the scope's limit of {limit} bytes")));
-            }
-            if c.hlc.wall_ms > now_ms + MAX_FUTURE_MS {
-                return Err(bad(format!("timestamp {} is {} s in the future", c.hlc, (c.hlc.wall_ms - now_ms) / 1000)));
-            }
-            if c.origin.is_empty() || c.origin.len() > 64 {
-                return Err(bad("origin must be a node id".into()));
-            }
-            if c.scope != CONFIG && (c.key.starts_with('/') || c.key.split('/').any(|part| part == ".." || part.is_empty())) {
-                return Err(bad("a file key must be a relative path without '..'".into()));
-            }
+        super::hlc::check(c.hlc, now_ms).map_err(|e| bad(e.to_string()))?;
+        if c.origin.is_empty() || c.origin.len() > 64 {
+            return Err(bad("origin must be a node id".into()));
+        }
+        if c.scope != CONFIG && (c.key.starts_with('/') || c.key.split('/').any(|part| part == ".." || part == "." || part.is_empty())) {
+            return Err(bad("a file key must be a relative path without '..'".into()));
         }
         Ok(())
     }
 
-    /// Apply a batch from a peer: check it whole, then write the winners in one transaction.
+    /// Check a batch from a peer without writing anything: the first refused change.
+    pub fn check_batch(&self, changes: &[Change], now_ms: u64) -> Result<(), StoreError> {
+        if changes.len() > MAX_BATCH {
+            return Err(StoreError::BatchTooLarge(changes.len()));
+        }
+        changes.iter().enumerate().try_for_each(|(index, c)| self.check_change(index, c, now_ms))
+    }
+
+    /// Apply a batch from a peer in one transaction: the winners are written; a change the checks
+    /// refuse is skipped and reported in [`Applied::refused`] (one bad change must not stop every
+    /// later one from replicating). Only a batch over [`MAX_BATCH`] is refused whole.
     pub fn apply(&self, changes: &[Change], now_ms: u64) -> Result<Applied, StoreError> {
-        self.check_batch(changes, now_ms)?;
+        if changes.len() > MAX_BATCH {
+            return Err(StoreError::BatchTooLarge(changes.len()));
+        }
         let mut conn = self.conn.lock().expect("store lock");
         let tx = conn.transaction().map_err(|e| self.db(e))?;
         let horizon = meta(&tx, "horizon_wall").map_err(|e| self.db(e))?.unwrap_or(0);
@@ -372,8 +434,15 @@ impl Store {
             let mut current_of = tx
                 .prepare_cached("SELECT wall, counter, origin, value IS NOT NULL FROM entries WHERE scope = ?1 AND key = ?2")
                 .map_err(|e| self.db(e))?;
-            for c in changes {
-                self.clock.observe(c.hlc);
+            for (index, c) in changes.iter().enumerate() {
+                if let Err(e) = self.check_change(index, c, now_ms) {
+                    applied.refused.push(e.to_string());
+                    continue;
+                }
+                if let Err(e) = self.clock.observe(c.hlc, now_ms) {
+                    applied.refused.push(e.to_string());
+                    continue;
+                }
                 if self.is_local_only(&c.scope, &c.key) {
                     applied.ignored += 1;
                     continue;
@@ -392,6 +461,13 @@ impl Store {
                     continue;
                 }
                 upsert(&tx, c, seq).map_err(|e| self.db(e))?;
+                if c.scope != CONFIG {
+                    // Committed here, not yet on disk: until the file is written (or removed), a scan
+                    // must not read its absence as a local delete.
+                    tx.prepare_cached("INSERT OR REPLACE INTO pending (scope, key, reason) VALUES (?1, ?2, NULL)")
+                        .and_then(|mut st| st.execute(params![c.scope, c.key]))
+                        .map_err(|e| self.db(e))?;
+                }
                 seq += 1;
                 live_delta += i64::from(c.value.is_some()) - i64::from(current.is_some_and(|(_, _, _, live)| live));
                 applied.written.push(c.clone());
@@ -440,6 +516,54 @@ impl Store {
         conn.execute("INSERT OR REPLACE INTO peers (id, watermark) VALUES (?1, ?2)", params![peer, seq]).map_err(|e| self.db(e))?;
         self.watermarks.lock().expect("watermark lock").insert(peer.to_string(), seq);
         Ok(())
+    }
+
+    /// File changes committed to the store but not yet written to disk, with why the last attempt
+    /// failed (`None`: not tried yet), in key order.
+    pub fn pending(&self, scope: &str) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        let conn = self.conn.lock().expect("store lock");
+        let mut stmt = conn.prepare("SELECT key, reason FROM pending WHERE scope = ?1 ORDER BY key").map_err(|e| self.db(e))?;
+        let rows = stmt.query_map(params![scope], |r| Ok((r.get(0)?, r.get(1)?))).map_err(|e| self.db(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.db(e))
+    }
+
+    /// The file change of `scope`/`key` is on disk now.
+    pub fn clear_pending(&self, scope: &str, key: &str) -> Result<(), StoreError> {
+        let conn = self.conn.lock().expect("store lock");
+        conn.execute("DELETE FROM pending WHERE scope = ?1 AND key = ?2", params![scope, key]).map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    /// Writing the file change of `scope`/`key` failed: it stays pending, with why.
+    pub fn fail_pending(&self, scope: &str, key: &str, reason: &str) -> Result<(), StoreError> {
+        let conn = self.conn.lock().expect("store lock");
+        conn.execute("INSERT OR REPLACE INTO pending (scope, key, reason) VALUES (?1, ?2, ?3)", params![scope, key, reason])
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    /// Live entries of `scope` that are on disk (not pending): the files a scan expects to find.
+    pub fn settled_files(&self, scope: &str) -> Result<u64, StoreError> {
+        let conn = self.conn.lock().expect("store lock");
+        conn.query_row(
+            "SELECT count(*) FROM entries e WHERE e.scope = ?1 AND e.value IS NOT NULL
+             AND NOT EXISTS (SELECT 1 FROM pending p WHERE p.scope = e.scope AND p.key = e.key)",
+            params![scope],
+            |r| r.get(0),
+        )
+        .map_err(|e| self.db(e))
+    }
+
+    /// A named number kept with the store (e.g. the device a replicated directory was found on).
+    pub fn meta_value(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        let conn = self.conn.lock().expect("store lock");
+        meta(&conn, name).map_err(|e| self.db(e))
+    }
+
+    /// Set a named number kept with the store.
+    pub fn set_meta_value(&self, name: &str, value: u64) -> Result<(), StoreError> {
+        let conn = self.conn.lock().expect("store lock");
+        set_meta(&conn, name, value).map_err(|e| self.db(e))
     }
 
     /// The timestamp clock (for tests and diagnostics).
@@ -588,21 +712,25 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_batch_changes_nothing() {
+    fn a_bad_change_is_skipped_and_reported_and_the_rest_of_the_batch_applies() {
         let dir = tempfile::tempdir().unwrap();
         let b = store(dir.path(), "b");
         let good = Change { scope: CONFIG.into(), key: "ok".into(), value: Some(b"1".to_vec()), mode: None, hlc: Hlc { wall_ms: 1000, counter: 0 }, origin: "a".into(), seq: 1 };
         let cases = [
-            Change { key: "".into(), ..good.clone() },
-            Change { value: Some(vec![0; MAX_VALUE + 1]), ..good.clone() },
-            Change { scope: "nowhere".into(), ..good.clone() },
-            Change { hlc: Hlc { wall_ms: 1000 + MAX_FUTURE_MS + 1_000_000, counter: 0 }, ..good.clone() },
+            (Change { key: "".into(), ..good.clone() }, "empty"),
+            (Change { value: Some(vec![0; MAX_VALUE + 1]), ..good.clone() }, "over the scope's limit"),
+            (Change { scope: "nowhere".into(), ..good.clone() }, "no scope \"nowhere\""),
+            (Change { hlc: Hlc { wall_ms: 1000 + MAX_FUTURE_MS + 1_000_000, counter: 0 }, ..good.clone() }, "ahead of this node's clock"),
+            (Change { hlc: Hlc { wall_ms: 1000, counter: u32::MAX }, ..good.clone() }, "absurd counter"),
         ];
-        for bad in cases {
-            let e = b.apply(&[good.clone(), bad], 1000).unwrap_err();
-            assert!(matches!(e, StoreError::BadChange { index: 1, .. }), "{e}");
-            assert_eq!(b.items().unwrap(), 0, "the good change before it was not written either");
+        for (i, (bad, why)) in cases.into_iter().enumerate() {
+            let after = Change { key: format!("after{i}"), ..good.clone() };
+            let applied = b.apply(&[good.clone(), bad, after], 1000).unwrap();
+            assert_eq!(applied.refused.len(), 1, "{why}");
+            assert!(applied.refused[0].contains("change 1") && applied.refused[0].contains(why), "{:?}", applied.refused);
+            assert_eq!(value(&b, &format!("after{i}")).as_deref(), Some("1"), "the change after the bad one applies");
         }
+        assert!(b.clock().last().wall_ms <= 1000 + MAX_FUTURE_MS, "the refused stamps were not observed");
         assert!(matches!(b.apply(&vec![good; MAX_BATCH + 1], 1000), Err(StoreError::BatchTooLarge(_))));
     }
 
@@ -634,6 +762,20 @@ mod tests {
         assert_eq!(a.watermark("b").unwrap(), 42);
         assert!(a.clock().last() >= Hlc { wall_ms: 5000, counter: 0 }, "the clock resumes after the newest entry");
         assert_eq!(a.latest_seq().unwrap(), 1);
+        let incarnation = a.incarnation();
+        drop(a);
+        assert_eq!(store(dir.path(), "a").incarnation(), incarnation, "the incarnation is kept");
+        std::fs::remove_file(dir.path().join("a.sqlite")).unwrap();
+        assert_ne!(store(dir.path(), "a").incarnation(), incarnation, "a new store is a new incarnation");
+    }
+
+    #[test]
+    fn acknowledged_writes_survive_power_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = store(dir.path(), "a");
+        let conn = a.conn.lock().unwrap();
+        let sync: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        assert_eq!(sync, 2, "synchronous = FULL: the WAL is fsynced at every commit");
     }
 
     #[test]
