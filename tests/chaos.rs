@@ -170,6 +170,16 @@ fn read_tree(root: &Path) -> Tree {
     out
 }
 
+/// Copy the files of `from` (not below) into `to`.
+fn copy_files(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("{}: {e}", to.display()));
+    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("{}: {e}", from.display())).flatten() {
+        if entry.path().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap_or_else(|e| panic!("{}: {e}", entry.path().display()));
+        }
+    }
+}
+
 /// Write a file as editors do: a whole file renamed into place (a scan never sees half of it).
 fn put_file(stage: &Path, target: &Path, content: &[u8]) {
     std::fs::create_dir_all(stage).unwrap_or_else(|e| panic!("{}: {e}", stage.display()));
@@ -427,8 +437,15 @@ impl Run {
 }
 
 /// Play one schedule on a new group; `Err` holds the failure report.
-async fn run(seed: u64, steps: &[Step]) -> Result<usize, String> {
+async fn run(seed: u64, steps: &[Step], plugin_cache: &mut Option<tempfile::TempDir>) -> Result<(usize, String), String> {
+    let begun = Instant::now();
     let group = Group::new().await;
+    // Compiled plugins from the first group: each new node would otherwise compile the plugin again.
+    if let Some(cache) = plugin_cache.as_ref() {
+        for i in 0..NODES.len() {
+            copy_files(cache.path(), &group.cluster.nodes[i].dir.join("data/plugin-cache"));
+        }
+    }
     let history = Arc::new(Mutex::new(History::default()));
     let poller = Poller::start((0..NODES.len()).map(|i| group.store_path(i)).collect(), history.clone());
     let mut run = Run { seed, group, history: history.clone(), http: HttpClient::new(), dead: [false; 3], notes: Vec::new() };
@@ -440,11 +457,19 @@ async fn run(seed: u64, steps: &[Step]) -> Result<usize, String> {
         .wait_for(Duration::from_secs(30), |m| m.iter().all(Option::is_some).then_some(()))
         .await
         .unwrap_or_else(|e| panic!("the group did not start: {e}\n{}", run.group.cluster.logs(20)));
+    if plugin_cache.is_none() {
+        let cache = tempfile::tempdir().expect("a temporary directory");
+        copy_files(&run.group.cluster.nodes[0].dir.join("data/plugin-cache"), cache.path());
+        *plugin_cache = Some(cache);
+    }
+    let started = Instant::now();
     for (index, step) in steps.iter().enumerate() {
         let note = run.play(index, step).await;
         run.notes.push(note);
     }
+    let played = Instant::now();
     let mut violations = run.settle().await;
+    let timing = format!("start {} ms, play {} ms, settle {} ms", (started - begun).as_millis(), (played - started).as_millis(), played.elapsed().as_millis());
     drop(poller);
     let (stores, trees) = run.group.read_all();
     let mut history = std::mem::take(&mut *history.lock().expect("history lock"));
@@ -453,7 +478,7 @@ async fn run(seed: u64, steps: &[Step]) -> Result<usize, String> {
     }
     violations.extend(chaos::check(&history, &stores, &trees));
     if violations.is_empty() {
-        return Ok(history.ops.len());
+        return Ok((history.ops.len(), timing));
     }
     violations.dedup();
     let schedule: String = steps
@@ -478,13 +503,14 @@ async fn three_nodes_under_seeded_faults_converge_and_lose_no_acknowledged_write
     let keep_going = env_flag("VIGIL_CHAOS_KEEP_GOING");
     let started = Instant::now();
     let (mut failed, mut ops, mut played) = (Vec::new(), 0, 0);
+    let mut plugin_cache = None;
     for (seed, steps) in &schedules {
         let one = Instant::now();
         played += 1;
-        match run(*seed, steps).await {
-            Ok(n) => {
+        match run(*seed, steps, &mut plugin_cache).await {
+            Ok((n, timing)) => {
                 ops += n;
-                println!("seed {seed}: ok, {} steps, {n} operations, {} ms", steps.len(), one.elapsed().as_millis());
+                println!("seed {seed}: ok, {} steps, {n} operations, {} ms ({timing})", steps.len(), one.elapsed().as_millis());
             }
             Err(report) => {
                 println!("{report}");

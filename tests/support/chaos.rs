@@ -147,7 +147,7 @@ pub fn parse(text: &str) -> Result<Vec<Step>, String> {
         .collect()
 }
 
-/// The schedule of `seed`: 24 to 40 operations with short pauses between them. One node, chosen by
+/// The schedule of `seed`: 24 to 36 operations with short pauses between them (a few seconds in all). One node, chosen by
 /// the seed, owns [`SHAPE`] (`file_dir` off leaves shape changes out): two nodes changing one name to
 /// a file and to a directory concurrently would leave both entries live, which no disk can hold.
 pub fn generate(seed: u64, file_dir: bool) -> Vec<Step> {
@@ -155,7 +155,7 @@ pub fn generate(seed: u64, file_dir: bool) -> Vec<Step> {
     let owner = rng.below(3);
     let mut alive = [true; 3];
     let mut steps = Vec::new();
-    let operations = 24 + rng.below(17);
+    let operations = 24 + rng.below(13);
     for _ in 0..operations {
         let live: Vec<usize> = (0..3).filter(|&i| alive[i]).collect();
         let dead: Vec<usize> = (0..3).filter(|&i| !alive[i]).collect();
@@ -193,9 +193,9 @@ pub fn generate(seed: u64, file_dir: bool) -> Vec<Step> {
                 steps.push(Step::Restart { node });
                 alive[node] = true;
             }
-            _ => steps.push(Step::Sleep { ms: 50 + rng.below(300) as u64 }),
+            _ => steps.push(Step::Sleep { ms: 30 + rng.below(170) as u64 }),
         }
-        steps.push(Step::Sleep { ms: 5 + rng.below(50) as u64 });
+        steps.push(Step::Sleep { ms: 3 + rng.below(33) as u64 });
     }
     steps
 }
