@@ -98,8 +98,9 @@ impl Group {
             let spec = cluster.spec_mut(i);
             spec.peer_paths = peer_paths;
             spec.extra_config = format!(
-                "\n[sync]\ninterval_ms = 500\n\n[[sync.directory]]\nname = \"{DIR_SCOPE}\"\npath = {:?}\ninterval_ms = 100\nmax_file_mib = 1\n",
-                shared.display().to_string()
+                "\n[sync]\ninterval_ms = 500\n\n[[sync.directory]]\nname = \"{DIR_SCOPE}\"\npath = {:?}\ninterval_ms = 100\nmax_file_mib = 1\n{}",
+                shared.display().to_string(),
+                delete_share_off(),
             );
         }
         Group { cluster, links, dir: Some(dir) }
@@ -123,6 +124,20 @@ impl Group {
         let trees = (0..NODES.len()).map(|i| read_tree(&self.shared(i))).collect();
         (stores, trees)
     }
+}
+
+/// The schedules empty the directory on purpose (the last file deleted, a file turned into a
+/// directory): where the product holds scans that delete a large share of a directory's files until
+/// an operator confirms them (`max_delete_percent`), that check is turned off. Asked of the library
+/// the binary is built from, so the test runs on builds with and without the setting.
+fn delete_share_off() -> &'static str {
+    const LINE: &str = "max_delete_percent = 100\n";
+    let text = "[node]\nid = \"a\"\n\n[[sync.directory]]\nname = \"d\"\npath = \"d\"\n";
+    let parse = |text: &str| vigil::config::NodeConfig::parse(Path::new("/chaos-probe/node.toml"), text);
+    if let Err(e) = parse(text) {
+        panic!("the configuration probe is refused even without the setting: {e}");
+    }
+    if parse(&format!("{text}{LINE}")).is_ok() { LINE } else { "" }
 }
 
 /// A node's store, read-only (the daemon may be writing it: WAL readers see committed states only).
@@ -489,9 +504,10 @@ async fn run(seed: u64, steps: &[Step], plugin_cache: &mut Option<tempfile::Temp
         .collect();
     let kept = run.group.dir.take().map(|d| d.keep());
     Err(format!(
-        "seed {seed}: {} violations\n--- schedule (VIGIL_CHAOS_SEED={seed}, or VIGIL_CHAOS_SCHEDULE with these steps)\n{schedule}--- violations\n{}\n--- logs (directory kept: {:?})\n{}",
+        "seed {seed}: {} violations\n--- schedule (VIGIL_CHAOS_SEED={seed}, or VIGIL_CHAOS_SCHEDULE with these steps)\n{schedule}--- violations\n{}\n--- versions seen (wall.counter@origin, oldest first) and operations (step@node)\n{}--- logs (directory kept: {:?})\n{}",
         violations.len(),
         violations.join("\n"),
+        chaos::versions_of(&history, &violations),
         kept,
         run.group.cluster.logs(15),
     ))

@@ -269,6 +269,29 @@ impl History {
     }
 }
 
+/// Every version seen of the keys `violations` name, oldest first, for a failure report.
+pub fn versions_of(history: &History, violations: &[String]) -> String {
+    let mut out = String::new();
+    for (key, versions) in &history.observed {
+        let shown = show_key(key);
+        if !violations.iter().any(|v| v.contains(&format!("{shown} ")) || v.contains(&format!("{}/{} ", key.0, key.1))) {
+            continue;
+        }
+        out.push_str(&format!("{shown}:"));
+        for (version, value) in versions {
+            out.push_str(&format!(" {version}={}", text(value)));
+        }
+        let ops: Vec<String> = history
+            .ops
+            .iter()
+            .filter(|op| op.key == *key)
+            .map(|op| format!("{}@{}:{}", op.step, NODES[op.node], if op.effect == Effect::Delete { "del".to_string() } else { "put".to_string() }))
+            .collect();
+        out.push_str(&format!("\n    operations: {}\n", ops.join(" ")));
+    }
+    out
+}
+
 fn text(value: &Option<Vec<u8>>) -> String {
     match value {
         Some(v) => format!("{:?}", String::from_utf8_lossy(v).trim_end()),
