@@ -13,7 +13,10 @@
 //! - `VIGIL_CHAOS_SCHEDULES=N` runs seeds 1..=N (default 50);
 //! - `VIGIL_CHAOS_SEED=S` runs seed S only;
 //! - `VIGIL_CHAOS_SCHEDULE="put a k0; sleep 30; kill b; …"` runs that schedule (as a failure prints it);
-//! - `VIGIL_CHAOS_NO_FILE_DIR=1` leaves file↔directory changes out;
+//! - `VIGIL_CHAOS_NO_FILE_DIR=1` leaves file↔directory changes out, `VIGIL_CHAOS_NO_UNMOUNT=1`
+//!   replicated directories that go missing (a volume that did not mount);
+//! - `VIGIL_CHAOS_NO_LATER_WINS=1` leaves out the check that the later write in real time wins
+//!   (issue 18), keeping those of the data-safety issue;
 //! - `VIGIL_CHAOS_KEEP_GOING=1` runs every schedule instead of stopping at the first failure.
 //!
 //! A failing schedule prints its seed, its schedule with what each step did, the violations, the
@@ -47,20 +50,20 @@ fn now_ms() -> u64 {
 
 /// The schedules this run plays: `(seed, steps)`.
 fn plan() -> Vec<(u64, Vec<Step>)> {
-    let file_dir = !env_flag("VIGIL_CHAOS_NO_FILE_DIR");
+    let faults = chaos::Faults { file_dir: !env_flag("VIGIL_CHAOS_NO_FILE_DIR"), unmount: !env_flag("VIGIL_CHAOS_NO_UNMOUNT") };
     if let Ok(text) = std::env::var("VIGIL_CHAOS_SCHEDULE") {
         let steps = chaos::parse(&text).unwrap_or_else(|e| panic!("VIGIL_CHAOS_SCHEDULE: {e}"));
         return vec![(0, steps)];
     }
     if let Ok(seed) = std::env::var("VIGIL_CHAOS_SEED") {
         let seed: u64 = seed.trim().parse().unwrap_or_else(|e| panic!("VIGIL_CHAOS_SEED={seed:?}: expected a number ({e})"));
-        return vec![(seed, chaos::generate(seed, file_dir))];
+        return vec![(seed, chaos::generate(seed, faults))];
     }
     let count = match std::env::var("VIGIL_CHAOS_SCHEDULES") {
         Ok(n) => n.trim().parse().unwrap_or_else(|e| panic!("VIGIL_CHAOS_SCHEDULES={n:?}: expected a number ({e})")),
         Err(_) => DEFAULT_SCHEDULES,
     };
-    (1..=count).map(|seed| (seed, chaos::generate(seed, file_dir))).collect()
+    (1..=count).map(|seed| (seed, chaos::generate(seed, faults))).collect()
 }
 
 /// Three nodes, each reaching each other through a proxy of its own (`links[i][j]`: i's path to j),
@@ -108,6 +111,11 @@ impl Group {
 
     fn shared(&self, i: usize) -> PathBuf {
         self.cluster.nodes[i].dir.join(DIR_SCOPE)
+    }
+
+    /// Where node `i`'s directory is while it is "unmounted".
+    fn unmounted(&self, i: usize) -> PathBuf {
+        self.cluster.nodes[i].dir.join(format!("{DIR_SCOPE}.unmounted"))
     }
 
     fn store_path(&self, i: usize) -> PathBuf {
@@ -245,6 +253,7 @@ struct Run {
     history: Arc<Mutex<History>>,
     http: HttpClient,
     dead: [bool; 3],
+    unmounted: [bool; 3],
     /// What each step did, for the report.
     notes: Vec<String>,
 }
@@ -269,6 +278,11 @@ impl Run {
     /// Play step `index`; returns what it did.
     async fn play(&mut self, index: usize, step: &Step) -> String {
         let seed = self.seed;
+        if let Step::Write { node, .. } | Step::DelFile { node, .. } | Step::Shape { node } = *step {
+            if self.unmounted[node] {
+                return "skipped: directory unmounted".into();
+            }
+        }
         match *step {
             Step::Put { node, key } if !self.dead[node] => {
                 let value = format!("v{seed}.{index}");
@@ -347,11 +361,41 @@ impl Run {
                 String::new()
             }
             Step::Kill { .. } | Step::Restart { .. } => "skipped: already so".into(),
+            Step::Unmount { node } if !self.dead[node] && !self.unmounted[node] => {
+                self.group.cluster.kill(node);
+                self.history.lock().expect("history lock").kills.push((node, now_ms()));
+                let (shared, away) = (self.group.shared(node), self.group.unmounted(node));
+                if shared.exists() {
+                    std::fs::rename(&shared, &away).unwrap_or_else(|e| panic!("move {} away: {e}", shared.display()));
+                } else {
+                    std::fs::create_dir_all(&away).unwrap_or_else(|e| panic!("{}: {e}", away.display()));
+                }
+                self.group.cluster.start(node).unwrap_or_else(|e| panic!("restart {}: {e}", NODES[node]));
+                self.unmounted[node] = true;
+                String::new()
+            }
+            Step::Remount { node } if self.unmounted[node] => {
+                self.remount(node);
+                String::new()
+            }
+            Step::Unmount { .. } | Step::Remount { .. } => "skipped: node down or already so".into(),
             Step::Sleep { ms } => {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 String::new()
             }
         }
+    }
+
+    /// Put node `node`'s directory back; what the node left at the mount point is hidden.
+    fn remount(&mut self, node: usize) {
+        let (shared, away) = (self.group.shared(node), self.group.unmounted(node));
+        let hidden = self.group.cluster.nodes[node].dir.join(format!("{DIR_SCOPE}.hidden"));
+        let _ = std::fs::remove_dir_all(&hidden);
+        if shared.exists() {
+            std::fs::rename(&shared, &hidden).unwrap_or_else(|e| panic!("hide {}: {e}", shared.display()));
+        }
+        std::fs::rename(&away, &shared).unwrap_or_else(|e| panic!("put {} back: {e}", shared.display()));
+        self.unmounted[node] = false;
     }
 
     /// Turn [`SHAPE`] into the next shape on `node`: absent → file, file → directory, directory → file.
@@ -400,6 +444,9 @@ impl Run {
             }
         }
         for node in 0..NODES.len() {
+            if self.unmounted[node] {
+                self.remount(node);
+            }
             if self.dead[node] {
                 self.group.cluster.start(node).unwrap_or_else(|e| panic!("restart {}: {e}", NODES[node]));
                 self.dead[node] = false;
@@ -463,7 +510,7 @@ async fn run(seed: u64, steps: &[Step], plugin_cache: &mut Option<tempfile::Temp
     }
     let history = Arc::new(Mutex::new(History::default()));
     let poller = Poller::start((0..NODES.len()).map(|i| group.store_path(i)).collect(), history.clone());
-    let mut run = Run { seed, group, history: history.clone(), http: HttpClient::new(), dead: [false; 3], notes: Vec::new() };
+    let mut run = Run { seed, group, history: history.clone(), http: HttpClient::new(), dead: [false; 3], unmounted: [false; 3], notes: Vec::new() };
     for i in 0..NODES.len() {
         run.group.cluster.start(i).unwrap_or_else(|e| panic!("start {}: {e}", NODES[i]));
     }
@@ -491,7 +538,7 @@ async fn run(seed: u64, steps: &[Step], plugin_cache: &mut Option<tempfile::Temp
     for store in &stores {
         history.observe(store);
     }
-    violations.extend(chaos::check(&history, &stores, &trees));
+    violations.extend(chaos::check(&history, &stores, &trees, !env_flag("VIGIL_CHAOS_NO_LATER_WINS")));
     if violations.is_empty() {
         return Ok((history.ops.len(), timing));
     }
@@ -585,7 +632,7 @@ fn the_checker_accepts_a_run_that_kept_its_promises() {
     let h = two_writes();
     let mut s = Snapshot::new();
     s.insert(key("k"), row(Some("2"), version(2000, "b")));
-    assert_eq!(chaos::check(&h, &everywhere(s), &vec![Tree::new(); 3]), Vec::<String>::new());
+    assert_eq!(chaos::check(&h, &everywhere(s), &vec![Tree::new(); 3], true), Vec::<String>::new());
 }
 
 #[test]
@@ -593,7 +640,7 @@ fn the_checker_sees_a_lost_write_and_a_later_write_that_lost() {
     let h = two_writes();
     let mut s = Snapshot::new();
     s.insert(key("k"), row(Some("1"), version(1000, "a")));
-    let v = chaos::check(&h, &everywhere(s), &vec![Tree::new(); 3]);
+    let v = chaos::check(&h, &everywhere(s), &vec![Tree::new(); 3], true);
     assert!(v.iter().any(|l| l.starts_with("lost on a: key k")), "{v:?}");
     assert!(v.iter().any(|l| l.starts_with("later write lost on a: key k")), "{v:?}");
 }
@@ -607,7 +654,7 @@ fn the_checker_sees_a_deleted_value_come_back_and_an_invented_delete() {
     // Nothing on c deleted k: the tombstone is invented; and the final value is older than it.
     let mut end = Snapshot::new();
     end.insert(key("k"), row(Some("2"), version(2000, "b")));
-    let v = chaos::check(&h, &everywhere(end), &vec![Tree::new(); 3]);
+    let v = chaos::check(&h, &everywhere(end), &vec![Tree::new(); 3], true);
     assert!(v.iter().any(|l| l.starts_with("invented delete: key k")), "{v:?}");
     assert!(v.iter().any(|l| l.starts_with("lost on a: key k was recorded as (deleted)")), "{v:?}");
 }
@@ -630,8 +677,9 @@ fn the_checker_sees_diverged_stores_and_a_directory_that_differs_from_its_store(
 #[test]
 fn a_printed_schedule_parses_back() {
     for seed in 1..50 {
-        let steps = chaos::generate(seed, true);
+        let steps = chaos::generate(seed, chaos::Faults { file_dir: true, unmount: true });
         assert_eq!(chaos::parse(&chaos::show(&steps)).unwrap(), steps);
     }
-    assert!(chaos::generate(7, false).iter().all(|s| !matches!(s, Step::Shape { .. })));
+    let none = chaos::Faults { file_dir: false, unmount: false };
+    assert!((1..50).flat_map(|seed| chaos::generate(seed, none)).all(|s| !matches!(s, Step::Shape { .. } | Step::Unmount { .. })));
 }
