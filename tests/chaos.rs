@@ -374,10 +374,7 @@ impl Run {
                 self.unmounted[node] = true;
                 String::new()
             }
-            Step::Remount { node } if self.unmounted[node] => {
-                self.remount(node);
-                String::new()
-            }
+            Step::Remount { node } if self.unmounted[node] => self.remount(node),
             Step::Unmount { .. } | Step::Remount { .. } => "skipped: node down or already so".into(),
             Step::Sleep { ms } => {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -386,16 +383,19 @@ impl Run {
         }
     }
 
-    /// Put node `node`'s directory back; what the node left at the mount point is hidden.
-    fn remount(&mut self, node: usize) {
+    /// Put node `node`'s directory back, when the node left the mount point alone. A node whose
+    /// store held no file of the directory may make a new one (nothing of it can be lost); mounting
+    /// the old volume over that would change the device number, which the product checks and this
+    /// test cannot emulate without privileges, so the old volume is dropped instead.
+    fn remount(&mut self, node: usize) -> String {
         let (shared, away) = (self.group.shared(node), self.group.unmounted(node));
-        let hidden = self.group.cluster.nodes[node].dir.join(format!("{DIR_SCOPE}.hidden"));
-        let _ = std::fs::remove_dir_all(&hidden);
+        self.unmounted[node] = false;
         if shared.exists() {
-            std::fs::rename(&shared, &hidden).unwrap_or_else(|e| panic!("hide {}: {e}", shared.display()));
+            std::fs::remove_dir_all(&away).unwrap_or_else(|e| panic!("{}: {e}", away.display()));
+            return "the node made a new directory meanwhile: the old volume is dropped".into();
         }
         std::fs::rename(&away, &shared).unwrap_or_else(|e| panic!("put {} back: {e}", shared.display()));
-        self.unmounted[node] = false;
+        String::new()
     }
 
     /// Turn [`SHAPE`] into the next shape on `node`: absent → file, file → directory, directory → file.
@@ -445,7 +445,10 @@ impl Run {
         }
         for node in 0..NODES.len() {
             if self.unmounted[node] {
-                self.remount(node);
+                let note = self.remount(node);
+                if !note.is_empty() {
+                    self.notes.push(format!("settle: remount {}: {note}", NODES[node]));
+                }
             }
             if self.dead[node] {
                 self.group.cluster.start(node).unwrap_or_else(|e| panic!("restart {}: {e}", NODES[node]));
@@ -543,12 +546,15 @@ async fn run(seed: u64, steps: &[Step], plugin_cache: &mut Option<tempfile::Temp
         return Ok((history.ops.len(), timing));
     }
     violations.dedup();
-    let schedule: String = steps
+    let mut schedule: String = steps
         .iter()
         .zip(&run.notes)
         .enumerate()
         .map(|(i, (s, n))| if n.is_empty() { format!("  {i:>3}  {s}\n") } else { format!("  {i:>3}  {s:<16} # {n}\n") })
         .collect();
+    for note in run.notes.iter().skip(steps.len()) {
+        schedule.push_str(&format!("       # {note}\n"));
+    }
     let kept = run.group.dir.take().map(|d| d.keep());
     Err(format!(
         "seed {seed}: {} violations\n--- schedule (VIGIL_CHAOS_SEED={seed}, or VIGIL_CHAOS_SCHEDULE with these steps)\n{schedule}--- violations\n{}\n--- versions seen (wall.counter@origin, oldest first) and operations (step@node)\n{}--- logs (directory kept: {:?})\n{}",
