@@ -92,11 +92,11 @@ impl Group {
             }
             links.push(row);
         }
-        for i in 0..NODES.len() {
+        for (i, links_of_i) in links.iter().enumerate() {
             let shared = cluster.nodes[i].dir.join(DIR_SCOPE);
             let peer_paths = (0..NODES.len())
                 .filter(|j| *j != i)
-                .map(|j| (NODES[j].to_string(), vec![("link".to_string(), links[i][j].as_ref().expect("a link").url())]))
+                .map(|j| (NODES[j].to_string(), vec![("link".to_string(), links_of_i[j].as_ref().expect("a link").url())]))
                 .collect();
             let spec = cluster.spec_mut(i);
             spec.peer_paths = peer_paths;
@@ -443,15 +443,15 @@ impl Run {
                 }
             }
         }
-        for node in 0..NODES.len() {
+        for (node, id) in NODES.iter().enumerate() {
             if self.unmounted[node] {
                 let note = self.remount(node);
                 if !note.is_empty() {
-                    self.notes.push(format!("settle: remount {}: {note}", NODES[node]));
+                    self.notes.push(format!("settle: remount {id}: {note}"));
                 }
             }
             if self.dead[node] {
-                self.group.cluster.start(node).unwrap_or_else(|e| panic!("restart {}: {e}", NODES[node]));
+                self.group.cluster.start(node).unwrap_or_else(|e| panic!("restart {id}: {e}"));
                 self.dead[node] = false;
             }
         }
@@ -460,11 +460,11 @@ impl Run {
             return problems;
         }
         let before = self.group.read_all();
-        for node in 0..NODES.len() {
+        for (node, id) in NODES.iter().enumerate() {
             match self.admin(node, Method::POST, "/admin/sync", "").await {
                 Ok((200, _)) => {}
-                Ok((status, body)) => problems.push(format!("vigil sync on {} answered {status}: {body}", NODES[node])),
-                Err(e) => problems.push(format!("vigil sync on {}: {e}", NODES[node])),
+                Ok((status, body)) => problems.push(format!("vigil sync on {id} answered {status}: {body}")),
+                Err(e) => problems.push(format!("vigil sync on {id}: {e}")),
             }
         }
         problems.extend(self.converge("after a full exchange").await);
@@ -514,8 +514,8 @@ async fn run(seed: u64, steps: &[Step], plugin_cache: &mut Option<tempfile::Temp
     let history = Arc::new(Mutex::new(History::default()));
     let poller = Poller::start((0..NODES.len()).map(|i| group.store_path(i)).collect(), history.clone());
     let mut run = Run { seed, group, history: history.clone(), http: HttpClient::new(), dead: [false; 3], unmounted: [false; 3], notes: Vec::new() };
-    for i in 0..NODES.len() {
-        run.group.cluster.start(i).unwrap_or_else(|e| panic!("start {}: {e}", NODES[i]));
+    for (i, id) in NODES.iter().enumerate() {
+        run.group.cluster.start(i).unwrap_or_else(|e| panic!("start {id}: {e}"));
     }
     run.group
         .cluster
