@@ -4,6 +4,7 @@
 //! Nothing here fakes the product: plugins are the real components built by `cargo xtask plugins`,
 //! the binary is the real `target/debug/vigil`, files are real files in temporary directories.
 
+pub mod chaos;
 pub mod faketime;
 pub mod netns;
 
