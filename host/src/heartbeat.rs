@@ -6,13 +6,11 @@
 //! reported modes, last-seen ages and clock skews that the plugin and `/status` see. Keeping the
 //! counting free of I/O lets the simulation drive it with made-up rounds.
 
-use crate::clock::Clock;
 use crate::config::{NodeConfig, Probe, ProbeKind};
 use crate::http_client::HttpClient;
 use crate::model::{Check, Mode, Remote, Report, VipView};
 use crate::peer::client::{Heartbeat, PeerClient};
 use futures_util::future::join_all;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 
@@ -286,9 +284,9 @@ fn record_remote(track: &mut RemoteTrack, round: &RemoteRound, mono_ms: u64) {
     }
 }
 
-/// A prober for a node configuration.
-pub fn prober_for(config: &NodeConfig, keys: Vec<Vec<u8>>, clock: Arc<dyn Clock>, http: HttpClient) -> Prober {
-    let peer = PeerClient::new(http.clone(), config.node.id.clone(), keys, clock);
+/// A prober for a node configuration, signing with `peer` (shared with replication, so that both
+/// know each peer's current run).
+pub fn prober_for(config: &NodeConfig, peer: PeerClient, http: HttpClient) -> Prober {
     Prober::new(peer, http, Duration::from_millis(u64::from(config.heartbeat.timeout_ms)))
 }
 

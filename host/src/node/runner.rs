@@ -205,7 +205,7 @@ impl NodeLoop {
     fn start(state: Arc<NodeState>, interval: Duration, stop: &watch::Receiver<bool>) -> NodeLoop {
         let config = &state.config;
         let targets = Targets::from_config(config);
-        let prober = prober_for(config, state.verifier.keys().to_vec(), state.clock.clone(), HttpClient::new());
+        let prober = prober_for(config, state.replicator.peer_client().clone(), HttpClient::new());
         // The traffic relay of the policy's `[relay]`: started on the first tick, kept in line with reloads.
         let relay = Arc::new(crate::relay::RelayHost::with_memory(config.node.data_dir.join("route-target")));
         // The policy's `[[vip]]` addresses; what `set` replaced survives a restart in the data directory.

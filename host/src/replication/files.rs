@@ -353,8 +353,9 @@ impl DirSync {
                 match std::fs::symlink_metadata(&path) {
                     Ok(m) if m.file_type().is_symlink() => return Err(format!("{shown}: refused, it is a symbolic link")),
                     // A directory replaced by a file: its files were deleted first (deletes come
-                    // before writes), so it is empty unless something else lives there.
-                    Ok(m) if m.is_dir() => std::fs::remove_dir(&path).map_err(|e| format!("{shown}: a directory is in the way: {e}"))?,
+                    // before writes), so it holds no file unless something else lives there. Empty
+                    // directories below it (left by a write that never happened here) hold no data.
+                    Ok(m) if m.is_dir() => remove_empty_tree(&path).map_err(|e| format!("{shown}: a directory is in the way: {e}"))?,
                     Ok(m) => owner = Some((m.uid(), m.gid())),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(format!("{shown}: {e}")),
@@ -389,6 +390,19 @@ impl DirSync {
             }
         }
     }
+}
+
+/// Remove `dir` if it holds nothing but empty directories (never following a link); otherwise leave
+/// everything and say what is in the way.
+fn remove_empty_tree(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if !entry.file_type()?.is_dir() {
+            return Err(std::io::Error::other(format!("it holds {}", entry.path().display())));
+        }
+        remove_empty_tree(&entry.path())?;
+    }
+    std::fs::remove_dir(dir)
 }
 
 /// Write file changes to their directories, deletes first (a file replaced by a directory of the
@@ -727,6 +741,33 @@ mod tests {
             assert_eq!(std::fs::read_to_string(d.root.join("x")).unwrap(), "file again");
             assert_eq!(live(s), vec!["f00", "f01", "x"]);
         }
+    }
+
+    /// Found by the chaos test (seed 37): a directory that holds only an empty directory (left where a
+    /// nested file was never written on this node) is no data, and must not block a file of its name.
+    #[test]
+    fn a_directory_of_empty_directories_gives_way_to_a_file_but_one_holding_a_file_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sb, db) = setup(dir.path(), "b");
+        db.scan(&sb, 900).unwrap();
+        std::fs::create_dir_all(db.root.join("x/d/e")).unwrap();
+        let put = |key: &str, wall_ms: u64| Change {
+            scope: "mail".into(),
+            key: key.into(),
+            value: Some(b"file".to_vec()),
+            mode: Some(0o644),
+            hlc: crate::replication::hlc::Hlc { wall_ms, counter: 0 },
+            origin: "a".into(),
+            seq: 1,
+        };
+        db.write_out(&put("x", 1000)).unwrap();
+        assert_eq!(std::fs::read_to_string(db.root.join("x")).unwrap(), "file");
+
+        std::fs::create_dir_all(db.root.join("y/d")).unwrap();
+        std::fs::write(db.root.join("y/d/kept"), "local data").unwrap();
+        let e = db.write_out(&put("y", 1000)).unwrap_err();
+        assert!(e.contains("in the way") && e.contains("kept"), "{e}");
+        assert_eq!(std::fs::read_to_string(db.root.join("y/d/kept")).unwrap(), "local data", "nothing removed");
     }
 
     #[test]

@@ -186,6 +186,11 @@ impl Replicator {
         self.state.lock().expect("replication state lock")
     }
 
+    /// The signed client it pulls and pushes with.
+    pub fn peer_client(&self) -> &PeerClient {
+        &self.client
+    }
+
     /// What the plugin sees.
     pub fn view(&self) -> SyncView {
         let s = &self.lock().status;
