@@ -97,8 +97,8 @@ pub struct DirSync {
     /// Largest file replicated, in bytes.
     pub max_file: usize,
     limits: DeleteLimits,
-    /// `(size, mtime)` of each file at the previous scan.
-    seen: Mutex<HashMap<String, (u64, SystemTime)>>,
+    /// Each file as the previous scan saw it, or as this node last wrote it from a peer.
+    seen: Mutex<HashMap<String, Stamp>>,
     /// The device of the root at the last good scan: changes are written only into a root found
     /// there again, never into a directory that has not been checked.
     verified: Mutex<Option<u64>>,
@@ -249,7 +249,7 @@ impl DirSync {
         let mut seen = self.seen.lock().expect("seen lock");
         let mut now_seen = HashMap::new();
         for (rel, meta) in &files {
-            let stamp = (meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH));
+            let stamp = stamp(meta);
             now_seen.insert(rel.clone(), stamp);
             if seen.get(rel) == Some(&stamp) {
                 continue;
@@ -360,19 +360,15 @@ impl DirSync {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(format!("{shown}: {e}")),
                 }
-                write_atomically(dir, &path, content, change.mode.unwrap_or(0o644) & 0o777, owner)?;
+                let written = write_atomically(dir, &path, content, change.mode.unwrap_or(0o644) & 0o777, owner)?;
+                // What we just wrote is not a local change: remember it as seen, as written (its
+                // descriptor's stamp, not the path's: a local write that lands right after the rename
+                // must still be seen as one by the next scan).
+                self.seen.lock().expect("seen lock").insert(change.key.clone(), written);
+                return Ok(());
             }
         }
-        // What we just wrote is not a local change: remember it as seen.
-        let mut seen = self.seen.lock().expect("seen lock");
-        match std::fs::symlink_metadata(&path) {
-            Ok(meta) if meta.is_file() => {
-                seen.insert(change.key.clone(), (meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
-            }
-            _ => {
-                seen.remove(&change.key);
-            }
-        }
+        self.seen.lock().expect("seen lock").remove(&change.key);
         Ok(())
     }
 
@@ -390,6 +386,15 @@ impl DirSync {
             }
         }
     }
+}
+
+/// What tells a file's content changed without reading it: size, modification time and inode (an
+/// editor or deploy tool that replaces a file by rename gives it a new inode).
+type Stamp = (u64, SystemTime, u64);
+
+fn stamp(meta: &std::fs::Metadata) -> Stamp {
+    use std::os::unix::fs::MetadataExt as _;
+    (meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.ino())
 }
 
 /// Remove `dir` if it holds nothing but empty directories (never following a link); otherwise leave
@@ -427,7 +432,8 @@ pub fn write_changes(store: &Store, dirs: &[&DirSync], mut changes: Vec<Change>)
 }
 
 /// Write `content` to `path` through a new temporary file in `dir`, renamed over it once on disk.
-fn write_atomically(dir: &Path, path: &Path, content: &[u8], mode: u32, owner: Option<(u32, u32)>) -> Result<(), String> {
+/// Returns the written file's [`Stamp`], taken on its descriptor before the rename.
+fn write_atomically(dir: &Path, path: &Path, content: &[u8], mode: u32, owner: Option<(u32, u32)>) -> Result<Stamp, String> {
     let mut random = [0u8; 8];
     getrandom::fill(&mut random).map_err(|e| format!("no random source: {e}"))?;
     let tmp = dir.join(format!("{TMP_PREFIX}{}", hex::encode(random)));
@@ -446,15 +452,19 @@ fn write_atomically(dir: &Path, path: &Path, content: &[u8], mode: u32, owner: O
         // On the descriptor, after the owner: the umask does not apply, and no other mode is ever seen.
         file.set_permissions(std::fs::Permissions::from_mode(mode))?;
         file.write_all(content)?;
-        file.sync_all()
+        file.sync_all()?;
+        file.metadata()
     })();
     drop(file);
-    let result = written.map_err(|e| format!("{shown}: {e}")).and_then(|()| std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display())));
+    let result = written
+        .map_err(|e| format!("{shown}: {e}"))
+        .and_then(|meta| std::fs::rename(&tmp, path).map(|()| stamp(&meta)).map_err(|e| format!("{}: {e}", path.display())));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result?;
-    sync_dir(dir)
+    let written = result?;
+    sync_dir(dir)?;
+    Ok(written)
 }
 
 /// Make a rename or a removal in `dir` durable.
@@ -741,6 +751,36 @@ mod tests {
             assert_eq!(std::fs::read_to_string(d.root.join("x")).unwrap(), "file again");
             assert_eq!(live(s), vec!["f00", "f01", "x"]);
         }
+    }
+
+    /// Found by the chaos test (seed 11): a local write that replaced a file this node had just written
+    /// from a peer was taken as already seen and never versioned. Here the local write even keeps the
+    /// size and the modification time; only its inode tells it apart.
+    #[test]
+    fn a_local_write_right_after_a_peers_write_is_still_a_local_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sb, db) = setup(dir.path(), "b");
+        db.scan(&sb, 900).unwrap();
+        let change = Change {
+            scope: "mail".into(),
+            key: "f".into(),
+            value: Some(b"from a".to_vec()),
+            mode: Some(0o644),
+            hlc: crate::replication::hlc::Hlc { wall_ms: 1000, counter: 0 },
+            origin: "a".into(),
+            seq: 1,
+        };
+        sb.apply(&[change.clone()], 1000).unwrap();
+        assert!(write_changes(&sb, &[&db], vec![change]).iter().all(|(_, r)| r.is_ok()));
+        let path = db.root.join("f");
+        let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let tmp = db.root.join("f.new");
+        std::fs::write(&tmp, "from b").unwrap();
+        std::fs::File::options().write(true).open(&tmp).unwrap().set_modified(modified).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        let report = db.scan(&sb, 2000).unwrap();
+        assert_eq!(report.written.len(), 1, "the local write is recorded");
+        assert_eq!(sb.get("mail", "f").unwrap().unwrap().value.as_deref(), Some(&b"from b"[..]));
     }
 
     /// Found by the chaos test (seed 37): a directory that holds only an empty directory (left where a
