@@ -770,7 +770,7 @@ mod tests {
             origin: "a".into(),
             seq: 1,
         };
-        sb.apply(&[change.clone()], 1000).unwrap();
+        sb.apply(std::slice::from_ref(&change), 1000).unwrap();
         assert!(write_changes(&sb, &[&db], vec![change]).iter().all(|(_, r)| r.is_ok()));
         let path = db.root.join("f");
         let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
