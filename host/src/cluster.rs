@@ -129,7 +129,18 @@ pub struct Cluster {
     http: HttpClient,
 }
 
+/// A free loopback port for a node to listen on later. Taken below the kernel's ephemeral range
+/// (32768 and up by default): a port the kernel hands out to a client socket or a `bind(0)` (a
+/// `LinkProxy`, another test's node) in the meantime can then never be this one.
 fn free_port() -> std::io::Result<u16> {
+    let mut random = [0u8; 2];
+    for _ in 0..200 {
+        getrandom::fill(&mut random).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let port = 20_000 + u16::from_le_bytes(random) % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
