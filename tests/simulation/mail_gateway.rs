@@ -12,17 +12,16 @@
 //! Settled: exactly one active; the other standby, off or failed, running no service. (An active node
 //! whose service failed to start keeps it stopped: the plugin has no watchdog.)
 //!
-//! Exception (a known plugin violation, counted apart and not against the property):
-//! `ACTIVE_PASSIVE_NOBODY_ACTIVE_TIE` — the active-passive engine's "nobody active" rule waits
-//! 2 + 2 × threshold idle checks on both nodes once the primary has yielded (local failure, operator
-//! `standby`, a peer command): both claim in the same tick, command each other `go-standby`, both
-//! obey, and the cycle repeats with nobody active for good ([`crate::sim::nobody_active_tie`]).
+//! Slowest settling seen: both nodes recover from FAILED in the same tick, both wait the slow
+//! "nobody active" count (2 + 2 × 5), claim in the same tick (two actives for two ticks, within the
+//! bound), both obey the other's `go-standby`, and the primary then claims on its fast path.
 //!
 //! Config-only (`mail-config-only.toml` on both nodes): every node that runs serves (ACTIVE) from
 //! its first tick and never changes mode or acts, whatever the faults.
-//! Exception: `CONFIG_ONLY_OPERATOR_REQUEST_ON_FIRST_TICK` (see [`ConfigOnly`]).
+//! Exceptions: `CONFIG_ONLY_OPERATOR_REQUEST_BEFORE_SERVING`, `CONFIG_ONLY_STARTUP_GRACE_DELAYS_SERVING`
+//! (see [`ConfigOnly`]'s `excused`).
 
-use crate::sim::{nobody_active_tie, Deployment, Faults, Group, How, PeerSpec, Rng, Sim};
+use crate::sim::{Deployment, Faults, Group, How, PeerSpec, Rng, Sim};
 use vigil::model::{Heartbeat, Mode, OperatorRequest, Role};
 use vigil::policy::LoadedPolicy;
 
@@ -72,13 +71,15 @@ impl MailGateway {
 impl Deployment for MailGateway {
     type W = ();
     const NAME: &'static str = "mail-gateway";
-    const SETTLE_WITHIN: u64 = 18;
+    /// Recovery (3) + the slow idle count (12) + the simultaneous claim resolved (about 6).
+    const SETTLE_WITHIN: u64 = 25;
 
     /// Two actives after a healed outage: the primary resolves after the threshold (5 checks) — goes
     /// off or standby, or keeps the role and commands `go-standby` every threshold; the secondary
-    /// gives way after 3 × the threshold at the latest.
+    /// gives way after 3 × the threshold at the latest, seen one tick late, STANDBY once its stops
+    /// are done (one tick, three when slow): 15 + 1 + 3.
     fn groups(&self) -> Vec<Group> {
-        vec![Group { name: "mail-gateway", nodes: vec![0, 1], bound: 16 }]
+        vec![Group { name: "mail-gateway", nodes: vec![0, 1], bound: 19 }]
     }
 
     fn build(&self, rng: &mut Rng, trace: bool) -> Sim<'_, ()> {
@@ -103,15 +104,18 @@ impl Deployment for MailGateway {
     fn settled(&self, sim: &Sim<'_, ()>) -> Result<(), String> {
         sim.one_active(&[0, 1]).map(|_| ())
     }
-
-    fn excused(&self, sim: &Sim<'_, ()>) -> Option<&'static str> {
-        nobody_active_tie(sim, 0, 1).then_some("ACTIVE_PASSIVE_NOBODY_ACTIVE_TIE")
-    }
 }
 
-/// A daemon whose only tick so far answered an operator request and left it STANDBY.
-fn first_tick_operator(n: &crate::sim::Node) -> bool {
-    n.core.tick_count == 1 && n.core.mode == Mode::Standby && n.last_operator.is_some()
+/// A daemon still STANDBY (its first tick, or held by the grace) that answered an operator request
+/// in the tick just played, and so stayed STANDBY.
+fn operator_before_serving(sim: &Sim<'_, ()>, n: &crate::sim::Node) -> bool {
+    n.core.mode == Mode::Standby && n.last_operator.is_some() && n.last_operator_tick == sim.t
+}
+
+/// A daemon held in STANDBY by the host's start-up grace: it started less than the grace ago and
+/// some peer has not answered yet.
+fn held_by_grace(sim: &Sim<'_, ()>, n: &crate::sim::Node) -> bool {
+    n.core.mode == Mode::Standby && sim.now.saturating_sub(n.core.started_ms) <= crate::sim::STARTUP_GRACE_MS && !n.heard_from_every_peer()
 }
 
 pub struct ConfigOnly {
@@ -173,7 +177,7 @@ impl Deployment for ConfigOnly {
         if sim.actions_run > 0 {
             return Err(format!("a config-only node acted ({} actions)", sim.actions_run));
         }
-        for n in sim.nodes.iter().filter(|n| n.up && !first_tick_operator(n)) {
+        for n in sim.nodes.iter().filter(|n| n.up && !operator_before_serving(sim, n) && !held_by_grace(sim, n)) {
             if n.core.mode != Mode::Active {
                 return Err(format!("config-only node {} is {} after its first tick", n.id, n.core.mode));
             }
@@ -181,11 +185,21 @@ impl Deployment for ConfigOnly {
         Ok(0)
     }
 
-    /// Exception `CONFIG_ONLY_OPERATOR_REQUEST_ON_FIRST_TICK`: a config-only daemon that gets an
-    /// operator request on its first tick answers the request and stays STANDBY for that tick (the
-    /// plugin returns before claiming ACTIVE); it serves from its second tick. Remove with the fix.
+    /// Exception `CONFIG_ONLY_OPERATOR_REQUEST_BEFORE_SERVING`: a config-only daemon still STANDBY
+    /// (its first tick, or held by the start-up grace) that gets an operator request answers the
+    /// request and stays STANDBY for that tick (the plugin returns before claiming ACTIVE); it serves
+    /// from the next one. Remove with the plugin fix.
+    ///
+    /// Exception `CONFIG_ONLY_STARTUP_GRACE_DELAYS_SERVING`: the host's start-up grace (no ACTIVE
+    /// before every peer answered or `startup_grace_ms` passed) also holds a config-only node, which
+    /// serves whatever its peer does: it stays STANDBY up to the grace after a start while its peer
+    /// is silent. A host rule (`NodeCore::grace_holds`); remove when it spares config-only policies.
     fn excused(&self, sim: &Sim<'_, ()>) -> Option<&'static str> {
-        sim.nodes.iter().any(|n| n.up && first_tick_operator(n)).then_some("CONFIG_ONLY_OPERATOR_REQUEST_ON_FIRST_TICK")
+        let up = || sim.nodes.iter().filter(|n| n.up);
+        if up().any(|n| operator_before_serving(sim, n)) {
+            return Some("CONFIG_ONLY_OPERATOR_REQUEST_BEFORE_SERVING");
+        }
+        up().any(|n| held_by_grace(sim, n)).then_some("CONFIG_ONLY_STARTUP_GRACE_DELAYS_SERVING")
     }
 
     fn settled(&self, sim: &Sim<'_, ()>) -> Result<(), String> {

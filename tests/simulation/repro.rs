@@ -3,8 +3,7 @@
 //! the exception to delete (in the deployment's module) together with the test.
 
 use crate::edge::Edge;
-use crate::hot_standby::HotStandby;
-use crate::mail_gateway::{ConfigOnly, MailGateway};
+use crate::mail_gateway::ConfigOnly;
 use crate::sim::{Deployment, Faults, Sim, World};
 use crate::site::Site;
 use vigil::model::{Mode, OperatorRequest};
@@ -46,55 +45,9 @@ fn count<W: World>(sim: &Sim<'_, W>, actives: &[usize], from: usize) -> (usize, 
 }
 
 #[test]
-fn hot_standby_nobody_active_tie_still_cycles() {
-    let d = HotStandby::load();
-    let mut sim = d.sim(0, true);
-    // a holds the role; the operator switches it to standby and its go-active to b is lost.
-    let (actives, exceptions) = play(&d, &mut sim, 60, &[0, 1], |sim| match sim.t {
-        5 => {
-            sim.operator(0, OperatorRequest::Standby);
-            sim.faults.command_loss = 100;
-        }
-        6 => sim.faults.command_loss = 0,
-        _ => {}
-    });
-    let (one, two) = count(&sim, &actives, 8);
-    assert!(one == 0 && two >= 3, "fixed? exactly one active {one} ticks, two {two}: remove HOT_STANDBY_NOBODY_ACTIVE_TIE\n{}", sim.timeline);
-    assert_eq!(exceptions, ["HOT_STANDBY_NOBODY_ACTIVE_TIE"]);
-}
-
-#[test]
-fn active_passive_nobody_active_tie_still_cycles() {
-    let d = MailGateway::load();
-    // Both nodes restore-slave-role. a fails locally and hands over to b; a recovers (standby);
-    // b fails locally and hands back to a; a fails again (b is not active: a stays "yielded"); both
-    // recover in the same tick.
-    let mut sim = d.sim(2, true);
-    let (actives, exceptions) = play(&d, &mut sim, 100, &[0, 1], |sim| {
-        let set = |sim: &mut Sim<'_, ()>, node: usize, monitor: &str, healthy: bool| {
-            sim.nodes[node].monitors.insert(monitor.into(), healthy);
-        };
-        match sim.t {
-            8 => set(sim, 0, "spool", false),
-            13 => set(sim, 0, "spool", true),
-            18 => set(sim, 1, "smtp", false),
-            22 => set(sim, 0, "spool", false),
-            26 => {
-                set(sim, 0, "spool", true);
-                set(sim, 1, "smtp", true);
-            }
-            _ => {}
-        }
-    });
-    let (one, two) = count(&sim, &actives, 30);
-    assert!(one == 0 && two >= 2, "fixed? exactly one active {one} ticks, two {two}: remove ACTIVE_PASSIVE_NOBODY_ACTIVE_TIE\n{}", sim.timeline);
-    assert_eq!(exceptions, ["ACTIVE_PASSIVE_NOBODY_ACTIVE_TIE"]);
-}
-
-#[test]
 fn xivo_operator_active_on_the_standby_still_runs_two_telephony_servers() {
     let d = Site::load();
-    let mut sim = d.sim(1, true);
+    let mut sim = d.sim(1, true, true);
     let (actives, exceptions) = play(&d, &mut sim, 30, &[0, 1], |sim| {
         if sim.t == 10 {
             sim.operator(1, OperatorRequest::Active);
@@ -109,7 +62,7 @@ fn xivo_operator_active_on_the_standby_still_runs_two_telephony_servers() {
 #[test]
 fn xivo_manual_restore_still_leaves_the_standby_active() {
     let d = Site::load();
-    let mut sim = d.sim(3, true);
+    let mut sim = d.sim(3, true, true);
     let (actives, exceptions) = play(&d, &mut sim, 30, &[0, 1], |sim| match sim.t {
         10 => sim.operator(1, OperatorRequest::Active),
         14 => sim.operator(1, OperatorRequest::Restore),
@@ -137,8 +90,8 @@ fn config_only_operator_request_on_the_first_tick_still_delays_serving() {
         modes.push(sim.nodes[0].core.mode);
     });
     // modes[t] is a's mode after tick t: its first tick after the restart is tick 7.
-    assert_eq!((modes[7], modes[8]), (Mode::Standby, Mode::Active), "fixed? remove CONFIG_ONLY_OPERATOR_REQUEST_ON_FIRST_TICK\n{}", sim.timeline);
-    assert_eq!(exceptions, ["CONFIG_ONLY_OPERATOR_REQUEST_ON_FIRST_TICK"]);
+    assert_eq!((modes[7], modes[8]), (Mode::Standby, Mode::Active), "fixed? remove CONFIG_ONLY_OPERATOR_REQUEST_BEFORE_SERVING\n{}", sim.timeline);
+    assert_eq!(exceptions, ["CONFIG_ONLY_OPERATOR_REQUEST_BEFORE_SERVING"]);
 }
 
 #[test]
@@ -160,4 +113,24 @@ fn edge_route_hook_target_is_still_forgotten_on_restart() {
     assert_eq!(stuck, (Some("standby"), Some("main")), "fixed? remove EDGE_ROUTE_HOOK_TARGET_FORGOTTEN_ON_RESTART\n{}", sim.timeline);
     assert!(!sim.externals[1].answers && sim.externals[0].answers, "traffic stays on the dead standby while main works");
     assert_eq!(exceptions, ["EDGE_ROUTE_HOOK_TARGET_FORGOTTEN_ON_RESTART"]);
+}
+
+#[test]
+fn config_only_nodes_still_wait_the_start_up_grace_for_a_silent_peer() {
+    let d = ConfigOnly::load();
+    let mut sim = d.sim(true);
+    let mut modes = Vec::new();
+    let (_, exceptions) = play(&d, &mut sim, 10, &[0, 1], |sim| {
+        match sim.t {
+            3 => sim.crash(1),
+            4 => sim.crash(0),
+            5 => sim.restart(0),
+            _ => {}
+        }
+        modes.push(sim.nodes[0].core.mode);
+    });
+    // a restarts before tick 6 with b down: the 5 s grace holds its first tick (3 s after the start);
+    // config-only nodes otherwise serve from their first tick.
+    assert_eq!(&modes[6..8], [Mode::Standby, Mode::Active], "fixed? remove CONFIG_ONLY_STARTUP_GRACE_DELAYS_SERVING\n{}", sim.timeline);
+    assert_eq!(exceptions, ["CONFIG_ONLY_STARTUP_GRACE_DELAYS_SERVING"]);
 }

@@ -33,6 +33,9 @@ use vigil::node::{NodeCore, Observations};
 use vigil::policy::LoadedPolicy;
 pub use vigil_tests::Rng;
 
+/// Every daemon starts with the node configuration's default start-up grace, as `vigil run` does.
+pub const STARTUP_GRACE_MS: u64 = vigil::config::DEFAULT_STARTUP_GRACE_MS as u64;
+
 /// The wall clock of tick 0 (any fixed instant: the plugins only compare times).
 pub const START_MS: u64 = 1_800_000_000_000;
 
@@ -150,8 +153,10 @@ pub struct Node {
     pub vip: bool,
     /// An operator request was made on this node during the schedule.
     pub operated: bool,
-    /// The last operator request this daemon received (forgotten when it restarts).
+    /// The last operator request this daemon received (forgotten when it restarts), and the tick
+    /// before which it was queued.
     pub last_operator: Option<OperatorRequest>,
+    pub last_operator_tick: u64,
 }
 
 impl Node {
@@ -170,7 +175,7 @@ impl Node {
             policy,
             peers: Vec::new(),
             watched: Vec::new(),
-            core: NodeCore::new(id, role, START_MS),
+            core: NodeCore::new(id, role, START_MS).with_startup_grace(STARTUP_GRACE_MS),
             tracker: Tracker::default(),
             up: true,
             services: specs.iter().map(|s| (s.name.clone(), false)).collect(),
@@ -187,7 +192,13 @@ impl Node {
             vip: false,
             operated: false,
             last_operator: None,
+            last_operator_tick: 0,
         }
+    }
+
+    /// Whether every peer answered at least once since this daemon started.
+    pub fn heard_from_every_peer(&self) -> bool {
+        self.tracker.peers.iter().all(|p| p.last_seen_mono_ms.is_some())
     }
 
     /// Whether every `app_check` service runs (`/app`).
@@ -348,7 +359,7 @@ impl<'p, W: World> Sim<'p, W> {
         let now = self.now;
         let n = &mut self.nodes[i];
         n.up = true;
-        n.core = NodeCore::new(&n.id, n.role, now);
+        n.core = NodeCore::new(&n.id, n.role, now).with_startup_grace(STARTUP_GRACE_MS);
         n.tracker = Tracker::new(&n.id, &n.targets(&ids));
         for c in &mut n.monitor_checks {
             *c = Check { name: c.name.clone(), ..Check::default() };
@@ -368,6 +379,7 @@ impl<'p, W: World> Sim<'p, W> {
         self.nodes[i].operator = Some(request);
         self.nodes[i].operated = true;
         self.nodes[i].last_operator = Some(request);
+        self.nodes[i].last_operator_tick = self.t + 1;
         let id = self.nodes[i].id.clone();
         self.note(|| format!("operator {request} on {id}"));
     }
@@ -803,7 +815,7 @@ pub struct Measured {
 pub const WARMUP_TICKS: u64 = 8;
 /// Ticks with faults, then calm ticks in which the deployment must settle again and stay settled.
 pub const FAULT_TICKS: u64 = 40;
-pub const CALM_TICKS: u64 = 24;
+pub const CALM_TICKS: u64 = 30;
 
 /// Schedules per deployment per test run (`VIGIL_SIM_SCHEDULES` to change, `VIGIL_SIM_SEED` to
 /// replay one with its timeline).
@@ -1008,33 +1020,5 @@ pub fn run_all<D: Deployment>(d: &D) {
             seeds.len(),
             &failures[..failures.len().min(20)]
         );
-    }
-}
-
-/// The plugin state's `idle` count and `yielded` flag (hot-standby and the active-passive engine
-/// keep both), for the tie exception.
-fn idle_and_yielded(n: &Node) -> Option<(u64, bool)> {
-    let state: serde_json::Value = serde_json::from_slice(&n.core.state).ok()?;
-    Some((state.get("idle")?.as_u64()?, state.get("yielded")?.as_bool()?))
-}
-
-/// The "nobody active" tie: the primary gave the role away (operator standby, a peer command, a
-/// local failure) and the secondary is its backup, so both wait the same slow count before claiming
-/// an empty role; with the same count they claim in the same tick, each commands the other
-/// `go-standby`, both obey, and the cycle repeats for as long as nothing breaks the symmetry.
-/// True while the pair is in that cycle: both up and standby, the primary yielded, same idle count;
-/// or both active since the same instant.
-pub fn nobody_active_tie<W: World>(sim: &Sim<'_, W>, primary: usize, secondary: usize) -> bool {
-    let (p, s) = (&sim.nodes[primary], &sim.nodes[secondary]);
-    if !(p.up && s.up) {
-        return false;
-    }
-    match (p.core.mode, s.core.mode) {
-        (Mode::Standby, Mode::Standby) => match (idle_and_yielded(p), idle_and_yielded(s)) {
-            (Some((pi, true)), Some((si, _))) => pi == si,
-            _ => false,
-        },
-        (Mode::Active, Mode::Active) => p.core.mode_since_ms == s.core.mode_since_ms,
-        _ => false,
     }
 }

@@ -17,7 +17,7 @@ pub struct Site {
 const NAMES: [&str; 7] = [crate::xivo::MAIN, crate::xivo::STANDBYS[0], crate::xivo::STANDBYS[1], crate::xivo::STANDBYS[2], crate::xivo_cc::MAIN, crate::xivo_cc::STANDBY, crate::xds::POLICY];
 
 /// Where `build` puts everything (the same in every schedule; only the standby's policy varies).
-const PAIR: Pair = Pair { main: 0, standby: 1, link: 0, manual: false };
+const PAIR: Pair = Pair { main: 0, standby: 1, link: 0, manual: false, ping: true };
 const CCS: Ccs = Ccs { a: 2, b: 3, links: [1, 2] };
 const XDS: Xds = Xds { a: 4, b: 5, links: [3, 4] };
 
@@ -27,21 +27,23 @@ impl Site {
         Site { policies: NAMES.iter().map(|n| crate::policy(&runtime, n, &[])).collect() }
     }
 
-    /// The site with `NAMES[standby]` on the standby XiVO, and this deployment's fault rates.
-    pub fn sim(&self, standby: usize, trace: bool) -> Sim<'_, Registrations> {
+    /// The site with `NAMES[standby]` on the standby XiVO, the XiVOs probing each other by ping or
+    /// by the vigil heartbeat, and this deployment's fault rates.
+    pub fn sim(&self, standby: usize, ping: bool, trace: bool) -> Sim<'_, Registrations> {
         let mut sim = Sim::new(self.policies.iter().collect(), HEARTBEAT, Registrations::default(), trace);
-        let pair = Pair::add(&mut sim, 0, standby, standby == 3);
+        let pair = Pair::add(&mut sim, 0, standby, standby == 3, ping);
         let ccs = Ccs::add(&mut sim, pair, 4, 5);
         let xds = Xds::add(&mut sim, pair, 6);
         assert_eq!((pair.main, pair.standby, pair.link, ccs.a, ccs.b, xds.a, xds.b), (PAIR.main, PAIR.standby, PAIR.link, CCS.a, CCS.b, XDS.a, XDS.b));
         sim.start();
-        sim.note(|| format!("standby XiVO policy {}", NAMES[standby]));
+        sim.note(|| format!("standby XiVO policy {}, XiVOs probed by {}", NAMES[standby], if ping { "ping" } else { "vigil heartbeat" }));
         sim.faults = Faults { command_loss: 10, slow_action: 15, hook_failure: 20, start_failure: 5, sync_failure: 0 };
         sim
     }
 
     fn pair(sim: &Sim<'_, Registrations>) -> Pair {
-        Pair { manual: NAMES[sim.nodes[PAIR.standby].policy] == crate::xivo::STANDBYS[2], ..PAIR }
+        let ping = sim.nodes[PAIR.standby].peers[0].how == crate::sim::How::Ping;
+        Pair { manual: NAMES[sim.nodes[PAIR.standby].policy] == crate::xivo::STANDBYS[2], ping, ..PAIR }
     }
 }
 
@@ -51,7 +53,8 @@ impl Deployment for Site {
     const SETTLE_WITHIN: u64 = 14;
 
     fn build(&self, rng: &mut Rng, trace: bool) -> Sim<'_, Registrations> {
-        self.sim(1 + rng.below(3), trace)
+        let standby = 1 + rng.below(3);
+        self.sim(standby, rng.chance(50), trace)
     }
 
     fn groups(&self) -> Vec<Group> {

@@ -20,7 +20,7 @@ pub const POLICY: &str = "xds";
 const MDS: [&str; 3] = ["mds1", "mds2", "mds3"];
 /// An MDS may be registered with both XiVOs this many ticks in a row while the world is whole: the
 /// XiVO pair's bound, one tick for each xds node to read `/role`, one for the hook to run.
-pub const DOUBLE_BOUND: u64 = 8;
+pub const DOUBLE_BOUND: u64 = 11;
 
 /// Which XiVOs (by node index) each MDS is registered with.
 #[derive(Default)]
@@ -70,7 +70,7 @@ impl Xds {
 
     /// An xds node reads `/role` every tick: one tick behind its XiVO.
     pub fn group(&self) -> Group {
-        Group { name: "xds", nodes: vec![self.a, self.b], bound: 7 }
+        Group { name: "xds", nodes: vec![self.a, self.b], bound: 10 }
     }
 
     pub fn inject(&self, sim: &mut Sim<'_, Registrations>, rng: &mut Rng) {

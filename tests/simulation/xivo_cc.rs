@@ -40,7 +40,7 @@ impl Ccs {
 
     /// A CC reads `/role` every tick: one tick behind its XiVO, so the XiVO's bound plus one.
     pub fn group(&self) -> Group {
-        Group { name: "xivo-cc", nodes: vec![self.a, self.b], bound: 7 }
+        Group { name: "xivo-cc", nodes: vec![self.a, self.b], bound: 10 }
     }
 
     pub fn inject<W: World>(&self, sim: &mut Sim<'_, W>, rng: &mut Rng) {
