@@ -1,6 +1,6 @@
 //! The deterministic simulation of every deployment: the real plugins (wasm, through the pure
 //! `NodeCore` and `heartbeat::Tracker`) in a simulated world of daemons, links, services, hooks and
-//! peer commands, driven by seeded fault schedules. No sockets, no sleeps, no clock: a schedule of 78
+//! peer commands, driven by seeded fault schedules. No sockets, no sleeps, no clock: a schedule of 72
 //! ticks runs in milliseconds, so 2,000 run per deployment on every test run.
 //!
 //! Layout: `sim.rs` is the world and the property every deployment shares; one module per
@@ -8,7 +8,7 @@
 //! about and what "settled" is.
 //!
 //! 2,000 schedules per deployment (500 for config-only, one rule of the mail-gateway plugin), each
-//! 78 ticks: about 2 minutes on two idle cores for the whole file, schedules spread over the cores.
+//! 72 ticks: about 250 CPU-seconds in all, 2 to 3 minutes on two cores, schedules spread over the cores.
 //!
 //! Every schedule: a warm-up in which the deployment must settle first, then faults (link cuts of one
 //! or every path, daemons killed with their services left running and restarted, operator requests,

@@ -814,8 +814,8 @@ pub struct Measured {
 /// Ticks before the faults: the deployment must settle here first ("after the first settle").
 pub const WARMUP_TICKS: u64 = 8;
 /// Ticks with faults, then calm ticks in which the deployment must settle again and stay settled.
-pub const FAULT_TICKS: u64 = 40;
-pub const CALM_TICKS: u64 = 30;
+pub const FAULT_TICKS: u64 = 36;
+pub const CALM_TICKS: u64 = 28;
 
 /// Schedules per deployment per test run (`VIGIL_SIM_SCHEDULES` to change, `VIGIL_SIM_SEED` to
 /// replay one with its timeline).
