@@ -18,8 +18,7 @@
 //!
 //! Config-only (`mail-config-only.toml` on both nodes): every node that runs serves (ACTIVE) from
 //! its first tick and never changes mode or acts, whatever the faults.
-//! Exceptions: `CONFIG_ONLY_OPERATOR_REQUEST_BEFORE_SERVING`, `CONFIG_ONLY_STARTUP_GRACE_DELAYS_SERVING`
-//! (see [`ConfigOnly`]'s `excused`).
+//! Exception: `CONFIG_ONLY_STARTUP_GRACE_DELAYS_SERVING` (see [`ConfigOnly`]'s `excused`).
 
 use crate::sim::{Deployment, Faults, Group, How, PeerSpec, Rng, Sim};
 use vigil::model::{Heartbeat, Mode, OperatorRequest, Role};
@@ -106,12 +105,6 @@ impl Deployment for MailGateway {
     }
 }
 
-/// A daemon still STANDBY (its first tick, or held by the grace) that answered an operator request
-/// in the tick just played, and so stayed STANDBY.
-fn operator_before_serving(sim: &Sim<'_, ()>, n: &crate::sim::Node) -> bool {
-    n.core.mode == Mode::Standby && n.last_operator.is_some() && n.last_operator_tick == sim.t
-}
-
 /// A daemon held in STANDBY by the host's start-up grace: it started less than the grace ago and
 /// some peer has not answered yet.
 fn held_by_grace(sim: &Sim<'_, ()>, n: &crate::sim::Node) -> bool {
@@ -177,7 +170,7 @@ impl Deployment for ConfigOnly {
         if sim.actions_run > 0 {
             return Err(format!("a config-only node acted ({} actions)", sim.actions_run));
         }
-        for n in sim.nodes.iter().filter(|n| n.up && !operator_before_serving(sim, n) && !held_by_grace(sim, n)) {
+        for n in sim.nodes.iter().filter(|n| n.up && !held_by_grace(sim, n)) {
             if n.core.mode != Mode::Active {
                 return Err(format!("config-only node {} is {} after its first tick", n.id, n.core.mode));
             }
@@ -185,21 +178,12 @@ impl Deployment for ConfigOnly {
         Ok(0)
     }
 
-    /// Exception `CONFIG_ONLY_OPERATOR_REQUEST_BEFORE_SERVING`: a config-only daemon still STANDBY
-    /// (its first tick, or held by the start-up grace) that gets an operator request answers the
-    /// request and stays STANDBY for that tick (the plugin returns before claiming ACTIVE); it serves
-    /// from the next one. Remove with the plugin fix.
-    ///
     /// Exception `CONFIG_ONLY_STARTUP_GRACE_DELAYS_SERVING`: the host's start-up grace (no ACTIVE
     /// before every peer answered or `startup_grace_ms` passed) also holds a config-only node, which
     /// serves whatever its peer does: it stays STANDBY up to the grace after a start while its peer
     /// is silent. A host rule (`NodeCore::grace_holds`); remove when it spares config-only policies.
     fn excused(&self, sim: &Sim<'_, ()>) -> Option<&'static str> {
-        let up = || sim.nodes.iter().filter(|n| n.up);
-        if up().any(|n| operator_before_serving(sim, n)) {
-            return Some("CONFIG_ONLY_OPERATOR_REQUEST_BEFORE_SERVING");
-        }
-        up().any(|n| held_by_grace(sim, n)).then_some("CONFIG_ONLY_STARTUP_GRACE_DELAYS_SERVING")
+        sim.nodes.iter().any(|n| n.up && held_by_grace(sim, n)).then_some("CONFIG_ONLY_STARTUP_GRACE_DELAYS_SERVING")
     }
 
     fn settled(&self, sim: &Sim<'_, ()>) -> Result<(), String> {

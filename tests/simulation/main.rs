@@ -37,7 +37,7 @@
 //!
 //! Known violations are kept out only by named exceptions, each documented in its deployment's
 //! module and counted in the printed figures: `XIVO_OPERATOR_ACTIVE_BESIDE_MAIN`,
-//! `XIVO_MANUAL_RESTORE_KEEPS_STANDBY_ACTIVE`, `CONFIG_ONLY_OPERATOR_REQUEST_BEFORE_SERVING`,
+//! `XIVO_MANUAL_RESTORE_KEEPS_STANDBY_ACTIVE`,
 //! `CONFIG_ONLY_STARTUP_GRACE_DELAYS_SERVING` (host), `EDGE_ROUTE_HOOK_TARGET_FORGOTTEN_ON_RESTART`
 //! (host). `repro.rs` replays each one as a
 //! short script that must still show it: when a fix lands, that test fails and says which exception

@@ -74,27 +74,6 @@ fn xivo_manual_restore_still_leaves_the_standby_active() {
 }
 
 #[test]
-fn config_only_operator_request_on_the_first_tick_still_delays_serving() {
-    let d = ConfigOnly::load();
-    let mut sim = d.sim(true);
-    let mut modes = Vec::new();
-    let (_, exceptions) = play(&d, &mut sim, 10, &[0, 1], |sim| {
-        match sim.t {
-            4 => sim.crash(0),
-            6 => {
-                sim.restart(0);
-                sim.operator(0, OperatorRequest::Standby);
-            }
-            _ => {}
-        }
-        modes.push(sim.nodes[0].core.mode);
-    });
-    // modes[t] is a's mode after tick t: its first tick after the restart is tick 7.
-    assert_eq!((modes[7], modes[8]), (Mode::Standby, Mode::Active), "fixed? remove CONFIG_ONLY_OPERATOR_REQUEST_BEFORE_SERVING\n{}", sim.timeline);
-    assert_eq!(exceptions, ["CONFIG_ONLY_OPERATOR_REQUEST_BEFORE_SERVING"]);
-}
-
-#[test]
 fn edge_route_hook_target_is_still_forgotten_on_restart() {
     let d = Edge::load();
     // edge-nginx, stacks checked by TCP.

@@ -153,10 +153,8 @@ pub struct Node {
     pub vip: bool,
     /// An operator request was made on this node during the schedule.
     pub operated: bool,
-    /// The last operator request this daemon received (forgotten when it restarts), and the tick
-    /// before which it was queued.
+    /// The last operator request this daemon received (forgotten when it restarts).
     pub last_operator: Option<OperatorRequest>,
-    pub last_operator_tick: u64,
 }
 
 impl Node {
@@ -192,7 +190,6 @@ impl Node {
             vip: false,
             operated: false,
             last_operator: None,
-            last_operator_tick: 0,
         }
     }
 
@@ -379,7 +376,6 @@ impl<'p, W: World> Sim<'p, W> {
         self.nodes[i].operator = Some(request);
         self.nodes[i].operated = true;
         self.nodes[i].last_operator = Some(request);
-        self.nodes[i].last_operator_tick = self.t + 1;
         let id = self.nodes[i].id.clone();
         self.note(|| format!("operator {request} on {id}"));
     }
