@@ -12,8 +12,8 @@
 //! that works, the daemon knows where traffic goes, and it stays. Figure: the longest run of ticks
 //! traffic went to a failed stack while the other worked and the Edge could see both.
 //!
-//! Exception (a known host defect, counted apart): `EDGE_ROUTE_HOOK_TARGET_FORGOTTEN_ON_RESTART`
-//! (see [`Edge`]'s `excused`).
+//! A restarted daemon with a route hook starts from the target of the last successful hook (the host
+//! keeps it in its data directory), as nginx still sends traffic there.
 
 use crate::sim::{Deployment, External, Faults, Group, How, Rng, Run, Sim, Target, WatchSpec, World};
 use vigil::model::{Heartbeat, Mode, Role};
@@ -166,15 +166,5 @@ impl Deployment for Edge {
             return Err(format!("traffic goes to {to} but the Edge daemon believes {:?}", sim.nodes[0].route));
         }
         Ok(())
-    }
-
-    /// Exception `EDGE_ROUTE_HOOK_TARGET_FORGOTTEN_ON_RESTART`: with a route hook (nginx), a restarted
-    /// daemon's relay starts from `initial` while nginx still sends traffic where the last hook put it;
-    /// the plugin (which can only see `tick.route`) then believes the wrong target and does not move
-    /// traffic off a stack that fails. A host defect (`relay::Relay::start`), not the plugin's; remove
-    /// when the host re-applies or remembers the hook's target.
-    fn excused(&self, sim: &Sim<'_, Traffic>) -> Option<&'static str> {
-        let forgotten = sim.world.hook && sim.nodes[0].up && sim.nodes[0].route != sim.world.to;
-        forgotten.then_some("EDGE_ROUTE_HOOK_TARGET_FORGOTTEN_ON_RESTART")
     }
 }

@@ -18,7 +18,7 @@
 //!
 //! Config-only (`mail-config-only.toml` on both nodes): every node that runs serves (ACTIVE) from
 //! its first tick and never changes mode or acts, whatever the faults.
-//! Exception: `CONFIG_ONLY_STARTUP_GRACE_DELAYS_SERVING` (see [`ConfigOnly`]'s `excused`).
+//! (The policy says `exclusive = false`: the host's start-up grace does not hold its nodes.)
 
 use crate::sim::{Deployment, Faults, Group, How, PeerSpec, Rng, Sim};
 use vigil::model::{Heartbeat, Mode, OperatorRequest, Role};
@@ -105,12 +105,6 @@ impl Deployment for MailGateway {
     }
 }
 
-/// A daemon held in STANDBY by the host's start-up grace: it started less than the grace ago and
-/// some peer has not answered yet.
-fn held_by_grace(sim: &Sim<'_, ()>, n: &crate::sim::Node) -> bool {
-    n.core.mode == Mode::Standby && sim.now.saturating_sub(n.core.started_ms) <= crate::sim::STARTUP_GRACE_MS && !n.heard_from_every_peer()
-}
-
 pub struct ConfigOnly {
     policies: Vec<LoadedPolicy>,
 }
@@ -170,20 +164,12 @@ impl Deployment for ConfigOnly {
         if sim.actions_run > 0 {
             return Err(format!("a config-only node acted ({} actions)", sim.actions_run));
         }
-        for n in sim.nodes.iter().filter(|n| n.up && !held_by_grace(sim, n)) {
+        for n in sim.nodes.iter().filter(|n| n.up && n.core.tick_count > 0) {
             if n.core.mode != Mode::Active {
                 return Err(format!("config-only node {} is {} after its first tick", n.id, n.core.mode));
             }
         }
         Ok(0)
-    }
-
-    /// Exception `CONFIG_ONLY_STARTUP_GRACE_DELAYS_SERVING`: the host's start-up grace (no ACTIVE
-    /// before every peer answered or `startup_grace_ms` passed) also holds a config-only node, which
-    /// serves whatever its peer does: it stays STANDBY up to the grace after a start while its peer
-    /// is silent. A host rule (`NodeCore::grace_holds`); remove when it spares config-only policies.
-    fn excused(&self, sim: &Sim<'_, ()>) -> Option<&'static str> {
-        sim.nodes.iter().any(|n| n.up && held_by_grace(sim, n)).then_some("CONFIG_ONLY_STARTUP_GRACE_DELAYS_SERVING")
     }
 
     fn settled(&self, sim: &Sim<'_, ()>) -> Result<(), String> {

@@ -36,12 +36,10 @@
 //! | voice | voice | a/b: daemon up, ACTIVE | 13 | as mail-gateway with a threshold of 3 |
 //!
 //! Known violations are kept out only by named exceptions, each documented in its deployment's
-//! module and counted in the printed figures: `XIVO_OPERATOR_ACTIVE_BESIDE_MAIN`,
-//! `XIVO_MANUAL_RESTORE_KEEPS_STANDBY_ACTIVE`,
-//! `CONFIG_ONLY_STARTUP_GRACE_DELAYS_SERVING` (host), `EDGE_ROUTE_HOOK_TARGET_FORGOTTEN_ON_RESTART`
-//! (host). `repro.rs` replays each one as a
-//! short script that must still show it: when a fix lands, that test fails and says which exception
-//! to remove.
+//! module and counted in the printed figures: `XIVO_OPERATOR_ACTIVE_BESIDE_MAIN` (an operator's
+//! explicit `active` on the standby while the main serves, with a probe that cannot tell). `repro.rs` replays each one as a short script that must
+//! still show it: when a fix lands, that test fails and says which exception to remove. It also keeps
+//! the scripts of exceptions already fixed, as regression tests.
 //!
 //! Each test prints its figures: schedules, time, the longest two-actives run per group, the latest
 //! calm tick at which a schedule settled, the deployment's own figure (edge: the longest run of ticks

@@ -1,6 +1,7 @@
 //! Each named exception of the simulation, replayed as a short script that must still show the
 //! violation. These tests pass while the defect is there; when a fix lands, the one that fails names
-//! the exception to delete (in the deployment's module) together with the test.
+//! the exception to delete (in the deployment's module), and the script stays as a regression test
+//! of the fix.
 
 use crate::edge::Edge;
 use crate::mail_gateway::ConfigOnly;
@@ -59,22 +60,28 @@ fn xivo_operator_active_on_the_standby_still_runs_two_telephony_servers() {
     assert_eq!(exceptions, ["XIVO_OPERATOR_ACTIVE_BESIDE_MAIN"]);
 }
 
+/// Was `XIVO_MANUAL_RESTORE_KEEPS_STANDBY_ACTIVE`: in manual mode, `restore` on a standby an operator
+/// had made active left it ACTIVE beside the main. It now stops its telephony, break-before-make.
 #[test]
-fn xivo_manual_restore_still_leaves_the_standby_active() {
+fn xivo_manual_restore_stops_the_standby_the_operator_made_active() {
     let d = Site::load();
     let mut sim = d.sim(3, true, true);
-    let (actives, exceptions) = play(&d, &mut sim, 30, &[0, 1], |sim| match sim.t {
+    let (actives, _) = play(&d, &mut sim, 30, &[0, 1], |sim| match sim.t {
         10 => sim.operator(1, OperatorRequest::Active),
         14 => sim.operator(1, OperatorRequest::Restore),
         _ => {}
     });
-    let (one, two) = count(&sim, &actives, 16);
-    assert!(one == 0 && two == 14, "fixed? exactly one active {one} ticks: remove XIVO_MANUAL_RESTORE_KEEPS_STANDBY_ACTIVE\n{}", sim.timeline);
-    assert_eq!(exceptions, ["XIVO_OPERATOR_ACTIVE_BESIDE_MAIN", "XIVO_MANUAL_RESTORE_KEEPS_STANDBY_ACTIVE"]);
+    // A couple of ticks for the stops, then only the main.
+    let (one, two) = count(&sim, &actives, 20);
+    assert!(one == 10 && two == 0, "exactly one active {one} ticks, two {two}\n{}", sim.timeline);
+    assert!(sim.active(0) && !sim.active(1), "the main serves, the standby does not\n{}", sim.timeline);
 }
 
+/// Was `EDGE_ROUTE_HOOK_TARGET_FORGOTTEN_ON_RESTART`: a restarted Edge daemon believed `initial`
+/// while nginx still sent traffic where the last hook put it, and left traffic on a dead stack. The
+/// host now starts from the last hook's target.
 #[test]
-fn edge_route_hook_target_is_still_forgotten_on_restart() {
+fn a_restarted_edge_knows_where_its_route_hook_sent_traffic() {
     let d = Edge::load();
     // edge-nginx, stacks checked by TCP.
     let mut sim = d.sim(1, false, None, true);
@@ -88,14 +95,15 @@ fn edge_route_hook_target_is_still_forgotten_on_restart() {
         }
         _ => {}
     });
-    let stuck = (sim.world.to.as_deref(), sim.nodes[0].route.as_deref());
-    assert_eq!(stuck, (Some("standby"), Some("main")), "fixed? remove EDGE_ROUTE_HOOK_TARGET_FORGOTTEN_ON_RESTART\n{}", sim.timeline);
-    assert!(!sim.externals[1].answers && sim.externals[0].answers, "traffic stays on the dead standby while main works");
-    assert_eq!(exceptions, ["EDGE_ROUTE_HOOK_TARGET_FORGOTTEN_ON_RESTART"]);
+    let now = (sim.world.to.as_deref(), sim.nodes[0].route.as_deref());
+    assert_eq!(now, (Some("main"), Some("main")), "traffic back on the working main, and the daemon knows it\n{}", sim.timeline);
+    assert!(exceptions.is_empty(), "{exceptions:?}");
 }
 
+/// Was `CONFIG_ONLY_STARTUP_GRACE_DELAYS_SERVING`: the start-up grace held a config-only node whose
+/// peer was down. Its policy now says `exclusive = false`, and the grace spares it.
 #[test]
-fn config_only_nodes_still_wait_the_start_up_grace_for_a_silent_peer() {
+fn config_only_nodes_serve_from_their_first_tick_even_with_a_silent_peer() {
     let d = ConfigOnly::load();
     let mut sim = d.sim(true);
     let mut modes = Vec::new();
@@ -108,8 +116,6 @@ fn config_only_nodes_still_wait_the_start_up_grace_for_a_silent_peer() {
         }
         modes.push(sim.nodes[0].core.mode);
     });
-    // a restarts before tick 6 with b down: the 5 s grace holds its first tick (3 s after the start);
-    // config-only nodes otherwise serve from their first tick.
-    assert_eq!(&modes[6..8], [Mode::Standby, Mode::Active], "fixed? remove CONFIG_ONLY_STARTUP_GRACE_DELAYS_SERVING\n{}", sim.timeline);
-    assert_eq!(exceptions, ["CONFIG_ONLY_STARTUP_GRACE_DELAYS_SERVING"]);
+    assert_eq!(&modes[6..8], [Mode::Active, Mode::Active], "{}", sim.timeline);
+    assert!(exceptions.is_empty(), "{exceptions:?}");
 }

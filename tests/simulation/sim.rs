@@ -146,9 +146,12 @@ pub struct Node {
     results: Vec<ActionResult>,
     queue: VecDeque<Queued>,
     sync: SyncModel,
-    /// The relay's current target as the daemon knows it (a new daemon starts from `route_initial`).
+    /// The relay's current target as the daemon knows it (a new daemon starts from `route_initial`,
+    /// or, with a route hook, from the target of the last successful hook, which the host keeps in
+    /// its data directory).
     pub route: Option<String>,
     pub route_initial: Option<String>,
+    route_hooked: Option<String>,
     /// The node holds the policy's VIP addresses (a killed daemon leaves them up).
     pub vip: bool,
     /// An operator request was made on this node during the schedule.
@@ -187,6 +190,7 @@ impl Node {
             sync: SyncModel::default(),
             route: route_initial.clone(),
             route_initial,
+            route_hooked: None,
             vip: false,
             operated: false,
             last_operator: None,
@@ -347,7 +351,7 @@ impl<'p, W: World> Sim<'p, W> {
     }
 
     /// Start node `i`'s daemon again: a new core (tick 0, no plugin state), a new tracker, monitors and
-    /// sync counted afresh, the relay at its initial target.
+    /// sync counted afresh, the relay at its initial target (or the last hook's).
     pub fn restart(&mut self, i: usize) {
         if self.nodes[i].up {
             return;
@@ -362,7 +366,7 @@ impl<'p, W: World> Sim<'p, W> {
             *c = Check { name: c.name.clone(), ..Check::default() };
         }
         n.sync = SyncModel::default();
-        n.route = n.route_initial.clone();
+        n.route = n.route_hooked.clone().or_else(|| n.route_initial.clone());
         n.last_operator = None;
         let id = n.id.clone();
         self.note(|| format!("{id} daemon restarted"));
@@ -725,6 +729,9 @@ impl<'p, W: World> Sim<'p, W> {
                     let ok = known && !rng.chance(self.faults.hook_failure);
                     if ok {
                         self.nodes[i].route = Some(target.clone());
+                        if self.policies[self.nodes[i].policy].file.relay.as_ref().is_some_and(|r| r.hook.is_some()) {
+                            self.nodes[i].route_hooked = Some(target.clone());
+                        }
                     }
                     self.world.route(i, target, ok);
                     ok

@@ -11,16 +11,12 @@
 //! the standby running none. Operator switches hold the automatic rules until `restore` (documented),
 //! so the calm begins with the operator's `restore` on every node an operator switched.
 //!
-//! Exceptions (known plugin violations, counted apart and not against the property):
-//! - `XIVO_OPERATOR_ACTIVE_BESIDE_MAIN`: with the product's ping probe, an operator `active` on the
-//!   standby starts a second telephony server while the main keeps its own: the plugin refuses the
-//!   request only when the main *reports* ACTIVE, which a ping never carries; the standby then holds
-//!   its failback until `restore`: two actives with every link up until an operator undoes it.
-//! - `XIVO_MANUAL_RESTORE_KEEPS_STANDBY_ACTIVE`: in manual mode, `restore` on a standby that an
-//!   operator made active leaves it ACTIVE, although `xivo-standby-manual.toml` says "`vigil switch
-//!   standby` (or `restore`) stops them": with a ping probe two telephony servers run; with the vigil
-//!   heartbeat the main waits for the standby's STANDBY (break-before-make) and never gets its role
-//!   back.
+//! Exception (a known plugin violation, counted apart and not against the property):
+//! `XIVO_OPERATOR_ACTIVE_BESIDE_MAIN`: with the product's ping probe, an operator `active` on the
+//! standby starts a second telephony server while the main keeps its own: the plugin refuses the
+//! request only when the main *reports* ACTIVE, which a ping never carries; the standby then holds
+//! its failback until `restore`: two actives with every link up until an operator undoes it. (The
+//! operator's own command; the docs say to switch the main to standby first.)
 //!
 //! The pair is simulated with its CCs and xds nodes in `site.rs`.
 
@@ -106,7 +102,6 @@ impl Pair {
         }
         match sim.nodes[self.standby].last_operator {
             Some(OperatorRequest::Active) if self.ping && sim.active(self.main) => Some("XIVO_OPERATOR_ACTIVE_BESIDE_MAIN"),
-            Some(OperatorRequest::Restore) if self.manual => Some("XIVO_MANUAL_RESTORE_KEEPS_STANDBY_ACTIVE"),
             _ => None,
         }
     }

@@ -160,7 +160,7 @@ impl NodeCore {
         let now = observations.now_ms;
         let tick = self.tick(observations);
         let result = policy.decide(&tick, peers);
-        if let Some(reason) = result.as_ref().ok().and_then(|d| self.grace_holds(&tick, d)) {
+        if let Some(reason) = result.as_ref().ok().filter(|_| policy.file.exclusive).and_then(|d| self.grace_holds(&tick, d)) {
             return self.hold(reason);
         }
         self.apply(now, result, policy.file.fallback.mode, policy.file.fallback.after)

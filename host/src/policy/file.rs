@@ -89,6 +89,15 @@ pub struct PolicyFile {
     /// The traffic relay.
     #[serde(default)]
     pub relay: Option<RelaySpec>,
+    /// Whether one node at a time may be active (the default). `false` for groups in which every
+    /// node serves (a config-only group): the host's start-up grace, which keeps a node from taking
+    /// the role from a peer it has not heard from yet, does not hold them.
+    #[serde(default = "exclusive_by_default")]
+    pub exclusive: bool,
+}
+
+fn exclusive_by_default() -> bool {
+    true
 }
 
 /// A local check.

@@ -180,9 +180,15 @@ fn operator(cx: &Cx, request: OperatorRequest, state: &mut State) -> Option<Deci
             }
             Some(stop_telephony(cx, format!("operator standby: stopping telephony on this node ({}){hold}", cx.me())))
         }
-        // Back to the configured behaviour: the automatic rules decide in this very tick.
+        // Back to the configured behaviour: the automatic rules decide in this very tick. A manual
+        // standby has no automatic rule to give the role back by: restore stops what the operator's
+        // `active` started (as its policy file says), break-before-make like a `standby`.
         OperatorRequest::Restore => {
             state.operator_hold = false;
+            if cx.params.manual && !cx.is_main() && mode == Mode::Active {
+                state.stepping_down = true;
+                return Some(step_down(cx, format!("operator restore: manual standby back to its configured role, stopping telephony on this node ({})", cx.me())));
+            }
             None
         }
         OperatorRequest::RestartHa | OperatorRequest::PlannedReboot => {
