@@ -15,7 +15,7 @@
 //! Real failures are not hand-overs: a peer that stopped answering is taken over from after the
 //! failure threshold, without waiting for anything.
 
-use crate::{Mode, Remote, Service, ServiceState, Tick};
+use crate::{Action, Decision, Mode, PeerCommand, Remote, Service, ServiceState, Tick};
 use serde::{Deserialize, Serialize};
 
 /// How long a node waits for its peers to confirm STANDBY when a policy does not say: services
@@ -82,6 +82,36 @@ pub fn stopped<'a>(tick: &Tick, services: &[&'a Service]) -> Result<(), Vec<&'a 
         Err(left)
     }
 }
+/// A hand-over still waiting for `waiting` (the peers that have not confirmed STANDBY yet) at the
+/// tick's time: `Err(why)` once past its deadline (the taker gives up and stays standby, with an
+/// alarm saying `why`), else the waiting decision, which sends go-standby again to every waiting
+/// peer whose last one did not arrive. `me` is this node's id, `peers_now` how the peers look now (for
+/// the reason), `timeout_ms` the hand-over's timeout (for the message).
+pub fn wait_for(h: &Handover, tick: &Tick, waiting: &[&Remote], timeout_ms: u64, me: &str, peers_now: &str) -> Result<Decision, String> {
+    let names = waiting.iter().map(|p| format!("peer {}", p.id)).collect::<Vec<_>>().join(", ");
+    if h.expired(tick.now_ms) {
+        return Err(format!(
+            "hand-over abandoned ({}): {names} did not report STANDBY within {} s; this node ({me}) stays STANDBY",
+            h.why,
+            timeout_ms.div_ceil(1000)
+        ));
+    }
+    let mut d = Decision::because(format!(
+        "hand-over ({}): waiting for {names} to report STANDBY with its services stopped, {} s left; {peers_now}",
+        h.why,
+        h.seconds_left(tick.now_ms)
+    ));
+    for p in waiting {
+        let lost = tick.results.iter().any(|r| {
+            !r.ok && matches!(&r.action, Action::Command(m) if m.peer.as_deref() == Some(p.id.as_str()) && m.command == PeerCommand::GoStandby)
+        });
+        if lost {
+            d = d.command_peer(Some(&p.id), PeerCommand::GoStandby).and_because(&format!("go-standby to peer {} failed, sent again", p.id));
+        }
+    }
+    Ok(d)
+}
+
 /// How many consecutive "nobody is active" checks a node waits before it claims the role, when every
 /// node of the pair answers and none is active (both restarted together, a hand-over that did not
 /// complete). The primary claims first (`IDLE_CHECKS` checks: one stale answer of a peer switching

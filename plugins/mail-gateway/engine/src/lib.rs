@@ -502,34 +502,14 @@ fn handover_progress(cx: &Cx, state: &mut State) -> Option<Decision> {
             .join(", ");
         return Some(go_active(cx, format!("{}: {how}: switch this node ({}) to ACTIVE", h.why, cx.me()), &[]));
     }
-    let names = waiting.iter().map(|p| format!("peer {}", p.id)).collect::<Vec<_>>().join(", ");
-    if h.expired(now) {
-        state.handover = None;
-        state.failback_after_ms = Some(now.saturating_add(handover::DEFAULT_TIMEOUT_MS));
-        let text = format!(
-            "hand-over abandoned ({}): {names} did not report STANDBY within {} s; this node ({}) stays STANDBY",
-            h.why,
-            handover::DEFAULT_TIMEOUT_MS / 1000,
-            cx.me()
-        );
-        return Some(stop_leftovers(cx, Decision::because(text.clone()).alarm(Level::Warn, text)));
-    }
-    let mut d = Decision::because(format!(
-        "hand-over ({}): waiting for {names} to report STANDBY with its services stopped, {} s left; {}",
-        h.why,
-        h.seconds_left(now),
-        describe_peers(cx)
-    ));
-    // A go-standby that did not arrive (its result failed) is sent again.
-    for p in &waiting {
-        let lost = cx.tick.results.iter().any(|r| {
-            !r.ok && matches!(&r.action, Action::Command(m) if m.peer.as_deref() == Some(p.id.as_str()) && m.command == PeerCommand::GoStandby)
-        });
-        if lost {
-            d = d.command_peer(Some(&p.id), PeerCommand::GoStandby).and_because(&format!("go-standby to peer {} failed, sent again", p.id));
+    match handover::wait_for(&h, cx.tick, &waiting, handover::DEFAULT_TIMEOUT_MS, cx.me(), &describe_peers(cx)) {
+        Ok(d) => Some(stop_leftovers(cx, d)),
+        Err(text) => {
+            state.handover = None;
+            state.failback_after_ms = Some(now.saturating_add(handover::DEFAULT_TIMEOUT_MS));
+            Some(stop_leftovers(cx, Decision::because(text.clone()).alarm(Level::Warn, text)))
         }
     }
-    Some(stop_leftovers(cx, d))
 }
 
 /// Not active, not switching: stop services left running (e.g. by a killed daemon). Not while our own
