@@ -88,6 +88,18 @@ pub struct SyncStatus {
     /// Replicated directories whose scan is held, with why (`vigil sync --confirm-deletes` releases
     /// a hold once the directory is right).
     pub held: Vec<String>,
+    /// Per peer: its pulls (a good pull from one peer hides no failing pull from another).
+    pub peers: std::collections::BTreeMap<String, PeerSync>,
+}
+
+/// `/status.sync.peers.ID`: pulls from one peer.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PeerSync {
+    /// Wall time of the last good pull.
+    pub last_ok_ms: Option<u64>,
+    pub consecutive_failures: u32,
+    /// Why the last pull failed, while it keeps failing.
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -291,6 +303,14 @@ impl Replicator {
         let now = self.clock.wall_ms();
         let mut st = self.lock();
         st.running.remove(peer);
+        let of_peer = st.status.peers.entry(peer.to_string()).or_default();
+        match &result {
+            Ok(_) => *of_peer = PeerSync { last_ok_ms: Some(now), consecutive_failures: 0, last_error: None },
+            Err(error) => {
+                of_peer.consecutive_failures += 1;
+                of_peer.last_error = Some(error.clone());
+            }
+        }
         match result {
             Ok(n) => {
                 st.status.consecutive_failures = 0;
@@ -659,6 +679,21 @@ mod tests {
         assert_eq!(r.view().initial, InitialSync::Failed);
         assert_eq!(r.view().consecutive_failures, 1);
         assert!(r.status().last_error.unwrap().contains("127.0.0.1:1"));
+        let b = &r.status().peers["b"];
+        assert_eq!(b.consecutive_failures, 1);
+        assert!(b.last_error.as_deref().unwrap_or("").contains("127.0.0.1:1"));
+    }
+
+    #[tokio::test]
+    async fn a_good_pull_from_one_peer_hides_no_failing_pull_from_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = replicator(dir.path());
+        r.finish("b", false, Err("b: answer refused: timestamp 891000 ms away".into()));
+        r.finish("c", false, Ok(3));
+        let peers = r.status().peers;
+        assert_eq!((peers["b"].consecutive_failures, peers["c"].consecutive_failures), (1, 0));
+        assert!(peers["b"].last_error.as_deref().unwrap().contains("891000 ms"), "b's failure stays visible");
+        assert!(peers["c"].last_ok_ms.is_some() && peers["b"].last_ok_ms.is_none());
     }
 
     /// Scan before apply (the file-replication issue's edit race): a local edit the periodic scan has
