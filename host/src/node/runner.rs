@@ -407,12 +407,24 @@ fn heartbeat_answers(targets: &Targets, round: &crate::heartbeat::Round) -> Vec<
 /// Scan the replicated directories when due, or at once when a file event says something changed.
 async fn scan_directories(state: Arc<NodeState>, interval: Duration, stop: watch::Receiver<bool>) {
     use notify::Watcher as _;
+    use notify::event::{EventKind, ModifyKind, RenameMode};
     let dirty = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let flag = dirty.clone();
+    let events_state = state.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !e.kind.is_access()) {
-            flag.store(true, Ordering::Release);
+        let Ok(event) = event else { return };
+        if event.kind.is_access() {
+            return;
         }
+        // A path that went away (removed, or renamed from): its delete is dated now, not when the
+        // next scan notices it.
+        if matches!(event.kind, EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From))) {
+            let now = events_state.clock.wall_ms();
+            for path in &event.paths {
+                events_state.replicator.note_gone(path, now);
+            }
+        }
+        flag.store(true, Ordering::Release);
     })
     .map_err(|e| tracing::warn!(error = %e, "file events unavailable; replicated directories are rescanned periodically"))
     .ok();

@@ -99,6 +99,9 @@ pub struct DirSync {
     limits: DeleteLimits,
     /// Each file as the previous scan saw it, or as this node last wrote it from a peer.
     seen: Mutex<HashMap<String, Stamp>>,
+    /// When file events said a path went away (relative path → wall ms), since the last scan: a
+    /// delete is dated when it happened, not when the scan noticed it.
+    gone_at: Mutex<HashMap<String, u64>>,
     /// The device of the root at the last good scan: changes are written only into a root found
     /// there again, never into a directory that has not been checked.
     verified: Mutex<Option<u64>>,
@@ -129,6 +132,7 @@ impl DirSync {
             max_file,
             limits: DeleteLimits::default(),
             seen: Mutex::new(HashMap::new()),
+            gone_at: Mutex::new(HashMap::new()),
             verified: Mutex::new(None),
             held: Mutex::new(None),
             confirmed: AtomicBool::new(false),
@@ -148,6 +152,25 @@ impl DirSync {
 
     fn meta_key(&self) -> String {
         format!("dev:{}", self.name)
+    }
+
+    /// A file event said `path` (below the root) went away at wall time `at_ms`. The earliest time
+    /// since the last scan counts. Paths outside the root are ignored.
+    pub fn note_gone(&self, path: &Path, at_ms: u64) {
+        let Ok(rel) = path.strip_prefix(&self.root) else { return };
+        let rel = rel.to_string_lossy().replace('\\', "/");
+        if !rel.is_empty() {
+            self.gone_at.lock().expect("gone lock").entry(rel).or_insert(at_ms);
+        }
+    }
+
+    /// When a file event saw `key`, or a directory above it, go away; at most `wall_ms`.
+    fn gone_time(gone: &HashMap<String, u64>, key: &str, wall_ms: u64) -> u64 {
+        let mut at = gone.get(key).copied();
+        for (i, _) in key.match_indices('/') {
+            at = at.into_iter().chain(gone.get(&key[..i]).copied()).min();
+        }
+        at.map_or(wall_ms, |t| t.min(wall_ms))
     }
 
     /// The current hold, if any.
@@ -241,8 +264,11 @@ impl DirSync {
         }
         // Deletes first: a file replaced by a directory of the same name (or the reverse) reaches
         // peers in an order they can apply.
+        // A delete is dated when a file event saw the file (or a directory above it) go, else now.
+        let gone = std::mem::take(&mut *self.gone_at.lock().expect("gone lock"));
         for entry in deletes {
-            if let Some(change) = store.delete(&self.name, &entry.key, wall_ms).map_err(|e| failed(e.to_string()))? {
+            let at = Self::gone_time(&gone, &entry.key, wall_ms);
+            if let Some(change) = store.delete_at(&self.name, &entry.key, at, wall_ms).map_err(|e| failed(e.to_string()))? {
                 report.written.push(change);
             }
         }
@@ -751,6 +777,31 @@ mod tests {
             assert_eq!(std::fs::read_to_string(d.root.join("x")).unwrap(), "file again");
             assert_eq!(live(s), vec!["f00", "f01", "x"]);
         }
+    }
+
+    /// A delete is dated when the file event saw the file go (or its directory), not when the scan
+    /// that records it runs: an earlier delete must not win over a later write on another node.
+    #[test]
+    fn a_delete_is_dated_when_the_file_went_not_when_the_scan_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, d) = setup(dir.path(), "a");
+        std::fs::create_dir_all(d.root.join("sub")).unwrap();
+        // Three of seven files go: under the share that would hold the scan.
+        for f in ["f", "sub/g", "h", "k0", "k1", "k2", "k3"] {
+            std::fs::write(d.root.join(f), "x").unwrap();
+        }
+        d.scan(&s, 1_000).unwrap();
+        std::fs::remove_file(d.root.join("f")).unwrap();
+        std::fs::remove_dir_all(d.root.join("sub")).unwrap();
+        std::fs::remove_file(d.root.join("h")).unwrap();
+        d.note_gone(&d.root.join("f"), 2_000);
+        d.note_gone(&d.root.join("sub"), 2_100);
+        d.note_gone(&dir.path().join("elsewhere"), 1_500);
+        d.scan(&s, 2_500).unwrap();
+        let version = |k: &str| s.get("mail", k).unwrap().unwrap().hlc.wall_ms;
+        assert_eq!(version("f"), 2_000, "dated by its event");
+        assert_eq!(version("sub/g"), 2_100, "dated by its directory's event");
+        assert_eq!(version("h"), 2_500, "no event: dated by the scan");
     }
 
     /// Found by the chaos test (seed 11): a local write that replaced a file this node had just written

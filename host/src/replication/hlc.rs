@@ -108,6 +108,31 @@ impl HlcClock {
         Ok(next)
     }
 
+    /// A timestamp for a local change of one key dated `at_ms` (when a file was written or went away,
+    /// at most `now_ms`): `at_ms` itself unless the key's current version `after` is not earlier, then
+    /// just after it. Only the key's own history bounds it from below — a change made after seeing a
+    /// version of this key is later than it — so unrelated changes observed since do not push the
+    /// date of this one forward past a later write of it on another node.
+    pub fn stamp_after(&self, at_ms: u64, now_ms: u64, after: Option<Hlc>) -> Result<Hlc, HlcError> {
+        let own = Hlc { wall_ms: at_ms, counter: 0 };
+        let next = match after {
+            Some(h) if h >= own => {
+                if h.counter >= MAX_COUNTER {
+                    Hlc { wall_ms: h.wall_ms + 1, counter: 0 }
+                } else {
+                    Hlc { wall_ms: h.wall_ms, counter: h.counter + 1 }
+                }
+            }
+            _ => own,
+        };
+        check(next, now_ms.max(at_ms))?;
+        let mut last = self.last.lock().expect("hlc lock");
+        if next > *last {
+            *last = next;
+        }
+        Ok(next)
+    }
+
     /// Take note of a timestamp from elsewhere at wall time `wall_ms`, so later local events come
     /// after it; refused (not observed) when [`check`] refuses it.
     pub fn observe(&self, remote: Hlc, wall_ms: u64) -> Result<(), HlcError> {
@@ -177,5 +202,16 @@ mod tests {
         assert!(newer((t, "b"), (t, "a")));
         assert!(!newer((t, "a"), (t, "b")));
         assert!(!newer((t, "a"), (t, "a")));
+    }
+
+    #[test]
+    fn a_dated_change_is_bounded_by_its_own_key_only() {
+        let c = HlcClock::default();
+        c.observe(Hlc { wall_ms: 9_000, counter: 0 }, 9_000).unwrap(); // another key, seen later
+        assert_eq!(c.stamp_after(5_000, 9_500, None).unwrap(), Hlc { wall_ms: 5_000, counter: 0 }, "dated when it happened");
+        let own = Hlc { wall_ms: 6_000, counter: 3 };
+        assert_eq!(c.stamp_after(5_000, 9_500, Some(own)).unwrap(), Hlc { wall_ms: 6_000, counter: 4 }, "after the version it replaces");
+        assert_eq!(c.stamp_after(7_000, 9_500, Some(own)).unwrap(), Hlc { wall_ms: 7_000, counter: 0 });
+        assert!(c.now(9_600).unwrap() > Hlc { wall_ms: 9_000, counter: 0 }, "writes through the API still come after everything seen");
     }
 }

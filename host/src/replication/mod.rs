@@ -608,6 +608,13 @@ impl Replicator {
         }
     }
 
+    /// A file event saw `path` go away at wall time `at_ms` (see [`DirSync::note_gone`]).
+    pub fn note_gone(&self, path: &Path, at_ms: u64) {
+        for (dir, _) in self.dirs.iter().filter(|(d, _)| path.starts_with(&d.root)) {
+            dir.note_gone(path, at_ms);
+        }
+    }
+
     /// The replicated directories' roots (for file-event watching).
     pub fn directory_roots(&self) -> Vec<&Path> {
         self.dirs.iter().map(|(d, _)| d.root.as_path()).collect()

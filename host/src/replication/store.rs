@@ -148,6 +148,16 @@ impl Scopes {
     }
 }
 
+/// How a local change is dated.
+#[derive(Debug, Clone, Copy)]
+enum Dating {
+    /// Now, after every timestamp this node has issued or seen (a write through the API).
+    Now,
+    /// When it happened on disk (a file's modification time, the file event that saw it go): after
+    /// the key's own current version only.
+    At(u64),
+}
+
 /// What applying a batch did.
 #[derive(Debug, Clone, Default)]
 pub struct Applied {
@@ -289,7 +299,7 @@ impl Store {
         if value.len() > limit {
             return Err(StoreError::BadKey { key: key.into(), message: format!("value of {} bytes is over the limit of {limit}", value.len()) });
         }
-        self.write_local(scope, key, Some(value), mode, wall_ms, wall_ms)
+        self.write_local(scope, key, Some(value), mode, Dating::Now, wall_ms)
     }
 
     /// Write a value locally, versioned as of `at_ms` (a file's modification time) at wall time
@@ -301,28 +311,41 @@ impl Store {
         if value.len() > limit {
             return Err(StoreError::BadKey { key: key.into(), message: format!("value of {} bytes is over the limit of {limit}", value.len()) });
         }
-        self.write_local(scope, key, Some(value), mode, at_ms, now_ms)
+        self.write_local(scope, key, Some(value), mode, Dating::At(at_ms), now_ms)
     }
 
     /// Delete locally (a tombstone). `None` when there was nothing to delete.
     pub fn delete(&self, scope: &str, key: &str, wall_ms: u64) -> Result<Option<Change>, StoreError> {
         self.check_key(key)?;
         match self.get(scope, key)? {
-            Some(e) if e.value.is_some() => self.write_local(scope, key, None, None, wall_ms, wall_ms).map(Some),
+            Some(e) if e.value.is_some() => self.write_local(scope, key, None, None, Dating::Now, wall_ms).map(Some),
             _ => Ok(None),
         }
     }
 
-    fn write_local(&self, scope: &str, key: &str, value: Option<Vec<u8>>, mode: Option<u32>, at_ms: u64, now_ms: u64) -> Result<Change, StoreError> {
+    /// Delete locally, versioned as of `at_ms` (when a file event saw the file go) at wall time
+    /// `now_ms`, as [`Store::put_at`] does for writes.
+    pub fn delete_at(&self, scope: &str, key: &str, at_ms: u64, now_ms: u64) -> Result<Option<Change>, StoreError> {
+        self.check_key(key)?;
+        match self.get(scope, key)? {
+            Some(e) if e.value.is_some() => self.write_local(scope, key, None, None, Dating::At(at_ms), now_ms).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    fn write_local(&self, scope: &str, key: &str, value: Option<Vec<u8>>, mode: Option<u32>, dating: Dating, now_ms: u64) -> Result<Change, StoreError> {
         let mut conn = self.conn.lock().expect("store lock");
         let tx = conn.transaction().map_err(|e| self.db(e))?;
-        let was_live: bool = tx
-            .prepare_cached("SELECT value IS NOT NULL FROM entries WHERE scope = ?1 AND key = ?2")
-            .and_then(|mut st| st.query_row(params![scope, key], |r| r.get(0)).optional())
-            .map_err(|e| self.db(e))?
-            .unwrap_or(false);
+        let current: Option<(bool, Hlc)> = tx
+            .prepare_cached("SELECT value IS NOT NULL, wall, counter FROM entries WHERE scope = ?1 AND key = ?2")
+            .and_then(|mut st| st.query_row(params![scope, key], |r| Ok((r.get(0)?, Hlc { wall_ms: r.get(1)?, counter: r.get(2)? }))).optional())
+            .map_err(|e| self.db(e))?;
+        let was_live = current.is_some_and(|(live, _)| live);
         let seq = next_seq(&tx).map_err(|e| self.db(e))?;
-        let hlc = self.clock.stamp(at_ms, now_ms)?;
+        let hlc = match dating {
+            Dating::Now => self.clock.stamp(now_ms, now_ms)?,
+            Dating::At(at_ms) => self.clock.stamp_after(at_ms, now_ms, current.map(|(_, h)| h))?,
+        };
         let change = Change { scope: scope.into(), key: key.into(), value, mode, hlc, origin: self.node.clone(), seq };
         upsert(&tx, &change, seq).map_err(|e| self.db(e))?;
         tx.commit().map_err(|e| self.db(e))?;
