@@ -173,25 +173,6 @@ impl DirSync {
         at.map_or(wall_ms, |t| t.min(wall_ms))
     }
 
-    /// Before a pending change is written again: when its file on disk was modified after the
-    /// change's version (a local write made while the change waited, e.g. once a volume came back),
-    /// that write is versioned, with its own time, and the change is no longer pending; nothing is
-    /// written over it. Returns whether it did so.
-    pub fn adopt_newer_local(&self, store: &Store, change: &Change, now_ms: u64) -> Result<bool, String> {
-        let path = self.root.join(&change.key);
-        let Ok(meta) = std::fs::symlink_metadata(&path) else { return Ok(false) };
-        let modified = meta.modified().ok().and_then(|m| m.duration_since(SystemTime::UNIX_EPOCH).ok()).map(|d| d.as_millis() as u64);
-        if !meta.is_file() || modified.is_none_or(|m| m <= change.hlc.wall_ms) {
-            return Ok(false);
-        }
-        let (content, mode) = read_regular(&path, self.max_file)?;
-        let at = modified.unwrap_or(now_ms).min(now_ms);
-        store.put_at(&self.name, &change.key, content, Some(mode), at, now_ms).map_err(|e| e.to_string())?;
-        store.clear_pending(&self.name, &change.key).map_err(|e| e.to_string())?;
-        self.seen.lock().expect("seen lock").insert(change.key.clone(), stamp(&meta));
-        Ok(true)
-    }
-
     /// The current hold, if any.
     pub fn hold(&self) -> Option<Hold> {
         self.held.lock().expect("held lock").clone()
@@ -796,35 +777,6 @@ mod tests {
             assert_eq!(std::fs::read_to_string(d.root.join("x")).unwrap(), "file again");
             assert_eq!(live(s), vec!["f00", "f01", "x"]);
         }
-    }
-
-    /// Found by the chaos test (seeds 94, 129): a change left pending while the directory was away was
-    /// written over a local edit made once it came back. A later local file is versioned instead; an
-    /// older one (the volume's stale copy) is still replaced.
-    #[test]
-    fn a_pending_change_is_not_written_over_a_later_local_edit() {
-        let dir = tempfile::tempdir().unwrap();
-        let (sb, db) = setup(dir.path(), "b");
-        db.scan(&sb, 900).unwrap();
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as u64;
-        let change = |key: &str, wall_ms: u64| Change {
-            scope: "mail".into(),
-            key: key.into(),
-            value: Some(b"from a".to_vec()),
-            mode: Some(0o644),
-            hlc: crate::replication::hlc::Hlc { wall_ms, counter: 0 },
-            origin: "a".into(),
-            seq: 1,
-        };
-        let (older, newer) = (change("edited", now - 60_000), change("stale", now + 60_000));
-        sb.apply(&[older.clone(), newer.clone()], now).unwrap();
-        assert_eq!(sb.pending("mail").unwrap().len(), 2, "not written yet: pending");
-        std::fs::write(db.root.join("edited"), "local edit").unwrap();
-        std::fs::write(db.root.join("stale"), "old copy").unwrap();
-        assert!(db.adopt_newer_local(&sb, &older, now).unwrap(), "the local edit is later than the change");
-        assert!(!db.adopt_newer_local(&sb, &newer, now).unwrap(), "the change is later than the local copy");
-        assert_eq!(sb.get("mail", "edited").unwrap().unwrap().value.as_deref(), Some(&b"local edit"[..]));
-        assert_eq!(sb.pending("mail").unwrap().into_iter().map(|(k, _)| k).collect::<Vec<_>>(), vec!["stale".to_string()]);
     }
 
     /// A delete is dated when the file event saw the file go (or its directory), not when the scan

@@ -449,13 +449,7 @@ impl Replicator {
         for (dir, _) in self.dirs.iter() {
             for (key, _) in self.store.pending(&dir.name).unwrap_or_default() {
                 match self.store.get(&dir.name, &key) {
-                    // A file written here after the change (a directory that came back, then was
-                    // edited before the retry) is versioned, not written over.
-                    Ok(Some(entry)) => match dir.adopt_newer_local(&self.store, &Change::from(entry.clone()), self.clock.wall_ms()) {
-                        Ok(true) => {}
-                        Ok(false) => changes.push(Change::from(entry)),
-                        Err(e) => tracing::warn!(error = %e, "cannot read a local file over a pending change"),
-                    },
+                    Ok(Some(entry)) => changes.push(Change::from(entry)),
                     // Purged meanwhile: nothing to write.
                     Ok(None) => {
                         let _ = self.store.clear_pending(&dir.name, &key);
