@@ -197,11 +197,6 @@ impl Node {
         }
     }
 
-    /// Whether every peer answered at least once since this daemon started.
-    pub fn heard_from_every_peer(&self) -> bool {
-        self.tracker.peers.iter().all(|p| p.last_seen_mono_ms.is_some())
-    }
-
     /// Whether every `app_check` service runs (`/app`).
     pub fn app_healthy(&self) -> bool {
         self.specs.iter().filter(|s| s.app_check).all(|s| self.services[&s.name])

@@ -17,7 +17,7 @@ pub struct Site {
 const NAMES: [&str; 7] = [crate::xivo::MAIN, crate::xivo::STANDBYS[0], crate::xivo::STANDBYS[1], crate::xivo::STANDBYS[2], crate::xivo_cc::MAIN, crate::xivo_cc::STANDBY, crate::xds::POLICY];
 
 /// Where `build` puts everything (the same in every schedule; only the standby's policy varies).
-const PAIR: Pair = Pair { main: 0, standby: 1, link: 0, manual: false, ping: true };
+const PAIR: Pair = Pair { main: 0, standby: 1, link: 0, ping: true };
 const CCS: Ccs = Ccs { a: 2, b: 3, links: [1, 2] };
 const XDS: Xds = Xds { a: 4, b: 5, links: [3, 4] };
 
@@ -31,7 +31,7 @@ impl Site {
     /// by the vigil heartbeat, and this deployment's fault rates.
     pub fn sim(&self, standby: usize, ping: bool, trace: bool) -> Sim<'_, Registrations> {
         let mut sim = Sim::new(self.policies.iter().collect(), HEARTBEAT, Registrations::default(), trace);
-        let pair = Pair::add(&mut sim, 0, standby, standby == 3, ping);
+        let pair = Pair::add(&mut sim, 0, standby, ping);
         let ccs = Ccs::add(&mut sim, pair, 4, 5);
         let xds = Xds::add(&mut sim, pair, 6);
         assert_eq!((pair.main, pair.standby, pair.link, ccs.a, ccs.b, xds.a, xds.b), (PAIR.main, PAIR.standby, PAIR.link, CCS.a, CCS.b, XDS.a, XDS.b));
@@ -43,7 +43,7 @@ impl Site {
 
     fn pair(sim: &Sim<'_, Registrations>) -> Pair {
         let ping = sim.nodes[PAIR.standby].peers[0].how == crate::sim::How::Ping;
-        Pair { manual: NAMES[sim.nodes[PAIR.standby].policy] == crate::xivo::STANDBYS[2], ping, ..PAIR }
+        Pair { ping, ..PAIR }
     }
 }
 

@@ -36,8 +36,6 @@ pub struct Pair {
     pub main: usize,
     pub standby: usize,
     pub link: usize,
-    /// The standby runs `xivo-standby-manual.toml`.
-    pub manual: bool,
     /// The XiVOs probe each other with a ping (the product's setup: no report of the peer's mode);
     /// otherwise with the vigil heartbeat (as `tests/xivo.rs` does).
     pub ping: bool,
@@ -45,14 +43,14 @@ pub struct Pair {
 
 impl Pair {
     /// Add the pair: the main with policy `main_policy`, the standby with `standby_policy`.
-    pub fn add<W: World>(sim: &mut Sim<'_, W>, main_policy: usize, standby_policy: usize, manual: bool, ping: bool) -> Pair {
+    pub fn add<W: World>(sim: &mut Sim<'_, W>, main_policy: usize, standby_policy: usize, ping: bool) -> Pair {
         let link = sim.link("xivo-a/xivo-b");
         let main = sim.node("xivo-a", Role::Primary, main_policy);
         let standby = sim.node("xivo-b", Role::Secondary, standby_policy);
         let how = if ping { How::Ping } else { How::Vigil };
         sim.nodes[main].peers.push(PeerSpec::new(standby, &[link], how));
         sim.nodes[standby].peers.push(PeerSpec::new(main, &[link], how));
-        Pair { main, standby, link, manual, ping }
+        Pair { main, standby, link, ping }
     }
 
     /// The pair's group: the standby hands back after `failback_after` answered checks (1, or 5 with
