@@ -423,3 +423,164 @@ fn a_replicated_directory_holding_the_policy_or_the_keys_is_refused_at_start() {
         assert!(stderr.contains("sync.directory[0].path") && stderr.contains(names), "{sync_path}: {stderr}");
     }
 }
+
+/// Replace `target` as editors do: a whole file written beside the tree, renamed into place.
+fn edit(stage: &Path, target: &Path, content: &str) {
+    std::fs::create_dir_all(stage).unwrap();
+    let tmp = stage.join(target.file_name().unwrap());
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, target).unwrap();
+}
+
+/// `name=content` of the files of `dir` named in `names` (`name=-` when absent).
+fn contents(dir: &Path, names: &[String]) -> Vec<String> {
+    names.iter().map(|n| format!("{n}={}", std::fs::read_to_string(dir.join(n)).unwrap_or_else(|_| "-".into()))).collect()
+}
+
+/// The race: a changes (or deletes) a file, b changes the same file 50–400 ms later. The
+/// later write must win on both nodes, every time: a's change may reach b before b's write, during
+/// it, or after it (b's edit then lands between a scan and the write of a's change).
+#[tokio::test(flavor = "multi_thread")]
+async fn of_two_edits_50_to_400_ms_apart_on_two_nodes_the_later_wins_every_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _links) = pair(dir.path(), "").await;
+    let (sa, sb) = (shared(&c, 0), shared(&c, 1));
+    // 60 trials where a writes first, 40 where a deletes first (20 of them the 100 ms).
+    let trials: Vec<(String, bool, u64)> = (0..100)
+        .map(|i: u64| {
+            let delete = i >= 60;
+            let delay = if (60..80).contains(&i) { 100 } else { 50 + (i * 97) % 351 };
+            (format!("race{i:03}.txt"), delete, delay)
+        })
+        .collect();
+    let names: Vec<String> = trials.iter().map(|t| t.0.clone()).collect();
+    // Every file on both nodes first, so that a has something to change or delete.
+    std::fs::create_dir_all(&sa).unwrap();
+    for n in &names {
+        edit(&dir.path().join("stage-a"), &sa.join(n), "original");
+    }
+    let originals: Vec<String> = names.iter().map(|n| format!("{n}=original")).collect();
+    until(&c, "the originals reach b", Duration::from_secs(20), || (contents(&sb, &names), originals.clone())).await;
+    // Ten trials at a time, each on its own file, started a little apart.
+    for (wave, chunk) in trials.chunks(10).enumerate() {
+        let mut tasks = Vec::new();
+        for (j, (name, delete, delay)) in chunk.iter().cloned().enumerate() {
+            let (sa, sb, stage_a, stage_b) = (sa.clone(), sb.clone(), dir.path().join(format!("stage-a{wave}-{j}")), dir.path().join(format!("stage-b{wave}-{j}")));
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(j as u64 * 37 % 100)).await;
+                if delete {
+                    std::fs::remove_file(sa.join(&name)).unwrap();
+                } else {
+                    edit(&stage_a, &sa.join(&name), "a's earlier edit");
+                }
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                edit(&stage_b, &sb.join(&name), &format!("b's later edit, {delay} ms after a's {}", if delete { "delete" } else { "edit" }));
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+    let expected: Vec<String> = trials
+        .iter()
+        .map(|(n, delete, delay)| format!("{n}=b's later edit, {delay} ms after a's {}", if *delete { "delete" } else { "edit" }))
+        .collect();
+    until(&c, "b's later edits on b", Duration::from_secs(20), || (contents(&sb, &names), expected.clone())).await;
+    until(&c, "b's later edits on a", Duration::from_secs(20), || (contents(&sa, &names), expected.clone())).await;
+    // And they stay: nothing older comes back once every node has settled.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(contents(&sa, &names), expected);
+    assert_eq!(contents(&sb, &names), expected);
+}
+
+/// A node whose clock ran 15 minutes fast: while it is, its peer refuses it (and says so, for that
+/// peer); once its clock is right and it restarts, it says it holds versions from the future, and
+/// its next write replicates at once and wins over the older ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_ran_15_minutes_fast_replicates_its_next_write_once_its_clock_is_right() {
+    let Some(fast) = vigil_tests::faketime::skewed_clock("+15m") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut c, _links) = pair(dir.path(), "").await;
+    // b writes the key first (an older write, in real time).
+    put(&c, 1, "setting", "b's older value").await;
+    until_key(&c, 0, "setting", "b's older value", Duration::from_secs(15)).await;
+    // a runs 15 minutes fast, alone (it cannot measure b's clock), and writes it: a version 15
+    // minutes in the future.
+    c.stop(0);
+    c.stop(1);
+    c.spec_mut(0).env = fast;
+    c.start(0).unwrap();
+    c.wait_for(Duration::from_secs(15), |m| m[0].is_some().then_some(())).await.unwrap();
+    put(&c, 0, "setting", "a's value from the fast clock").await;
+    c.start(1).unwrap();
+    c.wait_for(Duration::from_secs(15), |m| m[1].is_some().then_some(())).await.unwrap();
+    // b refuses a's requests (their timestamps are 15 minutes away), and says so for a.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = status(&c, 1).await;
+        let peer = s["sync"]["peers"]["a"].to_string();
+        if peer.contains("ms away") || s["peers"][0]["refused"].as_str().is_some_and(|r| r.contains("ms away")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never says a is refused: {}", s);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get(&c, 1, "setting").await.as_deref(), Some("b's older value"), "b never takes the future version");
+    // a's clock is put right; a restarts.
+    c.stop(0);
+    c.spec_mut(0).env = Vec::new();
+    c.start(0).unwrap();
+    c.wait_for(Duration::from_secs(15), |m| m[0].is_some().then_some(())).await.unwrap();
+    let future = status(&c, 0).await["sync"]["future_entries"].to_string();
+    assert!(future.contains("ahead of this node's clock"), "a says it holds future versions: {future}");
+    until_event(&c, 0, "ahead of this node's clock").await;
+    // b refuses the future version when it pulls it, and says so for a.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = status(&c, 1).await;
+        if s["sync"]["peers"]["a"]["refused_changes"].as_u64() >= Some(1) {
+            assert!(s["sync"]["peers"]["a"]["last_refused"].to_string().contains("ahead"), "{}", s["sync"]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never refuses a's future version: {}", s["sync"]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // a's next write: dated by its clock, not after the future version; on b within 2 s.
+    put(&c, 0, "setting", "a's value, clock right").await;
+    until_key(&c, 1, "setting", "a's value, clock right", Duration::from_secs(2)).await;
+    assert_eq!(get(&c, 0, "setting").await.as_deref(), Some("a's value, clock right"));
+    // And a later write on b wins on a too: nothing from the future holds it back.
+    put(&c, 1, "setting", "b's later value").await;
+    until_key(&c, 0, "setting", "b's later value", Duration::from_secs(5)).await;
+}
+
+/// A node whose clock is 20 s fast (over the 2 s tolerance, within the signatures' window) dates
+/// its writes by its peer's clock: of two writes made apart during a cut link, the later in real
+/// time wins, not the one from the fast clock.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_20_s_fast_dates_its_writes_by_its_peers_clock() {
+    let Some(fast) = vigil_tests::faketime::skewed_clock("+20s") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (mut c, links) = pair(dir.path(), "").await;
+    c.stop(0);
+    c.spec_mut(0).env = fast;
+    c.start(0).unwrap();
+    c.wait_for(Duration::from_secs(15), |m| m[0].is_some().then_some(())).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let held = status(&c, 0).await["sync"]["clock_held_back_ms"].as_u64().unwrap_or(0);
+        if held > 0 {
+            assert!((15_000..=19_000).contains(&held), "a holds its versions back by about 18 s: {held}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "a never measures b's clock\n{}", c.logs(20));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    links.iter().for_each(LinkProxy::cut);
+    put(&c, 0, "setting", "a's earlier value").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    put(&c, 1, "setting", "b's later value").await;
+    links.iter().for_each(LinkProxy::heal);
+    until_key(&c, 0, "setting", "b's later value", Duration::from_secs(15)).await;
+    until_key(&c, 1, "setting", "b's later value", Duration::from_secs(15)).await;
+}

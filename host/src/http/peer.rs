@@ -167,7 +167,7 @@ async fn pushed(state: &NodeState, from: &str, body: &[u8]) -> Answer {
         Ok(b) => b,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("malformed change batch: {e}")),
     };
-    match state.replicator.apply(batch.changes).await {
+    match state.replicator.apply(from, batch.changes).await {
         Ok(n) => json(StatusCode::OK, &serde_json::json!({ "applied": n })),
         Err(e) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("change batch refused, nothing applied: {e}")),
     }

@@ -46,11 +46,33 @@ const RELOAD_DEBOUNCE: Duration = Duration::from_millis(200);
 /// Window for peer request timestamps; clocks of a pair are assumed NTP-synchronized.
 const SIGNATURE_WINDOW_MS: u64 = 30_000;
 
+/// How long start-up waits for its address while another process holds it.
+const LISTEN_WAIT: Duration = Duration::from_secs(5);
+
+/// Bind the node's address. An address in use is tried again for [`LISTEN_WAIT`]: a daemon restarted
+/// at once (by systemd, after a crash) may find its predecessor's socket not yet closed, or a
+/// process that holds the port for a moment.
+async fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let deadline = tokio::time::Instant::now() + LISTEN_WAIT;
+    let mut warned = false;
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tokio::time::Instant::now() < deadline => {
+                if !std::mem::replace(&mut warned, true) {
+                    tracing::warn!(%addr, wait_s = LISTEN_WAIT.as_secs(), "address in use; trying again");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
 /// Run the daemon until SIGINT or SIGTERM.
 pub async fn run(config: NodeConfig) -> Result<(), StartError> {
     let clock: Arc<dyn Clock> = SystemClock::new();
     let state = build(config, clock).await?;
-    let listener = tokio::net::TcpListener::bind(state.config.node.listen).await.map_err(|e| {
+    let listener = listen(state.config.node.listen).await.map_err(|e| {
         StartError::Other(anyhow::anyhow!("{}: key `node.listen`: cannot listen on {}: {e}", state.config.path.display(), state.config.node.listen))
     })?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -255,6 +277,8 @@ impl NodeLoop {
         let refused_before: Vec<Option<String>> = self.tracker.peers.iter().map(|t| t.refused.clone()).collect();
         self.tracker.record(&round, state.clock.mono_ms());
         self.note_refusals(&refused_before);
+        let offsets: Vec<i64> = round.peers.iter().filter_map(|r| r.paths.iter().find_map(|p| p.heartbeat.as_ref()).map(|hb| hb.clock_skew_ms())).collect();
+        state.replicator.peer_clocks(&offsets);
         state.replicator.after_round(&heartbeat_answers(&self.targets, &round));
 
         let policy = state.policy.current();

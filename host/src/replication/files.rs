@@ -24,6 +24,7 @@
 //! Never: writes outside its root, follows a symbolic link below it, or reads a file it did not
 //! check on the open descriptor.
 
+use super::hlc::{newer, Hlc};
 use super::store::{Change, Entry, Patterns, Store};
 use std::collections::{HashMap, HashSet};
 use std::io::{Read as _, Write as _};
@@ -99,6 +100,9 @@ pub struct DirSync {
     limits: DeleteLimits,
     /// Each file as the previous scan saw it, or as this node last wrote it from a peer.
     seen: Mutex<HashMap<String, Stamp>>,
+    /// Whether a scan of this process filled `seen`: before it, a file not in `seen` is unknown,
+    /// not new.
+    scanned: AtomicBool,
     /// When file events said a path went away (relative path → wall ms), since the last scan: a
     /// delete is dated when it happened, not when the scan noticed it.
     gone_at: Mutex<HashMap<String, u64>>,
@@ -132,6 +136,7 @@ impl DirSync {
             max_file,
             limits: DeleteLimits::default(),
             seen: Mutex::new(HashMap::new()),
+            scanned: AtomicBool::new(false),
             gone_at: Mutex::new(HashMap::new()),
             verified: Mutex::new(None),
             held: Mutex::new(None),
@@ -164,11 +169,100 @@ impl DirSync {
         }
     }
 
-    /// When a file event saw `key` go away; at most `wall_ms`. Only the file's own event counts: a
-    /// directory's event may be of another thing of that name (a file `x` removed before a directory
-    /// `x/` was made and removed in turn), and removing a tree reports each file anyway.
-    fn gone_time(gone: &HashMap<String, u64>, key: &str, wall_ms: u64) -> u64 {
-        gone.get(key).map_or(wall_ms, |t| (*t).min(wall_ms))
+    /// When `key` went away, at the latest: when a file event saw it go, when its directory last
+    /// changed (removing a file updates its directory's modification time: this dates a delete made
+    /// while no event could be seen, just before a crash or while the daemon was down), and `wall_ms`.
+    /// Only the file's own event counts: a directory's event may be of another thing of that name (a
+    /// file `x` removed before a directory `x/` was made and removed in turn), and removing a tree
+    /// reports each file anyway.
+    fn gone_time(&self, gone: &HashMap<String, u64>, key: &str, wall_ms: u64) -> u64 {
+        let event = gone.get(key).copied().unwrap_or(u64::MAX);
+        // The nearest directory still there: a removed subdirectory changed its parent in turn.
+        let dir = Path::new(key).ancestors().skip(1).map(|a| self.root.join(a)).find_map(|d| std::fs::symlink_metadata(&d).ok().filter(|m| m.is_dir()));
+        let changed = dir.and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map_or(u64::MAX, |d| d.as_millis() as u64);
+        event.min(changed).min(wall_ms)
+    }
+
+    /// Read the file `rel` and record it as a local write when `wanted((content, mode), version)`
+    /// says so. Its version is its modification time (never later than `wall_ms`), so between two
+    /// nodes the file written last wins, not the one scanned last. A file that cannot be read or
+    /// recorded is reported and forgotten (the next scan tries again).
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        store: &Store,
+        rel: &str,
+        stamp: Stamp,
+        wall_ms: u64,
+        report: &mut ScanReport,
+        now_seen: &mut HashMap<String, Stamp>,
+        wanted: impl FnOnce((&[u8], u32), u64) -> Result<bool, String>,
+    ) -> Result<(), String> {
+        let path = self.root.join(rel);
+        let (content, mode) = match read_regular(&path, self.max_file) {
+            Ok(c) => c,
+            Err(e) => {
+                report.skipped.push(e);
+                now_seen.remove(rel);
+                return Ok(());
+            }
+        };
+        let version = modified_ms(&stamp, wall_ms);
+        if wanted((&content, mode), version)? {
+            match store.put_at(&self.name, rel, content, Some(mode), version, wall_ms) {
+                Ok(change) => report.written.push(change),
+                Err(e) => {
+                    report.skipped.push(format!("{}: {e}", path.display()));
+                    now_seen.remove(rel);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A file whose peer change is pending (not written yet) may have been edited or removed here
+    /// since this node last knew it (the last scan or write, its `seen` stamp): a directory that
+    /// came back and was edited before the retry, or an edit racing the write. Such a local change is
+    /// versioned with its own time and ordered against the pending change by the usual rule: when it
+    /// is the later, it replaces the pending change (and is replicated); when it is the earlier, the
+    /// retry writes the pending change over it. Files as last known are left to the retry.
+    #[allow(clippy::too_many_arguments)]
+    fn scan_pending(
+        &self,
+        store: &Store,
+        pending: &HashSet<String>,
+        present: &[(String, std::fs::Metadata)],
+        gone: &HashMap<String, u64>,
+        seen: &HashMap<String, Stamp>,
+        now_seen: &mut HashMap<String, Stamp>,
+        wall_ms: u64,
+        report: &mut ScanReport,
+    ) -> Result<(), String> {
+        let later_here = |key: &str, at_ms: u64| -> Result<bool, String> {
+            let entry = store.get(&self.name, key).map_err(|e| e.to_string())?;
+            Ok(entry.is_none_or(|e| newer((Hlc { wall_ms: at_ms, counter: 0 }, store.node()), (e.hlc, &e.origin))))
+        };
+        for (rel, meta) in present {
+            let stamp = stamp(meta);
+            now_seen.insert(rel.clone(), stamp);
+            // Before this process's first scan nothing is known of the file: the retry writes the
+            // change the store committed over it (the disk as a crash or a stop left it). An edit
+            // made while the node was down is lost to it; the stamps are not persisted.
+            if seen.get(rel) == Some(&stamp) || !self.scanned.load(Ordering::Acquire) {
+                continue;
+            }
+            self.record(store, rel, stamp, wall_ms, report, now_seen, |_, version| later_here(rel, version))?;
+        }
+        let there: HashSet<&str> = present.iter().map(|(rel, _)| rel.as_str()).collect();
+        for key in pending.iter().filter(|k| seen.contains_key(*k) && !there.contains(k.as_str()) && self.wanted(k)) {
+            let at = self.gone_time(gone, key, wall_ms);
+            if later_here(key, at)? {
+                if let Some(change) = store.delete_at(&self.name, key, at, wall_ms).map_err(|e| e.to_string())? {
+                    report.written.push(change);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The current hold, if any.
@@ -199,7 +293,9 @@ impl DirSync {
     }
 
     /// Record local changes: new and modified files become writes, vanished files deletes (first).
-    pub fn scan(&self, store: &Store, wall_ms: u64) -> Result<ScanReport, ScanError> {
+    /// `now` is read once the tree is walked: a change made during the walk is dated no earlier than
+    /// it happened (a delete noticed by the walk but dated at its start would precede the delete).
+    pub fn scan(&self, store: &Store, now: impl Fn() -> u64) -> Result<ScanReport, ScanError> {
         let failed = |e: String| ScanError::Failed(e);
         let confirmed = self.confirmed.swap(false, Ordering::AcqRel);
         let shown = self.root.display().to_string();
@@ -231,6 +327,7 @@ impl DirSync {
         let mut files = Vec::new();
         let mut temp = Vec::new();
         walk(&self.root, &self.root, &mut files, &mut temp).map_err(|e| failed(format!("{shown}: {e}")))?;
+        let wall_ms = now();
         let mut report = ScanReport::default();
         // The files lock is held: no write is under way, so a temporary file is a crash's leftover.
         for t in temp {
@@ -238,7 +335,8 @@ impl DirSync {
                 report.removed_temp.push(t.display().to_string());
             }
         }
-        let files: Vec<(String, std::fs::Metadata)> = files.into_iter().filter(|(rel, _)| self.wanted(rel) && !pending.contains(rel)).collect();
+        let (pending_files, files): (Vec<(String, std::fs::Metadata)>, Vec<_>) =
+            files.into_iter().filter(|(rel, _)| self.wanted(rel)).partition(|(rel, _)| pending.contains(rel));
         let present: HashSet<&str> = files.iter().map(|(rel, _)| rel.as_str()).collect();
         let deletes: Vec<&Entry> = expected.iter().filter(|e| !present.contains(e.key.as_str())).collect();
         if !confirmed && !expected.is_empty() {
@@ -265,45 +363,29 @@ impl DirSync {
         // A delete is dated when a file event saw the file go, else now.
         let gone = std::mem::take(&mut *self.gone_at.lock().expect("gone lock"));
         for entry in deletes {
-            let at = Self::gone_time(&gone, &entry.key, wall_ms);
+            let at = self.gone_time(&gone, &entry.key, wall_ms);
             if let Some(change) = store.delete_at(&self.name, &entry.key, at, wall_ms).map_err(|e| failed(e.to_string()))? {
                 report.written.push(change);
             }
         }
         let mut seen = self.seen.lock().expect("seen lock");
         let mut now_seen = HashMap::new();
+        self.scan_pending(store, &pending, &pending_files, &gone, &seen, &mut now_seen, wall_ms, &mut report).map_err(failed)?;
         for (rel, meta) in &files {
             let stamp = stamp(meta);
             now_seen.insert(rel.clone(), stamp);
             if seen.get(rel) == Some(&stamp) {
                 continue;
             }
-            let path = self.root.join(rel);
-            let (content, mode) = match read_regular(&path, self.max_file) {
-                Ok(c) => c,
-                Err(e) => {
-                    report.skipped.push(e);
-                    now_seen.remove(rel);
-                    continue;
-                }
+            // Recorded unless the store holds it as it is (a file this node wrote from a peer).
+            let changed = |(content, mode): (&[u8], u32), _| -> Result<bool, String> {
+                let stored = store.get(&self.name, rel).map_err(|e| e.to_string())?;
+                Ok(!stored.is_some_and(|e| e.value.as_deref() == Some(content) && e.mode == Some(mode)))
             };
-            let stored = store.get(&self.name, rel).map_err(|e| failed(e.to_string()))?;
-            let same = stored.as_ref().is_some_and(|e| e.value.as_deref() == Some(&content[..]) && e.mode == Some(mode));
-            if !same {
-                // The version is the file's modification time (never later than now), so between two
-                // nodes the file written last wins, not the one scanned last.
-                let modified = stamp.1.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(wall_ms);
-                let version = modified.min(wall_ms);
-                match store.put_at(&self.name, rel, content, Some(mode), version, wall_ms) {
-                    Ok(change) => report.written.push(change),
-                    Err(e) => {
-                        report.skipped.push(format!("{}: {e}", path.display()));
-                        now_seen.remove(rel);
-                    }
-                }
-            }
+            self.record(store, rel, stamp, wall_ms, &mut report, &mut now_seen, changed).map_err(failed)?;
         }
         *seen = now_seen;
+        self.scanned.store(true, Ordering::Release);
         if was != Some(dev) {
             store.set_meta_value(&self.meta_key(), dev).map_err(|e| failed(e.to_string()))?;
         }
@@ -360,9 +442,21 @@ impl DirSync {
             }
         }
         let dir = path.parent().ok_or_else(|| format!("{shown}: no parent directory"))?;
+        // A file that changed here since this node last knew it (its last scan or write) holds a
+        // local change not versioned yet: it is scanned first, then ordered against this change.
+        let known = self.seen.lock().expect("seen lock").get(&change.key).copied();
+        let unchanged = |m: Option<&std::fs::Metadata>| -> Result<(), String> {
+            match (m.filter(|m| m.is_file()).map(stamp), known) {
+                (None, None) => Ok(()),
+                (now, was) if now == was => Ok(()),
+                (None, Some(_)) => Err(format!("{shown}: removed here since the last scan; not written until the removal is recorded")),
+                (Some(_), _) => Err(format!("{shown}: changed here since the last scan; not replaced until the change is recorded")),
+            }
+        };
         match &change.value {
             None => match std::fs::symlink_metadata(&path) {
                 Ok(m) if m.is_file() => {
+                    unchanged(Some(&m))?;
                     std::fs::remove_file(&path).map_err(|e| format!("{shown}: {e}"))?;
                     sync_dir(dir)?;
                     self.prune(dir);
@@ -384,7 +478,10 @@ impl DirSync {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(format!("{shown}: {e}")),
                 }
-                let written = write_atomically(dir, &path, content, change.mode.unwrap_or(0o644) & 0o777, owner)?;
+                // Checked again just before the rename: an edit landing while the file was written.
+                let check = || unchanged(std::fs::symlink_metadata(&path).ok().as_ref());
+                check()?;
+                let written = write_atomically(dir, &path, content, change.mode.unwrap_or(0o644) & 0o777, owner, check)?;
                 // What we just wrote is not a local change: remember it as seen, as written (its
                 // descriptor's stamp, not the path's: a local write that lands right after the rename
                 // must still be seen as one by the next scan).
@@ -415,6 +512,12 @@ impl DirSync {
 /// What tells a file's content changed without reading it: size, modification time and inode (an
 /// editor or deploy tool that replaces a file by rename gives it a new inode).
 type Stamp = (u64, SystemTime, u64);
+
+/// A file's modification time in milliseconds, never later than `wall_ms`: the version of a local
+/// write, so that between two nodes the file written last wins, not the one scanned last.
+fn modified_ms(stamp: &Stamp, wall_ms: u64) -> u64 {
+    stamp.1.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(wall_ms).min(wall_ms)
+}
 
 fn stamp(meta: &std::fs::Metadata) -> Stamp {
     use std::os::unix::fs::MetadataExt as _;
@@ -457,7 +560,14 @@ pub fn write_changes(store: &Store, dirs: &[&DirSync], mut changes: Vec<Change>)
 
 /// Write `content` to `path` through a new temporary file in `dir`, renamed over it once on disk.
 /// Returns the written file's [`Stamp`], taken on its descriptor before the rename.
-fn write_atomically(dir: &Path, path: &Path, content: &[u8], mode: u32, owner: Option<(u32, u32)>) -> Result<Stamp, String> {
+fn write_atomically(
+    dir: &Path,
+    path: &Path,
+    content: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+    before_rename: impl Fn() -> Result<(), String>,
+) -> Result<Stamp, String> {
     let mut random = [0u8; 8];
     getrandom::fill(&mut random).map_err(|e| format!("no random source: {e}"))?;
     let tmp = dir.join(format!("{TMP_PREFIX}{}", hex::encode(random)));
@@ -482,7 +592,10 @@ fn write_atomically(dir: &Path, path: &Path, content: &[u8], mode: u32, owner: O
     drop(file);
     let result = written
         .map_err(|e| format!("{shown}: {e}"))
-        .and_then(|meta| std::fs::rename(&tmp, path).map(|()| stamp(&meta)).map_err(|e| format!("{}: {e}", path.display())));
+        .and_then(|meta| {
+            before_rename()?;
+            std::fs::rename(&tmp, path).map(|()| stamp(&meta)).map_err(|e| format!("{}: {e}", path.display()))
+        });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -586,22 +699,22 @@ mod tests {
         std::fs::set_permissions(da.root.join("sub/one.txt"), std::fs::Permissions::from_mode(0o640)).unwrap();
         std::fs::write(da.root.join("skip.lock"), "x").unwrap();
         std::fs::write(da.root.join("big.bin"), vec![0u8; 2048]).unwrap();
-        let report = da.scan(&sa, 1000).unwrap();
+        let report = da.scan(&sa, || 1000).unwrap();
         assert_eq!(report.written.len(), 3);
         assert!(report.skipped[0].contains("big.bin") && report.skipped[0].contains("over the per-file limit"), "{:?}", report.skipped);
-        assert!(da.scan(&sa, 1001).unwrap().written.is_empty(), "an unchanged tree records nothing");
+        assert!(da.scan(&sa, || 1001).unwrap().written.is_empty(), "an unchanged tree records nothing");
 
-        db.scan(&sb, 1000).unwrap();
+        db.scan(&sb, || 1000).unwrap();
         assert!(exchange((&sa, &da), (&sb, &db), 2000).iter().all(|(_, r)| r.is_ok()));
         let copy = db.root.join("sub/one.txt");
         assert_eq!(std::fs::read_to_string(&copy).unwrap(), "hello");
         assert_eq!(std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777, 0o640);
         assert!(!db.root.join("skip.lock").exists());
-        assert!(db.scan(&sb, 2001).unwrap().written.is_empty(), "a written copy is not a local change");
+        assert!(db.scan(&sb, || 2001).unwrap().written.is_empty(), "a written copy is not a local change");
         assert!(sb.pending("mail").unwrap().is_empty());
 
         std::fs::remove_file(da.root.join("sub/one.txt")).unwrap();
-        assert_eq!(da.scan(&sa, 3000).unwrap().written.len(), 1);
+        assert_eq!(da.scan(&sa, || 3000).unwrap().written.len(), 1);
         exchange((&sa, &da), (&sb, &db), 3000);
         assert!(!copy.exists(), "the delete replicated");
         assert!(!db.root.join("sub").exists(), "the directory it left empty is gone too");
@@ -611,7 +724,7 @@ mod tests {
     fn a_peer_cannot_set_special_bits_follow_links_or_write_excluded_names() {
         let dir = tempfile::tempdir().unwrap();
         let (s, d) = setup(dir.path(), "b");
-        d.scan(&s, 1).unwrap();
+        d.scan(&s, || 1).unwrap();
         let outside = dir.path().join("outside");
         std::fs::create_dir_all(&outside).unwrap();
         std::os::unix::fs::symlink(&outside, d.root.join("link")).unwrap();
@@ -643,9 +756,9 @@ mod tests {
         std::fs::create_dir_all(&da.root).unwrap();
         std::fs::create_dir_all(&db.root).unwrap();
         std::fs::write(da.root.join("f"), "a-version").unwrap();
-        da.scan(&sa, 1000).unwrap();
+        da.scan(&sa, || 1000).unwrap();
         std::fs::write(db.root.join("f"), "b-version").unwrap();
-        db.scan(&sb, 2000).unwrap();
+        db.scan(&sb, || 2000).unwrap();
         exchange((&sa, &da), (&sb, &db), 3000);
         exchange((&sb, &db), (&sa, &da), 3000);
         for d in [&da, &db] {
@@ -658,9 +771,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (s, d) = setup(dir.path(), "a");
         fill(&d, 20);
-        d.scan(&s, 1000).unwrap();
+        d.scan(&s, || 1000).unwrap();
         std::fs::rename(&d.root, dir.path().join("moved-away")).unwrap();
-        let e = d.scan(&s, 2000).unwrap_err();
+        let e = d.scan(&s, || 2000).unwrap_err();
         assert!(matches!(e, ScanError::Held(Hold::Missing { files: 20, .. })), "{e}");
         assert!(e.to_string().contains("missing") && e.to_string().contains("--confirm-deletes"), "{e}");
         assert!(!d.root.exists(), "not recreated");
@@ -671,7 +784,7 @@ mod tests {
         assert!(outcome[0].1.as_ref().unwrap_err().contains("missing"), "{outcome:?}");
         assert!(!d.root.exists());
         std::fs::rename(dir.path().join("moved-away"), &d.root).unwrap();
-        assert!(d.scan(&s, 3000).unwrap().written.is_empty(), "back: nothing changed");
+        assert!(d.scan(&s, || 3000).unwrap().written.is_empty(), "back: nothing changed");
     }
 
     #[test]
@@ -679,16 +792,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (s, d) = setup(dir.path(), "a");
         fill(&d, 3);
-        d.scan(&s, 1000).unwrap();
+        d.scan(&s, || 1000).unwrap();
         for i in 0..3 {
             std::fs::remove_file(d.root.join(format!("f{i:02}"))).unwrap();
         }
-        let e = d.scan(&s, 2000).unwrap_err();
+        let e = d.scan(&s, || 2000).unwrap_err();
         assert!(matches!(e, ScanError::Held(Hold::Empty { files: 3, .. })), "{e}");
         assert_eq!(live(&s).len(), 3);
-        assert!(d.scan(&s, 2500).is_err(), "still held");
+        assert!(d.scan(&s, || 2500).is_err(), "still held");
         d.confirm_deletes();
-        assert_eq!(d.scan(&s, 3000).unwrap().written.len(), 3, "confirmed: the deletes are recorded");
+        assert_eq!(d.scan(&s, || 3000).unwrap().written.len(), 3, "confirmed: the deletes are recorded");
         assert!(live(&s).is_empty());
         assert!(d.hold().is_none());
     }
@@ -698,41 +811,41 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (s, d) = setup(dir.path(), "a");
         fill(&d, 10);
-        d.scan(&s, 1000).unwrap();
+        d.scan(&s, || 1000).unwrap();
         for i in 0..5 {
             std::fs::remove_file(d.root.join(format!("f{i:02}"))).unwrap();
         }
-        assert_eq!(d.scan(&s, 2000).unwrap().written.len(), 5, "half is not more than half");
+        assert_eq!(d.scan(&s, || 2000).unwrap().written.len(), 5, "half is not more than half");
         for i in 5..9 {
             std::fs::remove_file(d.root.join(format!("f{i:02}"))).unwrap();
         }
         std::fs::write(d.root.join("new"), "n").unwrap();
-        let e = d.scan(&s, 3000).unwrap_err();
+        let e = d.scan(&s, || 3000).unwrap_err();
         assert!(matches!(e, ScanError::Held(Hold::TooManyDeletes { deletes: 4, files: 6, percent: 50, .. })), "{e}");
         assert!(e.to_string().contains("max_delete_percent"), "{e}");
         assert_eq!(live(&s).len(), 5, "nothing recorded, not even the new file");
         d.confirm_deletes();
-        assert_eq!(d.scan(&s, 4000).unwrap().written.len(), 5);
+        assert_eq!(d.scan(&s, || 4000).unwrap().written.len(), 5);
         assert_eq!(live(&s), vec!["f09", "new"]);
 
         // The file-count limit, with the share check off.
         let (s, d) = setup(dir.path(), "c");
         let d = d.with_limits(DeleteLimits { max_percent: 100, max_files: 3 });
         fill(&d, 10);
-        d.scan(&s, 1000).unwrap();
+        d.scan(&s, || 1000).unwrap();
         for i in 0..4 {
             std::fs::remove_file(d.root.join(format!("f{i:02}"))).unwrap();
         }
-        assert!(matches!(d.scan(&s, 2000), Err(ScanError::Held(Hold::TooManyDeletes { deletes: 4, .. }))));
+        assert!(matches!(d.scan(&s, || 2000), Err(ScanError::Held(Hold::TooManyDeletes { deletes: 4, .. }))));
         assert_eq!(live(&s).len(), 10);
 
         // With the share check off, emptying the directory is an ordinary scan too.
         let (s, d) = setup(dir.path(), "e");
         let d = d.with_limits(DeleteLimits { max_percent: 100, max_files: 100 });
         fill(&d, 3);
-        d.scan(&s, 1000).unwrap();
+        d.scan(&s, || 1000).unwrap();
         (0..3).for_each(|i| std::fs::remove_file(d.root.join(format!("f{i:02}"))).unwrap());
-        assert_eq!(d.scan(&s, 2000).unwrap().written.len(), 3);
+        assert_eq!(d.scan(&s, || 2000).unwrap().written.len(), 3);
     }
 
     #[test]
@@ -741,9 +854,9 @@ mod tests {
         let (sa, da) = setup(dir.path(), "a");
         let (sb, db) = setup(dir.path(), "b");
         fill(&da, 2);
-        db.scan(&sb, 900).unwrap();
+        db.scan(&sb, || 900).unwrap();
         std::fs::write(da.root.join("x"), "file").unwrap();
-        da.scan(&sa, 1000).unwrap();
+        da.scan(&sa, || 1000).unwrap();
         exchange((&sa, &da), (&sb, &db), 1000);
         assert_eq!(std::fs::read_to_string(db.root.join("x")).unwrap(), "file");
 
@@ -751,12 +864,12 @@ mod tests {
         std::fs::remove_file(da.root.join("x")).unwrap();
         std::fs::create_dir(da.root.join("x")).unwrap();
         std::fs::write(da.root.join("x/y"), "nested").unwrap();
-        da.scan(&sa, 2000).unwrap();
+        da.scan(&sa, || 2000).unwrap();
         let outcomes = exchange((&sa, &da), (&sb, &db), 2000);
         assert!(outcomes.iter().all(|(_, r)| r.is_ok()), "{outcomes:?}");
-        db.scan(&sb, 2100).unwrap();
+        db.scan(&sb, || 2100).unwrap();
         exchange((&sb, &db), (&sa, &da), 2100);
-        da.scan(&sa, 2200).unwrap();
+        da.scan(&sa, || 2200).unwrap();
         for (s, d) in [(&sa, &da), (&sb, &db)] {
             assert_eq!(std::fs::read_to_string(d.root.join("x/y")).unwrap(), "nested", "{}", d.root.display());
             assert_eq!(live(s), vec!["f00", "f01", "x/y"]);
@@ -765,12 +878,12 @@ mod tests {
         // And back on b: directory x/ becomes file x.
         std::fs::remove_dir_all(db.root.join("x")).unwrap();
         std::fs::write(db.root.join("x"), "file again").unwrap();
-        db.scan(&sb, 3000).unwrap();
+        db.scan(&sb, || 3000).unwrap();
         let outcomes = exchange((&sb, &db), (&sa, &da), 3000);
         assert!(outcomes.iter().all(|(_, r)| r.is_ok()), "{outcomes:?}");
-        da.scan(&sa, 3100).unwrap();
+        da.scan(&sa, || 3100).unwrap();
         exchange((&sa, &da), (&sb, &db), 3100);
-        db.scan(&sb, 3200).unwrap();
+        db.scan(&sb, || 3200).unwrap();
         for (s, d) in [(&sa, &da), (&sb, &db)] {
             assert_eq!(std::fs::read_to_string(d.root.join("x")).unwrap(), "file again");
             assert_eq!(live(s), vec!["f00", "f01", "x"]);
@@ -790,18 +903,40 @@ mod tests {
         for f in ["f", "sub/g", "h", "k0", "k1", "k2", "k3"] {
             std::fs::write(d.root.join(f), "x").unwrap();
         }
-        d.scan(&s, 1_000).unwrap();
+        d.scan(&s, || 1_000).unwrap();
         std::fs::remove_file(d.root.join("f")).unwrap();
         std::fs::remove_dir_all(d.root.join("sub")).unwrap();
         std::fs::remove_file(d.root.join("h")).unwrap();
         d.note_gone(&d.root.join("f"), 2_000);
         d.note_gone(&d.root.join("sub"), 2_100);
         d.note_gone(&dir.path().join("elsewhere"), 1_500);
-        d.scan(&s, 2_500).unwrap();
+        d.scan(&s, || 2_500).unwrap();
         let version = |k: &str| s.get("mail", k).unwrap().unwrap().hlc.wall_ms;
         assert_eq!(version("f"), 2_000, "dated by its event");
         assert_eq!(version("sub/g"), 2_500, "a directory's event does not date the files below it");
         assert_eq!(version("h"), 2_500, "no event: dated by the scan");
+    }
+
+    #[test]
+    fn a_delete_no_event_saw_is_dated_by_its_directory_not_by_a_late_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, d) = setup(dir.path(), "a");
+        std::fs::create_dir_all(d.root.join("sub/deep")).unwrap();
+        for f in ["f", "sub/deep/g", "k0", "k1", "k2", "k3", "k4"] {
+            std::fs::write(d.root.join(f), "x").unwrap();
+        }
+        let now = || SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as u64;
+        d.scan(&s, now).unwrap();
+        // Removed while the daemon was down (no event), scanned a minute later.
+        let removed_at = now();
+        std::fs::remove_file(d.root.join("f")).unwrap();
+        std::fs::remove_dir_all(d.root.join("sub/deep")).unwrap();
+        d.scan(&s, || now() + 60_000).unwrap();
+        let version = |k: &str| s.get("mail", k).unwrap().unwrap().hlc.wall_ms;
+        for k in ["f", "sub/deep/g"] {
+            // The kernel dates files by a coarse clock, a few milliseconds behind.
+            assert!(version(k) + 10 >= removed_at && version(k) < removed_at + 5_000, "{k}: {} vs removed at {removed_at}", version(k));
+        }
     }
 
     /// Found by the chaos test (seed 11): a local write that replaced a file this node had just written
@@ -811,7 +946,7 @@ mod tests {
     fn a_local_write_right_after_a_peers_write_is_still_a_local_change() {
         let dir = tempfile::tempdir().unwrap();
         let (sb, db) = setup(dir.path(), "b");
-        db.scan(&sb, 900).unwrap();
+        db.scan(&sb, || 900).unwrap();
         let change = Change {
             scope: "mail".into(),
             key: "f".into(),
@@ -829,7 +964,7 @@ mod tests {
         std::fs::write(&tmp, "from b").unwrap();
         std::fs::File::options().write(true).open(&tmp).unwrap().set_modified(modified).unwrap();
         std::fs::rename(&tmp, &path).unwrap();
-        let report = db.scan(&sb, 2000).unwrap();
+        let report = db.scan(&sb, || 2000).unwrap();
         assert_eq!(report.written.len(), 1, "the local write is recorded");
         assert_eq!(sb.get("mail", "f").unwrap().unwrap().value.as_deref(), Some(&b"from b"[..]));
     }
@@ -840,7 +975,7 @@ mod tests {
     fn a_directory_of_empty_directories_gives_way_to_a_file_but_one_holding_a_file_does_not() {
         let dir = tempfile::tempdir().unwrap();
         let (sb, db) = setup(dir.path(), "b");
-        db.scan(&sb, 900).unwrap();
+        db.scan(&sb, || 900).unwrap();
         std::fs::create_dir_all(db.root.join("x/d/e")).unwrap();
         let put = |key: &str, wall_ms: u64| Change {
             scope: "mail".into(),
@@ -867,7 +1002,7 @@ mod tests {
         let (sa, da) = setup(dir.path(), "a");
         let (sb, db) = setup(dir.path(), "b");
         fill(&da, 4);
-        da.scan(&sa, 1000).unwrap();
+        da.scan(&sa, || 1000).unwrap();
         fill(&db, 0);
         // On b, a local directory where a's file x goes, and a link where a's directory sub goes.
         std::fs::create_dir_all(db.root.join("x")).unwrap();
@@ -875,11 +1010,11 @@ mod tests {
         let outside = dir.path().join("outside");
         std::fs::create_dir_all(&outside).unwrap();
         std::os::unix::fs::symlink(&outside, db.root.join("sub")).unwrap();
-        db.scan(&sb, 1000).unwrap();
+        db.scan(&sb, || 1000).unwrap();
         std::fs::write(da.root.join("x"), "a's file").unwrap();
         std::fs::create_dir_all(da.root.join("sub")).unwrap();
         std::fs::write(da.root.join("sub/z"), "a's nested file").unwrap();
-        da.scan(&sa, 2000).unwrap();
+        da.scan(&sa, || 2000).unwrap();
         let outcomes = exchange((&sa, &da), (&sb, &db), 2000);
         let mut failed: Vec<&String> = outcomes.iter().filter(|(_, r)| r.is_err()).map(|(k, _)| k).collect();
         failed.sort();
@@ -891,7 +1026,7 @@ mod tests {
 
         // b's scans never read the missing files as deletes, and record nothing of them.
         for t in [2100, 2200] {
-            assert!(db.scan(&sb, t).unwrap().written.is_empty());
+            assert!(db.scan(&sb, || t).unwrap().written.is_empty());
         }
         exchange((&sb, &db), (&sa, &da), 2300);
         assert_eq!(std::fs::read_to_string(da.root.join("x")).unwrap(), "a's file", "a keeps its file");
@@ -904,7 +1039,7 @@ mod tests {
         assert!(write_changes(&sb, &[&db], retry).iter().all(|(_, r)| r.is_ok()));
         assert!(sb.pending("mail").unwrap().is_empty());
         assert_eq!(std::fs::read_to_string(db.root.join("sub/z")).unwrap(), "a's nested file");
-        assert!(db.scan(&sb, 3000).unwrap().written.is_empty(), "the written files are not local changes");
+        assert!(db.scan(&sb, || 3000).unwrap().written.is_empty(), "the written files are not local changes");
     }
 
     #[test]
@@ -913,10 +1048,62 @@ mod tests {
         let (s, d) = setup(dir.path(), "a");
         fill(&d, 1);
         std::fs::write(d.root.join(format!("{TMP_PREFIX}f00")), "half a fi").unwrap();
-        let report = d.scan(&s, 1000).unwrap();
+        let report = d.scan(&s, || 1000).unwrap();
         assert_eq!(report.written.len(), 1, "only f00");
         assert_eq!(report.removed_temp.len(), 1, "{report:?}");
         assert!(!d.root.join(format!("{TMP_PREFIX}f00")).exists());
+    }
+
+    /// b edits f00 after its last scan and before a's change of it is written (the scan before
+    /// apply ran just before the edit): the write is refused, the next scan versions the edit, and
+    /// the later of the two wins on both nodes.
+    struct Race {
+        a: (Store, DirSync),
+        b: (Store, DirSync),
+        outcomes: Vec<(String, Result<(), String>)>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn edit_racing_a_peer_write(b_edit_at: u64) -> Race {
+        let dir = tempfile::tempdir().unwrap();
+        let (sa, da) = setup(dir.path(), "a");
+        let (sb, db) = setup(dir.path(), "b");
+        fill(&da, 2);
+        da.scan(&sa, || 1000).unwrap();
+        fill(&db, 0);
+        db.scan(&sb, || 1000).unwrap();
+        exchange((&sa, &da), (&sb, &db), 1000);
+        db.scan(&sb, || 1100).unwrap();
+        std::fs::write(da.root.join("f00"), "a's edit").unwrap();
+        da.scan(&sa, || 2000).unwrap();
+        std::fs::write(db.root.join("f00"), "b's edit").unwrap();
+        let outcomes = exchange((&sa, &da), (&sb, &db), 2500);
+        assert_eq!(std::fs::read_to_string(db.root.join("f00")).unwrap(), "b's edit", "not replaced before it is versioned");
+        db.scan(&sb, || b_edit_at).unwrap();
+        Race { a: (sa, da), b: (sb, db), outcomes, _dir: dir }
+    }
+
+    #[test]
+    fn a_local_edit_racing_a_peer_write_is_versioned_and_the_later_wins() {
+        let Race { a: (sa, da), b: (sb, db), outcomes, _dir } = edit_racing_a_peer_write(3000);
+        assert!(outcomes.iter().any(|(k, r)| k == "mail/f00" && r.as_ref().is_err_and(|e| e.contains("changed here"))), "{outcomes:?}");
+        // b's edit (3000) is later than a's (2000): recorded, the pending change dropped, sent to a.
+        assert!(sb.pending("mail").unwrap().is_empty());
+        assert_eq!(sb.get("mail", "f00").unwrap().unwrap().value.as_deref(), Some(&b"b's edit"[..]));
+        exchange((&sb, &db), (&sa, &da), 3100);
+        assert_eq!(std::fs::read_to_string(da.root.join("f00")).unwrap(), "b's edit");
+    }
+
+    #[test]
+    fn an_earlier_local_edit_loses_to_the_pending_peer_write() {
+        // b's edit is dated 1500 (its scan's clock says so): a's write at 2000 is the later.
+        let Race { a: (sa, _), b: (sb, db), _dir, .. } = edit_racing_a_peer_write(1500);
+        assert_eq!(sb.pending("mail").unwrap().len(), 1, "a's change still waits");
+        let retry: Vec<Change> = sb.pending("mail").unwrap().into_iter().map(|(k, _)| sb.get("mail", &k).unwrap().unwrap().into()).collect();
+        assert!(write_changes(&sb, &[&db], retry).iter().all(|(_, r)| r.is_ok()));
+        assert_eq!(std::fs::read_to_string(db.root.join("f00")).unwrap(), "a's edit");
+        assert_eq!(sa.get("mail", "f00").unwrap().unwrap().value.as_deref(), Some(&b"a's edit"[..]));
+        assert!(db.scan(&sb, || 3000).unwrap().written.is_empty(), "the written file is not a local change");
     }
 
     #[test]
@@ -927,16 +1114,16 @@ mod tests {
         fill(&da, 2);
         fill(&db, 2);
         std::fs::write(db.root.join("f00"), "b's old content").unwrap();
-        db.scan(&sb, 1000).unwrap();
+        db.scan(&sb, || 1000).unwrap();
         std::fs::write(da.root.join("f00"), "a's newer content").unwrap();
-        da.scan(&sa, 2000).unwrap();
+        da.scan(&sa, || 2000).unwrap();
         // b commits a's change, then "crashes" before the file is written.
         let (changes, _) = sa.changes_since(0, 100, 1 << 20).unwrap();
         sb.apply(&changes, 2000).unwrap();
         drop(db);
         // At the next start the old file is still there: it is not a local write.
         let db = DirSync::new("mail", &dir.path().join("b/mail"), vec![], vec!["*.lock".into()], 1024);
-        assert!(db.scan(&sb, 3000).unwrap().written.is_empty());
+        assert!(db.scan(&sb, || 3000).unwrap().written.is_empty());
         assert_eq!(sb.get("mail", "f00").unwrap().unwrap().value.as_deref(), Some(&b"a's newer content"[..]));
         let retry: Vec<Change> = sb.pending("mail").unwrap().into_iter().map(|(k, _)| sb.get("mail", &k).unwrap().unwrap().into()).collect();
         write_changes(&sb, &[&db], retry);
@@ -948,7 +1135,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (s, d) = setup(dir.path(), "b");
         fill(&d, 1);
-        d.scan(&s, 1).unwrap();
+        d.scan(&s, || 1).unwrap();
         let outside = dir.path().join("outside-target");
         // A link planted where the old fixed temporary name was.
         std::os::unix::fs::symlink(&outside, d.root.join(format!("{TMP_PREFIX}f"))).unwrap();
@@ -1014,14 +1201,14 @@ mod tests {
         let root = dir.path().join("b/mail");
         let Some(_volume) = Tmpfs::mount(&root, "256k") else { return };
         let d = DirSync::new("mail", &root, vec![], vec![], 4 << 20);
-        d.scan(&store, 1).unwrap();
+        d.scan(&store, || 1).unwrap();
         let big = Change { value: Some(vec![b'z'; 1 << 20]), ..change("big", None, 0o644) };
         let written = store.apply(&[big], 10).unwrap().written;
         let outcome = write_changes(&store, &[&d], written);
         assert!(outcome[0].1.as_ref().unwrap_err().contains("No space left"), "{outcome:?}");
         assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0, "no temporary file left");
         assert_eq!(store.pending("mail").unwrap().len(), 1);
-        assert!(d.scan(&store, 20).unwrap().written.is_empty(), "not a delete");
+        assert!(d.scan(&store, || 20).unwrap().written.is_empty(), "not a delete");
         assert!(store.get("mail", "big").unwrap().unwrap().value.is_some());
     }
 
@@ -1031,7 +1218,7 @@ mod tests {
         let (s, d) = setup(dir.path(), "b");
         fill(&d, 1);
         std::fs::create_dir_all(d.root.join("locked")).unwrap();
-        d.scan(&s, 1).unwrap();
+        d.scan(&s, || 1).unwrap();
         // Root ignores permission bits: an immutable directory is what refuses it.
         if !std::process::Command::new("chattr").arg("+i").arg(d.root.join("locked")).status().is_ok_and(|st| st.success()) {
             eprintln!("SKIPPED: chattr +i is not available here");
@@ -1042,7 +1229,7 @@ mod tests {
         let _ = std::process::Command::new("chattr").arg("-i").arg(d.root.join("locked")).status();
         assert!(outcome[0].1.as_ref().unwrap_err().contains("ermission denied") || outcome[0].1.as_ref().unwrap_err().contains("not permitted"), "{outcome:?}");
         assert_eq!(s.pending("mail").unwrap().len(), 1);
-        assert!(d.scan(&s, 20).unwrap().written.is_empty(), "not a delete");
+        assert!(d.scan(&s, || 20).unwrap().written.is_empty(), "not a delete");
         let retry: Vec<Change> = s.pending("mail").unwrap().into_iter().map(|(k, _)| s.get("mail", &k).unwrap().unwrap().into()).collect();
         assert!(write_changes(&s, &[&d], retry)[0].1.is_ok());
         assert_eq!(std::fs::read_to_string(d.root.join("locked/f")).unwrap(), "v");

@@ -7,8 +7,9 @@
 //!
 //! The clock never runs away: a remote timestamp more than [`MAX_FUTURE_MS`] ahead of this node's
 //! wall clock, or with a counter over [`MAX_COUNTER`], is refused rather than observed (a far-future
-//! version would win every later write), a counter at its maximum moves the wall part instead, and a
-//! timestamp more than [`MAX_FUTURE_MS`] ahead of the wall clock is never issued.
+//! version would win every later write), a counter at its maximum moves the wall part instead, a
+//! timestamp more than [`MAX_FUTURE_MS`] ahead of the wall clock is never issued, and a node whose
+//! clock runs ahead of its peers' dates its writes by theirs (see [`HlcClock`]).
 
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
@@ -73,20 +74,68 @@ pub fn newer(a: (Hlc, &str), b: (Hlc, &str)) -> bool {
 }
 
 /// Issues timestamps for one node.
+///
+/// Two things keep a wrong wall clock from dating writes into the future:
+/// - the *issue limit*: when peers' clocks can be measured (heartbeats), the wall part of a new
+///   timestamp is at most their median plus the tolerated skew ([`HlcClock::set_peer_clock`]): a node
+///   whose clock runs fast dates its writes by its peers' time, which they accept;
+/// - timestamps more than [`MAX_FUTURE_MS`] ahead of the wall clock (the clock was fast and has been
+///   put right) no longer bound new ones: peers refused them, so a write dated after them would be
+///   refused too and never replicate. New timestamps follow the wall clock instead. (Nearer future
+///   timestamps were accepted by peers: they keep bounding new ones, which is what keeps every node
+///   ordering a write after the versions it has seen.)
 #[derive(Debug, Default)]
 pub struct HlcClock {
     last: Mutex<Hlc>,
+    /// How far this node's wall clock may be ahead of its peers' median before new timestamps are
+    /// held back to it, and that median's offset from this node's clock (ms; negative: peers behind).
+    peer_clock: Mutex<Option<PeerClock>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PeerClock {
+    offset_ms: i64,
+    tolerance_ms: u64,
 }
 
 impl HlcClock {
     /// A clock that has seen `last` (e.g. the newest timestamp in the store).
     pub fn new(last: Hlc) -> HlcClock {
-        HlcClock { last: Mutex::new(last) }
+        HlcClock { last: Mutex::new(last), peer_clock: Mutex::new(None) }
+    }
+
+    /// Peers' clocks measured: `offsets_ms` are each peer's clock minus this node's (from heartbeats);
+    /// `tolerance_ms` the skew tolerated (`sync.max_clock_skew_ms`). An empty list keeps the last
+    /// measure (a clock's offset does not change when a peer goes away).
+    pub fn set_peer_clock(&self, offsets_ms: &[i64], tolerance_ms: u64) {
+        if offsets_ms.is_empty() {
+            return;
+        }
+        let mut sorted = offsets_ms.to_vec();
+        sorted.sort_unstable();
+        let n = sorted.len();
+        let median = if n % 2 == 1 { sorted[n / 2] } else { (sorted[n / 2 - 1] + sorted[n / 2]) / 2 };
+        *self.peer_clock.lock().expect("peer clock lock") = Some(PeerClock { offset_ms: median, tolerance_ms });
+    }
+
+    /// How far this node's wall clock is ahead of its peers' median beyond the tolerance: what new
+    /// timestamps are held back by (0 when in tolerance, behind, or not measured).
+    pub fn held_back_ms(&self) -> u64 {
+        self.peer_clock.lock().expect("peer clock lock").map_or(0, |p| (-p.offset_ms).max(0).unsigned_abs().saturating_sub(p.tolerance_ms))
+    }
+
+    /// The wall part for a local event at `at_ms`, now being `now_ms`: never past the issue limit.
+    fn physical(&self, at_ms: u64, now_ms: u64) -> u64 {
+        at_ms.min(now_ms.saturating_sub(self.held_back_ms()))
+    }
+
+    /// Whether `h` still bounds new timestamps at wall time `now_ms` (see the type's docs).
+    fn bounds(h: Hlc, now_ms: u64) -> bool {
+        h.wall_ms <= now_ms.saturating_add(MAX_FUTURE_MS)
     }
 
     /// A timestamp for a local event at wall time `wall_ms`: later than every timestamp issued or
-    /// observed before. Refused when that would be more than [`MAX_FUTURE_MS`] ahead of `wall_ms`
-    /// (the wall clock stepped back that far since the newest timestamp): peers would refuse it.
+    /// observed before (but those peers refused, see the type's docs).
     pub fn now(&self, wall_ms: u64) -> Result<Hlc, HlcError> {
         self.stamp(wall_ms, wall_ms)
     }
@@ -94,9 +143,9 @@ impl HlcClock {
     /// A timestamp for a local event dated `at_ms` (a file's modification time, at most `now_ms`),
     /// checked against the wall clock `now_ms`.
     pub fn stamp(&self, at_ms: u64, now_ms: u64) -> Result<Hlc, HlcError> {
-        let wall_ms = at_ms;
+        let wall_ms = self.physical(at_ms, now_ms);
         let mut last = self.last.lock().expect("hlc lock");
-        let next = if wall_ms > last.wall_ms {
+        let next = if wall_ms > last.wall_ms || !Self::bounds(*last, now_ms) {
             Hlc { wall_ms, counter: 0 }
         } else if last.counter >= MAX_COUNTER {
             Hlc { wall_ms: last.wall_ms + 1, counter: 0 }
@@ -114,8 +163,8 @@ impl HlcClock {
     /// version of this key is later than it — so unrelated changes observed since do not push the
     /// date of this one forward past a later write of it on another node.
     pub fn stamp_after(&self, at_ms: u64, now_ms: u64, after: Option<Hlc>) -> Result<Hlc, HlcError> {
-        let own = Hlc { wall_ms: at_ms, counter: 0 };
-        let next = match after {
+        let own = Hlc { wall_ms: self.physical(at_ms, now_ms), counter: 0 };
+        let next = match after.filter(|h| Self::bounds(*h, now_ms)) {
             Some(h) if h >= own => {
                 if h.counter >= MAX_COUNTER {
                     Hlc { wall_ms: h.wall_ms + 1, counter: 0 }
@@ -127,7 +176,7 @@ impl HlcClock {
         };
         check(next, now_ms.max(at_ms))?;
         let mut last = self.last.lock().expect("hlc lock");
-        if next > *last {
+        if next > *last || !Self::bounds(*last, now_ms) {
             *last = next;
         }
         Ok(next)
@@ -192,8 +241,34 @@ mod tests {
         let c = HlcClock::default();
         c.observe(Hlc { wall_ms: now + MAX_FUTURE_MS, counter: 0 }, now).unwrap();
         assert_eq!(c.now(now).unwrap(), Hlc { wall_ms: now + MAX_FUTURE_MS, counter: 1 });
-        let stepped_back = HlcClock::new(Hlc { wall_ms: now + MAX_FUTURE_MS + 1, counter: 0 });
-        assert!(matches!(stepped_back.now(now), Err(HlcError::TooFarAhead { .. })));
+        // A clock that ran fast and was put right: what it issued then (peers refused it) no longer
+        // bounds new stamps, which follow the wall clock, for every key.
+        let put_right = HlcClock::new(Hlc { wall_ms: now + MAX_FUTURE_MS + 1, counter: 0 });
+        assert_eq!(put_right.now(now).unwrap(), Hlc { wall_ms: now, counter: 0 });
+        assert_eq!(put_right.now(now).unwrap(), Hlc { wall_ms: now, counter: 1 });
+        let future = Hlc { wall_ms: now + 15 * 60_000, counter: 0 };
+        assert_eq!(put_right.stamp_after(now, now, Some(future)).unwrap(), Hlc { wall_ms: now, counter: 0 });
+    }
+
+    #[test]
+    fn a_node_ahead_of_its_peers_dates_its_writes_by_their_clocks() {
+        let now = 1_000_000_000;
+        let c = HlcClock::default();
+        // Not measured: the wall clock.
+        assert_eq!(c.now(now).unwrap().wall_ms, now);
+        // Peers 15 minutes behind (median of three): new stamps at their time plus the tolerance.
+        c.set_peer_clock(&[-900_000, -900_100, 20], 2_000);
+        assert_eq!(c.held_back_ms(), 898_000);
+        let later = now + 1_000;
+        assert_eq!(c.stamp_after(later, later, None).unwrap().wall_ms, later - 898_000);
+        // Within the tolerance, or behind its peers: its own clock.
+        c.set_peer_clock(&[-1_500], 2_000);
+        assert_eq!(c.held_back_ms(), 0);
+        c.set_peer_clock(&[60_000], 2_000);
+        assert_eq!(c.held_back_ms(), 0);
+        // No peer measured this round: the last measure stands.
+        c.set_peer_clock(&[], 2_000);
+        assert_eq!(c.held_back_ms(), 0);
     }
 
     #[test]

@@ -90,6 +90,12 @@ pub struct SyncStatus {
     pub held: Vec<String>,
     /// Per peer: its pulls (a good pull from one peer hides no failing pull from another).
     pub peers: std::collections::BTreeMap<String, PeerSync>,
+    /// How far this node's clock is ahead of its peers' median beyond `max_clock_skew_ms`: new
+    /// versions are dated that much earlier than its clock says (0: in tolerance).
+    pub clock_held_back_ms: u64,
+    /// Entries found at start dated ahead of this node's clock (it ran with a fast clock): peers
+    /// refuse those over ten minutes ahead. See the operator guide, "After a wrong clock".
+    pub future_entries: Option<String>,
 }
 
 /// `/status.sync.peers.ID`: pulls from one peer.
@@ -100,6 +106,10 @@ pub struct PeerSync {
     pub consecutive_failures: u32,
     /// Why the last pull failed, while it keeps failing.
     pub last_error: Option<String>,
+    /// Its changes this node refused and skipped (a timestamp too far ahead: its clock is fast),
+    /// since the start, and the latest with why.
+    pub refused_changes: u64,
+    pub last_refused: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -179,7 +189,19 @@ impl Replicator {
             })
             .collect();
         let now = clock.wall_ms();
-        let state = State { status: SyncStatus { next_at_ms: now + s.interval_ms, ..SyncStatus::default() }, ..State::default() };
+        let mut state = State { status: SyncStatus { next_at_ms: now + s.interval_ms, ..SyncStatus::default() }, ..State::default() };
+        // A node restarted after running with a fast clock: its store holds versions from the
+        // future. They no longer date new writes (see HlcClock), but the operator must know.
+        if let (n @ 1.., Some(latest)) = store.dated_after(now + s.max_clock_skew_ms)? {
+            let note = format!(
+                "{n} stored entries are dated up to {} s ahead of this node's clock (it ran with a fast clock?): new writes follow the clock; peers refuse entries over {} s ahead, and until the clock catches up those win over later writes (see the operator guide, \"After a wrong clock\")",
+                (latest - now) / 1000,
+                hlc::MAX_FUTURE_MS / 1000
+            );
+            tracing::warn!(entries = n, ahead_s = (latest - now) / 1000, "stored versions ahead of the clock");
+            state.status.future_entries = Some(note.clone());
+            state.notes.push(note);
+        }
         Ok(Replicator {
             store: Arc::new(store),
             dirs: Arc::new(dirs),
@@ -213,6 +235,7 @@ impl Replicator {
     pub fn status(&self) -> SyncStatus {
         let mut status = self.lock().status.clone();
         status.items = self.store.items().unwrap_or(0);
+        status.clock_held_back_ms = self.store.clock().held_back_ms();
         status
     }
 
@@ -224,6 +247,13 @@ impl Replicator {
     /// Events to record (clock skew, sync failures), oldest first.
     pub fn take_notes(&self) -> Vec<String> {
         std::mem::take(&mut self.lock().notes)
+    }
+
+    /// Peers' clocks measured in a heartbeat round (each one's minus this node's; refusals for
+    /// skew included, they carry the peer's time too): new versions are held back to the peers'
+    /// median when this node's clock runs ahead of it (see [`hlc::HlcClock`]).
+    pub fn peer_clocks(&self, offsets_ms: &[i64]) {
+        self.store.clock().set_peer_clock(offsets_ms, self.max_skew_ms);
     }
 
     /// After a heartbeat round: `answers[i]` is peer `i`'s answer, if it answered, with its skew.
@@ -305,7 +335,11 @@ impl Replicator {
         st.running.remove(peer);
         let of_peer = st.status.peers.entry(peer.to_string()).or_default();
         match &result {
-            Ok(_) => *of_peer = PeerSync { last_ok_ms: Some(now), consecutive_failures: 0, last_error: None },
+            Ok(_) => {
+                of_peer.last_ok_ms = Some(now);
+                of_peer.consecutive_failures = 0;
+                of_peer.last_error = None;
+            }
             Err(error) => {
                 of_peer.consecutive_failures += 1;
                 of_peer.last_error = Some(error.clone());
@@ -378,7 +412,7 @@ impl Replicator {
             if page.next < since {
                 return Err(format!("{peer}: change page goes backwards ({} < {since})", page.next));
             }
-            total += self.apply(page.changes).await?;
+            total += self.apply(peer, page.changes).await?;
             since = page.next;
             self.store.set_watermark(peer, since).map_err(|e| e.to_string())?;
             if page.next >= page.latest {
@@ -411,20 +445,19 @@ impl Replicator {
     }
 
     /// Apply a batch (from a pull or a push) and write replicated files, off the async threads.
-    pub async fn apply(&self, changes: Vec<Change>) -> Result<usize, String> {
-        let (store, dirs, files) = (self.store.clone(), self.dirs.clone(), self.files.clone());
-        let now = self.clock.wall_ms();
+    pub async fn apply(&self, from: &str, changes: Vec<Change>) -> Result<usize, String> {
+        let (store, dirs, files, clock) = (self.store.clone(), self.dirs.clone(), self.files.clone(), self.clock.clone());
         let (written, refused, outcomes) = tokio::task::spawn_blocking(move || {
             let _files = files.lock().expect("files lock");
             // Scan before apply: a local edit not scanned yet is versioned first, with its own time,
             // so that the batch is ordered against it by the usual rule instead of renamed over it.
             // (A held directory records nothing; the batch's files then wait as pending.)
             for (dir, _) in dirs.iter().filter(|(d, _)| changes.iter().any(|c| c.scope == d.name)) {
-                if let Err(files::ScanError::Failed(e)) = dir.scan(&store, now) {
+                if let Err(files::ScanError::Failed(e)) = dir.scan(&store, || clock.wall_ms()) {
                     tracing::warn!(directory = %dir.name, error = %e, "scan before applying a peer's changes failed");
                 }
             }
-            let applied = store.apply(&changes, now).map_err(|e| e.to_string())?;
+            let applied = store.apply(&changes, clock.wall_ms()).map_err(|e| e.to_string())?;
             let outcomes = files::write_changes(&store, &dirs.iter().map(|(d, _)| d).collect::<Vec<_>>(), applied.written.iter().filter(|c| c.scope != store::CONFIG).cloned().collect());
             Ok::<_, String>((applied.written.len(), applied.refused, outcomes))
         })
@@ -435,9 +468,12 @@ impl Replicator {
             let mut st = self.lock();
             st.status.refused_changes += refused.len() as u64;
             st.status.last_refused = refused.last().cloned();
+            let of_peer = st.status.peers.entry(from.to_string()).or_default();
+            of_peer.refused_changes += refused.len() as u64;
+            of_peer.last_refused = refused.last().cloned();
             for r in refused {
-                tracing::warn!(reason = %r, "change from a peer refused and skipped");
-                st.notes.push(format!("change from a peer refused and skipped (the rest applied): {r}"));
+                tracing::warn!(peer = %from, reason = %r, "change from a peer refused and skipped");
+                st.notes.push(format!("change from {from} refused and skipped (the rest applied): {r}"));
             }
         }
         Ok(written)
@@ -551,7 +587,7 @@ impl Replicator {
                 continue;
             }
             scanned = true;
-            let result = dir.scan(&self.store, now);
+            let result = dir.scan(&self.store, || self.clock.wall_ms());
             let mut st = self.lock();
             match result {
                 Ok(report) => {
@@ -739,7 +775,7 @@ mod tests {
             origin: "b".into(),
             seq: 1,
         };
-        r.apply(vec![older]).await.unwrap();
+        r.apply("b", vec![older]).await.unwrap();
         assert_eq!(std::fs::read_to_string(shared.join("f")).unwrap(), "a's later edit", "the later local edit stays");
         let stored = r.store.get("shared", "f").unwrap().unwrap();
         assert_eq!((stored.value.as_deref(), stored.origin.as_str()), (Some(&b"a's later edit"[..]), "a"), "and is versioned, to reach b");

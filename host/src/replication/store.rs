@@ -151,7 +151,9 @@ impl Scopes {
 /// How a local change is dated.
 #[derive(Debug, Clone, Copy)]
 enum Dating {
-    /// Now, after every timestamp this node has issued or seen (a write through the API).
+    /// Now, after the key's own current version (a write through the API). Other keys' versions do
+    /// not bound it: a version from a clock that ran fast dates only writes of its own key after it
+    /// (see `HlcClock::stamp_after`), never the node's every write.
     Now,
     /// When it happened on disk (a file's modification time, the file event that saw it go): after
     /// the key's own current version only.
@@ -343,11 +345,14 @@ impl Store {
         let was_live = current.is_some_and(|(live, _)| live);
         let seq = next_seq(&tx).map_err(|e| self.db(e))?;
         let hlc = match dating {
-            Dating::Now => self.clock.stamp(now_ms, now_ms)?,
+            Dating::Now => self.clock.stamp_after(now_ms, now_ms, current.map(|(_, h)| h))?,
             Dating::At(at_ms) => self.clock.stamp_after(at_ms, now_ms, current.map(|(_, h)| h))?,
         };
         let change = Change { scope: scope.into(), key: key.into(), value, mode, hlc, origin: self.node.clone(), seq };
         upsert(&tx, &change, seq).map_err(|e| self.db(e))?;
+        // A local change is what the disk holds now: a peer's change pending for this file is
+        // superseded, not to be written over it.
+        tx.execute("DELETE FROM pending WHERE scope = ?1 AND key = ?2", params![scope, key]).map_err(|e| self.db(e))?;
         tx.commit().map_err(|e| self.db(e))?;
         self.latest.fetch_max(seq, std::sync::atomic::Ordering::AcqRel);
         self.adjust_items(i64::from(change.value.is_some()) - i64::from(was_live));
@@ -382,6 +387,13 @@ impl Store {
     /// Number of live entries (keys and files).
     pub fn items(&self) -> Result<u64, StoreError> {
         Ok(self.items.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Entries dated after `wall_ms` (a clock that ran fast wrote them): how many, and the latest.
+    pub fn dated_after(&self, wall_ms: u64) -> Result<(u64, Option<u64>), StoreError> {
+        let conn = self.conn.lock().expect("store lock");
+        conn.query_row("SELECT count(*), max(wall) FROM entries WHERE wall > ?1", params![wall_ms], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.db(e))
     }
 
     /// The latest local sequence number (0 for an empty store).
