@@ -15,11 +15,11 @@
 //! actives per the on-failure option (`restore-slave-role`: the primary goes standby, gives the VIPs
 //! back to the interfaces, and pushes its mail queue to the secondary, which keeps the role).
 //!
-//! Needs root (CI runs as root), `ip` and `arping` (iputils). Without root it prints why and passes.
+//! Needs root (CI runs as root) and `ip`. Without root it prints why and passes.
 //! The namespaces are deleted by a guard even when the test fails.
 
 use std::time::{Duration, Instant};
-use vigil_tests::netns::{ip, on_path, pair_in, run, runs_as_root, status_in, wait, Namespaces, PORT};
+use vigil_tests::netns::{ip, pair_in, run, runs_as_root, status_in, wait, ArpCounter, Namespaces, PORT};
 
 const VIP: &str = "10.77.0.100";
 
@@ -111,10 +111,6 @@ fn the_vip_follows_the_active_node_across_heartbeat_link_cuts() {
     if !runs_as_root("the network-namespace test") {
         return;
     }
-    assert!(
-        on_path("arping"),
-        "`arping` (Debian package iputils-arping) is required: the VIP moves to the client by a gratuitous ARP"
-    );
     let started = Instant::now();
     let ns = Namespaces::create(&format!("vigil-t-{}", std::process::id()), &["a", "b", "c"]);
     wire(&ns);
@@ -153,11 +149,19 @@ fn the_vip_follows_the_active_node_across_heartbeat_link_cuts() {
     assert!(want("active", "standby")(&modes(&ns)), "one link cut must not fail over; {}", logs());
     assert_eq!(vip_node(&ns).as_deref(), Some("a"));
 
-    // 3. Both links cut: the secondary takes over and the client reaches it on the VIP.
+    // 3. Both links cut: the secondary takes over and the client reaches it on the VIP: b's
+    //    gratuitous ARPs (five at once, the policy's default) reach the client.
+    let arps = ArpCounter::start(ns.name(2), VIP.parse().unwrap());
     ip(&a, "link set hb2 down");
     wait("b active", Duration::from_secs(5), || modes(&ns).1.as_deref() == Some("active"), logs);
     wait("the client reaches b on the VIP", Duration::from_secs(5), || vip_node(&ns).as_deref() == Some("b"), logs);
     assert!(addrs(&b, "lan").contains(&"10.77.0.100/24".to_string()));
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = arps.stop();
+    assert!(seen.len() >= 5, "the client saw {} announcements of the VIP, expected the 5 of b's first burst\n{}", seen.len(), logs());
+    let claim = std::fs::read_to_string(&cluster.nodes[1].log).unwrap_or_default();
+    let took = claim.lines().filter(|l| l.contains("action=claim-vip")).find_map(|l| l.split("duration_ms=").nth(1)?.split_whitespace().next().map(str::to_string));
+    println!("b's claim-vip took {} ms; the client saw {} announcements", took.unwrap_or_default(), seen.len());
 
     // 4. Links restored: two actives; with restore-slave-role the primary goes standby, gives its
     //    interfaces back, pushes its queue to b; b keeps the role and the VIP.

@@ -29,6 +29,7 @@ pub mod cluster;
 pub mod clock;
 pub mod config;
 pub mod events;
+pub mod garp;
 pub mod executor;
 pub mod heartbeat;
 pub mod http;

@@ -10,25 +10,33 @@
 //!   the data directory, so a daemon killed while active still restores them after its restart.
 //! - `ignore`: the interface is left alone.
 //!
-//! Everything goes through `ip` (iproute2), each command bounded by a timeout, never through a shell.
+//! Addresses go through `ip` (iproute2), each command bounded by a timeout, never through a shell.
 //! Both operations are idempotent: the interface's addresses are read first (`ip -o addr show dev IF`)
-//! and only what is missing is added, only what is present is deleted. After adding an IPv4 VIP a
-//! gratuitous ARP (`arping -U -c 1 -I IF ADDR`, iputils) tells the LAN's switches and neighbours where
-//! the address now lives; without `arping` the claim still succeeds and the result says so.
+//! and only what is missing is added, only what is present is deleted. Once an IPv4 VIP is up,
+//! gratuitous ARPs ([`crate::garp`], in-process: no tool to start or wait for) tell the LAN's switches
+//! and neighbours where the address now lives: `garp_count` at once, the same again `garp_repeat_ms`
+//! later, and one every `garp_refresh_s` while held (the repeats run in the background and stop at
+//! release). The claim returns as soon as the addresses are up and the first burst is out, so the
+//! services start right after; an ARP that cannot be sent never fails the claim, the result says so.
 //!
 //! This module only acts when asked: the plugin decides when (`claim-vip` on takeover, `release-vip`
 //! when leaving active), the executor runs the action, and the result reaches the plugin on a later tick.
 
 use crate::policy::file::{parse_cidr, VipAction, VipSpec};
 use crate::services::{run_command_keeping, CommandOutcome};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Time allowed for one `ip` or `arping` command.
+/// Sends `count` gratuitous ARPs for an address on an interface at once: [`crate::garp::announce`],
+/// or a recorder in tests.
+pub type Announce = Arc<dyn Fn(&str, Ipv4Addr, u32) -> Result<(), String> + Send + Sync>;
+
+/// Time allowed for one `ip` command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs one command; the real one is [`run_command`], tests record the commands instead.
@@ -89,10 +97,18 @@ pub fn del_cmd(cidr: &str, interface: &str) -> Vec<String> {
     argv(&["ip", "addr", "del", cidr, "dev", interface])
 }
 
-/// `arping -U -c 1 -I IF ADDR`: one unsolicited ARP announcing that ADDR lives behind IF now.
-pub fn garp_cmd(cidr: &str, interface: &str) -> Vec<String> {
-    let addr = cidr.split_once('/').map_or(cidr, |(a, _)| a);
-    argv(&["arping", "-U", "-c", "1", "-I", interface, addr])
+/// `count` announcements through `send`, spaced by `interval_ms` (all in one go when it is 0).
+async fn burst(send: &impl Fn(u32), count: u32, interval_ms: u64) {
+    if interval_ms == 0 {
+        send(count);
+        return;
+    }
+    for i in 0..count {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+        }
+        send(1);
+    }
 }
 
 /// Whether two `ADDRESS/PREFIX` texts name the same address and prefix (`::1/128` vs `0::1/128`).
@@ -103,19 +119,15 @@ fn same(a: &str, b: &str) -> bool {
     }
 }
 
-/// Whether an executable named `program` is on `$PATH`.
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
-}
-
 /// The VIPs of one node: what was claimed, and the addresses `set` replaced.
 pub struct Vips {
     shell: Box<dyn Shell>,
     /// Where the replaced addresses survive a restart (`None` in tests).
     saved_file: Option<PathBuf>,
-    /// Whether to send gratuitous ARPs.
-    garp: bool,
+    announce: Announce,
     inner: Mutex<Held>,
+    /// The background repeats of each claimed address's announcements, stopped at release.
+    repeats: Mutex<HashMap<(String, String), tokio::task::AbortHandle>>,
 }
 
 /// What the node holds now.
@@ -129,19 +141,20 @@ struct Held {
 }
 
 impl Vips {
-    /// The node's VIPs, using `ip` and `arping` for real, remembering replaced addresses in `saved_file`.
+    /// The node's VIPs, using `ip` and raw-socket ARPs for real, remembering replaced addresses in
+    /// `saved_file`.
     pub fn new(saved_file: Option<PathBuf>) -> Vips {
         let held = saved_file
             .as_ref()
             .and_then(|f| std::fs::read(f).ok())
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default();
-        Vips { shell: Box::new(RealShell), saved_file, garp: on_path("arping"), inner: Mutex::new(held) }
+        Vips { saved_file, inner: Mutex::new(held), ..Vips::with_shell(Box::new(RealShell), Arc::new(crate::garp::announce)) }
     }
 
-    /// The same with another shell (tests).
-    pub fn with_shell(shell: Box<dyn Shell>, garp: bool) -> Vips {
-        Vips { shell, saved_file: None, garp, inner: Mutex::new(Held::default()) }
+    /// The same with another shell and announcer (tests).
+    pub fn with_shell(shell: Box<dyn Shell>, announce: Announce) -> Vips {
+        Vips { shell, saved_file: None, announce, inner: Mutex::new(Held::default()), repeats: Mutex::new(HashMap::new()) }
     }
 
     fn held(&self) -> Held {
@@ -185,21 +198,12 @@ impl Vips {
         if specs.is_empty() {
             return Err("this policy declares no virtual IP addresses ([[vip]])".into());
         }
-        let mut claimed = Vec::new();
+        let mut notes = Vec::new();
         for spec in specs {
-            claimed.push((self.claim_one(spec).await?, spec));
+            let note = self.claim_one(spec).await?;
+            let garp = if spec.action == VipAction::Ignore { String::new() } else { self.announce(spec) };
+            notes.push(format!("{note}{garp}"));
         }
-        // The announcements last about a second each (arping waits for its interval): all at once,
-        // after every address is up, so the services can start sooner.
-        let announce = claimed.iter().map(|(_, spec)| async move {
-            if spec.action == VipAction::Ignore {
-                String::new()
-            } else {
-                self.announce(&spec.address, &spec.interface, spec.address.contains(':')).await
-            }
-        });
-        let garps = futures_util::future::join_all(announce).await;
-        let notes: Vec<String> = claimed.iter().zip(garps).map(|((note, _), garp)| format!("{note}{garp}")).collect();
         Ok(notes.join("; "))
     }
 
@@ -250,21 +254,78 @@ impl Vips {
         Ok(format!("{ifname}: {verb} {vip}{note}"))
     }
 
-    /// A gratuitous ARP after a claim; never fails the claim (the address is up, neighbours will
-    /// learn it at their next ARP request at the latest).
-    async fn announce(&self, vip: &str, ifname: &str, ipv6: bool) -> String {
-        if ipv6 {
-            return String::new();
+    /// Gratuitous ARPs after a claim: the first burst now, the repeats in the background (replacing
+    /// those of an earlier claim of the same address). Never fails the claim: the address is up, and
+    /// neighbours learn it at their next ARP request at the latest.
+    fn announce(&self, spec: &VipSpec) -> String {
+        let addr = spec.address.split_once('/').map_or(spec.address.as_str(), |(a, _)| a);
+        let Ok(addr) = addr.parse::<Ipv4Addr>() else {
+            return String::new(); // IPv6: no ARP (neighbour advertisements are not sent yet)
+        };
+        if spec.garp_count == 0 {
+            return ", no gratuitous ARP (garp_count = 0)".into();
         }
-        if !self.garp {
-            return ", no gratuitous ARP (arping not installed)".into();
+        let at_once = if spec.garp_interval_ms == 0 { spec.garp_count } else { 1 };
+        let note = match (self.announce)(&spec.interface, addr, at_once) {
+            Ok(()) if spec.garp_count == 1 => ", gratuitous ARP sent".to_string(),
+            Ok(()) if at_once == spec.garp_count => format!(", {} gratuitous ARPs sent", spec.garp_count),
+            Ok(()) => format!(", gratuitous ARP sent ({} in all, {} ms apart)", spec.garp_count, spec.garp_interval_ms),
+            Err(e) => return format!(", gratuitous ARP failed ({e})"),
+        };
+        let (bg, announce) = (spec.clone(), self.announce.clone());
+        let repeats = async move {
+            let send = |count: u32| {
+                if let Err(e) = announce(&bg.interface, addr, count) {
+                    tracing::warn!(error = %e, "gratuitous ARP");
+                }
+            };
+            // The rest of a spaced first burst (one ARP went out already), then the second burst,
+            // then the refreshes.
+            let first_burst = if bg.garp_interval_ms > 0 { bg.garp_count } else { 1 };
+            for _ in 1..first_burst {
+                tokio::time::sleep(Duration::from_millis(bg.garp_interval_ms)).await;
+                send(1);
+            }
+            if bg.garp_repeat_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(bg.garp_repeat_ms)).await;
+                burst(&send, bg.garp_count, bg.garp_interval_ms).await;
+            }
+            if bg.garp_refresh_s > 0 {
+                let mut every = tokio::time::interval(Duration::from_secs(bg.garp_refresh_s));
+                every.tick().await; // the first tick is immediate
+                loop {
+                    every.tick().await;
+                    send(1);
+                }
+            }
+        };
+        let key = (spec.interface.clone(), spec.address.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let task = runtime.spawn(repeats).abort_handle();
+            if let Some(old) = self.repeats.lock().unwrap_or_else(|e| e.into_inner()).insert(key, task) {
+                old.abort();
+            }
         }
-        let out = self.shell.run(garp_cmd(vip, ifname)).await;
-        if out.success {
-            ", gratuitous ARP sent".into()
-        } else {
-            format!(", gratuitous ARP failed ({})", out.summary())
+        let mut later = Vec::new();
+        if spec.garp_repeat_ms > 0 {
+            later.push(format!("again in {} ms", spec.garp_repeat_ms));
         }
+        if spec.garp_refresh_s > 0 {
+            later.push(format!("every {} s while held", spec.garp_refresh_s));
+        }
+        if later.is_empty() { note } else { format!("{note} ({})", later.join(", ")) }
+    }
+
+    /// Stop the repeated announcements of `address` on `interface`.
+    fn stop_announcing(&self, interface: &str, address: &str) {
+        let mut repeats = self.repeats.lock().unwrap_or_else(|e| e.into_inner());
+        repeats.retain(|(i, a), task| {
+            let stop = i == interface && same(a, address);
+            if stop {
+                task.abort();
+            }
+            !stop
+        });
     }
 
     /// Take down every VIP this node claimed (or that `specs` declares) and put back what `set`
@@ -285,6 +346,7 @@ impl Vips {
         }
         let mut notes = Vec::new();
         for (ifname, vip, _) in &entries {
+            self.stop_announcing(ifname, vip);
             let addrs = self.addrs(ifname).await?;
             if addrs.iter().any(|a| same(&a.cidr, vip)) {
                 self.ip(del_cmd(vip, ifname)).await?;
@@ -367,7 +429,6 @@ mod tests {
                         list.retain(|a| a != cidr);
                         outcome(list.len() < before, String::new())
                     }
-                    ["arping", ..] => outcome(true, String::new()),
                     _ => outcome(false, format!("unexpected command {argv:?}")),
                 }
             })
@@ -375,7 +436,20 @@ mod tests {
     }
 
     fn spec(interface: &str, address: &str, action: VipAction) -> VipSpec {
-        VipSpec { interface: interface.into(), address: address.into(), action }
+        VipSpec { interface: interface.into(), address: address.into(), action, garp_count: 5, garp_interval_ms: 0, garp_repeat_ms: 5_000, garp_refresh_s: 0 }
+    }
+
+    /// An announcer that records `(interface address count, when)` and answers `fails` if set.
+    type Sent = Arc<Mutex<Vec<(String, tokio::time::Instant)>>>;
+
+    fn recorder(fails: Option<&'static str>) -> (Sent, Announce) {
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let log = sent.clone();
+        let announce: Announce = Arc::new(move |ifname: &str, addr: Ipv4Addr, count: u32| {
+            log.lock().unwrap().push((format!("{ifname} {addr} x{count}"), tokio::time::Instant::now()));
+            fails.map_or(Ok(()), |e| Err(e.to_string()))
+        });
+        (sent, announce)
     }
 
     fn setup(table: &[(&str, &[&str])]) -> (Arc<FakeIp>, Vips) {
@@ -383,7 +457,7 @@ mod tests {
         for (ifname, addrs) in table {
             fake.addrs.lock().unwrap().insert((*ifname).into(), addrs.iter().map(|a| (*a).to_string()).collect());
         }
-        let vips = Vips::with_shell(Box::new(fake.clone()), true);
+        let vips = Vips::with_shell(Box::new(fake.clone()), recorder(None).1);
         (fake, vips)
     }
 
@@ -409,7 +483,6 @@ mod tests {
     fn commands_never_go_through_a_shell() {
         assert_eq!(add_cmd("10.0.0.100/24", "eth0"), ["ip", "addr", "add", "10.0.0.100/24", "dev", "eth0"]);
         assert_eq!(del_cmd("10.0.0.100/24", "eth0"), ["ip", "addr", "del", "10.0.0.100/24", "dev", "eth0"]);
-        assert_eq!(garp_cmd("10.0.0.100/24", "eth0"), ["arping", "-U", "-c", "1", "-I", "eth0", "10.0.0.100"]);
         assert_eq!(show_cmd("eth0"), ["ip", "-o", "addr", "show", "dev", "eth0"]);
     }
 
@@ -418,7 +491,7 @@ mod tests {
         let (fake, vips) = setup(&[("eth0", &["10.0.0.1/24"])]);
         let specs = [spec("eth0", "10.0.0.100/24", VipAction::Add)];
         let note = vips.claim(&specs).await.unwrap();
-        assert!(note.contains("eth0: added 10.0.0.100/24, gratuitous ARP sent"), "{note}");
+        assert!(note.contains("eth0: added 10.0.0.100/24, 5 gratuitous ARPs sent (again in 5000 ms)"), "{note}");
         let note = vips.claim(&specs).await.unwrap();
         assert!(note.contains("already has"), "claiming twice is fine: {note}");
         assert_eq!(addrs(&fake, "eth0"), ["10.0.0.1/24", "10.0.0.100/24"]);
@@ -460,12 +533,42 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn without_arping_the_claim_succeeds_and_says_so() {
+    async fn an_arp_that_cannot_be_sent_never_fails_the_claim_and_says_why() {
         let fake = Arc::new(FakeIp::default());
-        let vips = Vips::with_shell(Box::new(fake.clone()), false);
+        let (_, announce) = recorder(Some("eth0: cannot open a raw socket for gratuitous ARP: Operation not permitted"));
+        let vips = Vips::with_shell(Box::new(fake.clone()), announce);
         let note = vips.claim(&[spec("eth0", "10.0.0.100/24", VipAction::Add)]).await.unwrap();
-        assert!(note.ends_with("no gratuitous ARP (arping not installed)"), "{note}");
-        assert!(!fake.log.lock().unwrap().iter().any(|c| c.starts_with("arping")));
+        assert!(note.ends_with("gratuitous ARP failed (eth0: cannot open a raw socket for gratuitous ARP: Operation not permitted)"), "{note}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn announcements_go_out_at_once_then_again_and_stop_at_release() {
+        let fake = Arc::new(FakeIp::default());
+        let (sent, announce) = recorder(None);
+        let vips = Vips::with_shell(Box::new(fake.clone()), announce);
+        let start = tokio::time::Instant::now();
+        let mut s = spec("eth0", "10.0.0.100/24", VipAction::Add);
+        s.garp_refresh_s = 60;
+        vips.claim(std::slice::from_ref(&s)).await.unwrap();
+        let at = |sent: &[(String, tokio::time::Instant)]| sent.iter().map(|(w, t)| (w.clone(), (*t - start).as_millis() as u64)).collect::<Vec<_>>();
+        assert_eq!(at(&sent.lock().unwrap()), [("eth0 10.0.0.100 x5".to_string(), 0)], "the first burst before the claim returns");
+        tokio::time::sleep(Duration::from_secs(126)).await;
+        let expected = [("eth0 10.0.0.100 x5", 0), ("eth0 10.0.0.100 x5", 5_000), ("eth0 10.0.0.100 x1", 65_000), ("eth0 10.0.0.100 x1", 125_000)];
+        assert_eq!(at(&sent.lock().unwrap()), expected.map(|(w, t)| (w.to_string(), t)));
+        vips.release(std::slice::from_ref(&s)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert_eq!(sent.lock().unwrap().len(), 4, "no announcement after the release");
+        // Spaced: one now, the rest of the burst in the background.
+        s.garp_interval_ms = 200;
+        s.garp_count = 3;
+        s.garp_refresh_s = 0;
+        s.garp_repeat_ms = 0;
+        sent.lock().unwrap().clear();
+        let start = tokio::time::Instant::now();
+        vips.claim(std::slice::from_ref(&s)).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let got: Vec<u64> = sent.lock().unwrap().iter().map(|(_, t)| (*t - start).as_millis() as u64).collect();
+        assert_eq!(got, [0, 200, 400]);
     }
 
     #[tokio::test]
@@ -484,7 +587,7 @@ mod tests {
         let fake = Arc::new(FakeIp::default());
         fake.addrs.lock().unwrap().insert("port3".into(), vec!["172.16.1.5/24".into()]);
         let specs = [spec("port3", "172.16.1.2/24", VipAction::Set)];
-        let mut first = Vips::with_shell(Box::new(fake.clone()), false);
+        let mut first = Vips::with_shell(Box::new(fake.clone()), recorder(None).1);
         first.saved_file = Some(file.clone());
         first.claim(&specs).await.unwrap();
         drop(first);

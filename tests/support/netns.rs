@@ -110,3 +110,57 @@ pub fn pair_in(dir: &Path, ns_a: &str, ns_b: &str, policy: &str, paths: impl Fn(
     }
     cluster
 }
+
+/// Counts the ARP announcements of one IPv4 address that reach namespace `ns`: a thread that enters
+/// the namespace (`setns` applies to the calling thread only) and reads a raw `AF_PACKET` socket
+/// until [`ArpCounter::stop`].
+pub struct ArpCounter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Instant>>,
+}
+
+impl ArpCounter {
+    pub fn start(ns: &str, addr: std::net::Ipv4Addr) -> ArpCounter {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let path = format!("/var/run/netns/{ns}");
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let netns = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            // SAFETY: FFI with a descriptor that stays open for the call; affects this thread only.
+            assert_eq!(unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            let proto = 0x0806u16.to_be() as i32;
+            // SAFETY: plain FFI call; the result is checked and owned below.
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            // SAFETY: `fd` is new and owned from here on.
+            let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+            let timeout = libc::timeval { tv_sec: 0, tv_usec: 50_000 };
+            // SAFETY: `timeout` lives across the call and its size is passed with it.
+            unsafe {
+                libc::setsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&timeout as *const libc::timeval).cast(), std::mem::size_of::<libc::timeval>() as u32)
+            };
+            ready_tx.send(()).unwrap();
+            let mut seen = Vec::new();
+            let mut frame = [0u8; 1600];
+            while !flag.load(std::sync::atomic::Ordering::Acquire) {
+                // SAFETY: `frame` lives across the call and its length is passed with it.
+                let n = unsafe { libc::recv(socket.as_raw_fd(), frame.as_mut_ptr().cast(), frame.len(), 0) };
+                // An ARP announcement of `addr`: sender and target protocol addresses both `addr`.
+                if n >= 42 && frame[12..14] == [0x08, 0x06] && frame[28..32] == addr.octets() && frame[38..42] == addr.octets() {
+                    seen.push(Instant::now());
+                }
+            }
+            seen
+        });
+        ready_rx.recv().expect("the ARP counter starts");
+        ArpCounter { stop, thread }
+    }
+
+    /// Stop counting; when each announcement arrived.
+    pub fn stop(self) -> Vec<Instant> {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.thread.join().expect("the ARP counter")
+    }
+}

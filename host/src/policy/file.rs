@@ -28,6 +28,10 @@
 //! interface = "eth0"
 //! address = "10.0.0.100/24"
 //! action = "add"                  # add (an extra address) | set (replaces the interface's) | ignore
+//! garp_count = 5                  # gratuitous ARPs at once when claimed (IPv4); 0: none
+//! garp_interval_ms = 0            # between the ARPs of a burst
+//! garp_repeat_ms = 5000           # a second burst after this long; 0: none
+//! garp_refresh_s = 0              # one more every this many seconds while held; 0: off
 //!
 //! [relay]                         # the traffic relay moved by `route` actions
 //! listen = "0.0.0.0:8443"         # built-in TCP relay; omit to use only the hook
@@ -140,7 +144,36 @@ pub struct VipSpec {
     /// Address with prefix length, e.g. `10.0.0.100/24`.
     pub address: String,
     pub action: VipAction,
+    /// Gratuitous ARPs (IPv4) sent when the address is claimed, like keepalived's
+    /// `garp_master_repeat`: a lost one would leave neighbours sending to the old node for seconds.
+    #[serde(default = "default_garp_count")]
+    pub garp_count: u32,
+    /// Time between the ARPs of one burst (keepalived's `garp_interval`); 0: back to back.
+    #[serde(default)]
+    pub garp_interval_ms: u64,
+    /// A second burst this long after the claim (keepalived's `garp_master_delay`), for neighbours
+    /// that were busy or links that were still coming up; 0: none.
+    #[serde(default = "default_garp_repeat_ms")]
+    pub garp_repeat_ms: u64,
+    /// While the address is held, one gratuitous ARP every this many seconds (keepalived's
+    /// `garp_master_refresh`); 0: off.
+    #[serde(default)]
+    pub garp_refresh_s: u64,
 }
+
+fn default_garp_count() -> u32 {
+    5
+}
+
+fn default_garp_repeat_ms() -> u64 {
+    5_000
+}
+
+/// Bounds of the gratuitous ARP settings: beyond them a policy floods the LAN or waits for nothing.
+pub const MAX_GARP_COUNT: u32 = 100;
+pub const MAX_GARP_INTERVAL_MS: u64 = 10_000;
+pub const MAX_GARP_REPEAT_MS: u64 = 600_000;
+pub const MAX_GARP_REFRESH_S: u64 = 86_400;
 
 /// The traffic relay that `route` actions move.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -370,6 +403,16 @@ impl PolicyFile {
             if parse_cidr(&v.address).is_none() {
                 return Err(TomlError::at(path, format!("vip[{i}].address"), format!("expected ADDRESS/PREFIX, e.g. 10.0.0.100/24, got {:?}", v.address)));
             }
+            for (key, value, max) in [
+                ("garp_count", u64::from(v.garp_count), u64::from(MAX_GARP_COUNT)),
+                ("garp_interval_ms", v.garp_interval_ms, MAX_GARP_INTERVAL_MS),
+                ("garp_repeat_ms", v.garp_repeat_ms, MAX_GARP_REPEAT_MS),
+                ("garp_refresh_s", v.garp_refresh_s, MAX_GARP_REFRESH_S),
+            ] {
+                if value > max {
+                    return Err(TomlError::at(path, format!("vip[{i}].{key}"), format!("expected at most {max}, got {value}")));
+                }
+            }
         }
         if let Some(r) = &self.relay {
             if r.targets.is_empty() {
@@ -493,6 +536,7 @@ after = 2
             ("plugin = \"x\"\nplugins = \"y\"", "plugins"),
             ("plugin = \"x\"\n[[vip]]\ninterface = \"eth0\"\naddress = \"10.0.0.1\"\naction = \"add\"", "vip[0].address"),
             ("plugin = \"x\"\n[relay]\nlisten = \"127.0.0.1:1\"\ntargets = { a = \"h:1\" }\ninitial = \"b\"", "relay.initial"),
+            ("plugin = \"x\"\n[[vip]]\ninterface = \"eth0\"\naddress = \"10.0.0.1/24\"\naction = \"add\"\ngarp_count = 1000", "vip[0].garp_count"),
             ("plugin = \"x\"\n[relay]\nlisten = \"127.0.0.1:1\"\ntargets = { a = \"h:1\" }\ninitial = \"a\"\nbusy_poll_us = 20000", "relay.busy_poll_us"),
             ("plugin = \"x\"\n[monitors.m]\nkind = \"tcp\"\naddress = \"nohost\"", "monitors.m.address"),
         ];
