@@ -10,7 +10,7 @@ use vigil::model::Mode;
 use vigil::replication::store::{Patterns, Scopes, Store, CONFIG};
 
 /// The release `vigil`, built by `cargo xtask bench`.
-fn exe() -> anyhow::Result<PathBuf> {
+pub(crate) fn exe() -> anyhow::Result<PathBuf> {
     let bin = vigil_tests::root().join("target/release/vigil");
     anyhow::ensure!(bin.is_file(), "{} is missing: run `cargo xtask bench` (it builds it)", bin.display());
     Ok(bin)

@@ -21,12 +21,13 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 
 mod cluster;
 mod relay;
+mod vip;
 
-const USAGE: &str = "usage: vigil-bench [tick|reload|relay|failover|sync|all]";
+const USAGE: &str = "usage: vigil-bench [tick|reload|relay|failover|sync|vip|all]";
 
 fn main() -> anyhow::Result<()> {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
-    if !matches!(what.as_str(), "tick" | "reload" | "relay" | "failover" | "sync" | "all") {
+    if !matches!(what.as_str(), "tick" | "reload" | "relay" | "failover" | "sync" | "vip" | "all") {
         anyhow::bail!(USAGE);
     }
     let wants = |name: &str| what == name || what == "all";
@@ -44,6 +45,9 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     if wants("failover") {
         rt.block_on(cluster::failover(20))?;
+    }
+    if wants("vip") {
+        vip::run(&cluster::exe()?, 20)?;
     }
     if wants("sync") {
         rt.block_on(cluster::initial_sync(100_000))?;
