@@ -5,14 +5,22 @@
 //! [`Tracker`] is pure bookkeeping: it turns rounds into the consecutive failure and success counts,
 //! reported modes, last-seen ages and clock skews that the plugin and `/status` see. Keeping the
 //! counting free of I/O lets the simulation drive it with made-up rounds.
+//!
+//! Detection is deadline-based. Rounds go out every `interval_ms`; a round's probe waits at most
+//! `timeout_ms`, except the one whose failure would bring a remote to `failures` in a row: that one
+//! also ends at [`Tracker::deadlines`], `failures × interval_ms` after the remote's last good answer.
+//! So a silent peer is counted failed that long after it last answered, the way a VRRP backup's
+//! master-down timer runs, instead of after `failures` whole timeouts; and a node that was itself
+//! stalled (its rounds late) never cuts a probe short, since a deadline already past cuts nothing.
 
 use crate::config::{NodeConfig, Probe, ProbeKind};
 use crate::http_client::HttpClient;
-use crate::model::{Check, Mode, Remote, Report, VipView};
+use crate::model::{self, Check, Mode, Remote, Report, VipView};
 use crate::peer::client::{Heartbeat, PeerClient};
 use futures_util::future::join_all;
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// The result of one check (one or more probe attempts).
 #[derive(Debug, Clone, Default)]
@@ -85,15 +93,22 @@ impl Prober {
         &self.peer
     }
 
-    /// Probe everything once, concurrently.
-    pub async fn round(&self, targets: &Targets) -> Round {
-        let peers = join_all(targets.peers.iter().map(|(id, paths, services)| async move {
-            let (paths, services) =
-                tokio::join!(join_all(paths.iter().map(|p| self.check(id, p))), join_all(services.iter().map(|p| self.check(id, p))));
+    /// Probe everything once, concurrently. A remote's paths end at its deadline, if it has one
+    /// (`deadlines` in monotonic ms of the clock that read `mono_ms`, now).
+    pub async fn round(&self, targets: &Targets, deadlines: &Deadlines, mono_ms: u64) -> Round {
+        let start = Instant::now();
+        let cut = |at: Option<u64>| at.map(|at| start + Duration::from_millis(at.saturating_sub(mono_ms)));
+        let peers = join_all(targets.peers.iter().enumerate().map(|(i, (id, paths, services))| async move {
+            let until = cut(deadlines.peers.get(i).copied().flatten());
+            let (paths, services) = tokio::join!(
+                join_all(paths.iter().map(|p| self.check_until(id, p, until))),
+                join_all(services.iter().map(|p| self.check(id, p)))
+            );
             RemoteRound { paths, services }
         }));
-        let watched = join_all(targets.watched.iter().map(|(id, probe)| async move {
-            RemoteRound { paths: vec![self.check(id, probe).await], services: Vec::new() }
+        let watched = join_all(targets.watched.iter().enumerate().map(|(i, (id, probe))| async move {
+            let until = cut(deadlines.watched.get(i).copied().flatten());
+            RemoteRound { paths: vec![self.check_until(id, probe, until).await], services: Vec::new() }
         }));
         let lan = async {
             match &targets.lan {
@@ -114,7 +129,22 @@ impl Prober {
     /// One check of remote `remote`: `count` attempts at once; it fails only if every attempt fails.
     /// A signed vigil heartbeat counts only when `remote` itself answers it.
     pub async fn check(&self, remote: &str, probe: &Probe) -> CheckResult {
-        let attempts = join_all((0..probe.count.max(1)).map(|_| self.attempt(remote, probe))).await;
+        self.check_until(remote, probe, None).await
+    }
+
+    /// [`check`](Self::check), failed at `until` if no attempt has answered by then.
+    async fn check_until(&self, remote: &str, probe: &Probe, until: Option<Instant>) -> CheckResult {
+        let attempts = join_all((0..probe.count.max(1)).map(|_| self.attempt(remote, probe)));
+        let attempts = match until {
+            None => attempts.await,
+            Some(at) => match tokio::time::timeout_at(at, attempts).await {
+                Ok(attempts) => attempts,
+                Err(_) => {
+                    let error = format!("{}: no answer by the failure deadline (failures × interval after the last answer)", probe.target);
+                    return CheckResult { ok: false, error: Some(error), ..CheckResult::default() };
+                }
+            },
+        };
         let mut failed = CheckResult::default();
         for attempt in attempts {
             if attempt.ok {
@@ -189,6 +219,14 @@ pub struct RemoteTrack {
     pub refused: Option<String>,
 }
 
+/// When each remote's probes of the next round end at the latest, in monotonic ms (see the module
+/// docs); `None`: at the heartbeat timeout, as every other probe.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Deadlines {
+    pub peers: Vec<Option<u64>>,
+    pub watched: Vec<Option<u64>>,
+}
+
 /// Consecutive counts and last reports, from rounds. Pure.
 #[derive(Debug, Clone, Default)]
 pub struct Tracker {
@@ -240,6 +278,24 @@ impl Tracker {
             }
             vip.reaches = answerer.clone();
         }
+    }
+
+    /// The deadlines of the round about to start at `mono_ms`: for a remote whose failure in this
+    /// round would be its `failures`-th (or later) in a row, `n × interval_ms` after its last good
+    /// answer for the `n`-th failure, if that is still ahead. Never for a remote not seen yet (the
+    /// start-up grace covers those) nor before `failures - 1` whole probes have failed, so a single
+    /// lost answer never shortens the next probe.
+    pub fn deadlines(&self, mono_ms: u64, heartbeat: &model::Heartbeat) -> Deadlines {
+        let deadline = |t: &RemoteTrack| {
+            let seen = t.last_seen_mono_ms?;
+            let nth = t.remote.consecutive_failures.saturating_add(1);
+            if nth < heartbeat.failures.max(1) {
+                return None;
+            }
+            let at = seen.saturating_add(u64::from(nth).saturating_mul(u64::from(heartbeat.interval_ms)));
+            (at > mono_ms).then_some(at)
+        };
+        Deadlines { peers: self.peers.iter().map(deadline).collect(), watched: self.watched.iter().map(deadline).collect() }
     }
 
     /// The peers as the plugin sees them now.
@@ -353,5 +409,44 @@ mod tests {
         let tcp = Probe { kind: ProbeKind::Tcp, ..probe };
         let r = prober.check("b", &tcp).await;
         assert!(!r.ok && r.error.unwrap().contains("refused"));
+    }
+
+    #[test]
+    fn a_silent_peer_fails_failures_times_interval_after_its_last_answer() {
+        let hb = model::Heartbeat { interval_ms: 100, timeout_ms: 100, failures: 3, successes: 3 };
+        let mut t = Tracker::new("a", &targets());
+        let round = |ok: bool| Round { peers: vec![RemoteRound { paths: vec![result(ok), result(ok)], services: vec![] }], ..Round::default() };
+        assert_eq!(t.deadlines(0, &hb).peers, vec![None], "never seen: the start-up grace decides");
+        t.record(&round(true), 5);
+        assert_eq!(t.deadlines(100, &hb).peers, vec![None], "the first probe after an answer gets its whole timeout");
+        t.record(&round(false), 200);
+        assert_eq!(t.deadlines(200, &hb).peers, vec![None], "so does the second");
+        t.record(&round(false), 300);
+        assert_eq!(t.deadlines(300, &hb).peers, vec![Some(305)], "the third fails 3 × 100 ms after the last answer");
+        t.record(&round(false), 305);
+        assert_eq!(t.deadlines(305, &hb).peers, vec![Some(405)], "and each later one an interval on");
+        assert_eq!(t.deadlines(900, &hb).peers, vec![None], "a deadline already past (this node stalled) cuts nothing");
+        t.record(&round(true), 1000);
+        assert_eq!(t.deadlines(1100, &hb).peers, vec![None], "an answer starts over");
+    }
+
+    #[tokio::test]
+    async fn a_probe_waiting_at_its_deadline_fails_then_not_at_its_timeout() {
+        // A peer that accepts connections and never answers: a check waits out its timeout (10 s
+        // here), unless the remote's deadline comes first.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = format!("http://{}/", silent.local_addr().unwrap());
+        let clock = crate::clock::SystemClock::new();
+        let prober = Prober::new(PeerClient::new(HttpClient::new(), "a".into(), vec![], clock), HttpClient::new(), Duration::from_secs(10));
+        let probe = Probe { name: "p".into(), kind: ProbeKind::Http, target, expect_status: 200, expect_body: None, count: 1 };
+        let targets = Targets { peers: vec![("b".into(), vec![probe], vec![])], watched: vec![], lan: None, vip_url: None };
+        let round = tokio::time::timeout(
+            Duration::from_secs(5),
+            prober.round(&targets, &Deadlines { peers: vec![Some(1_050)], watched: vec![] }, 1_000),
+        )
+        .await
+        .expect("the round ends at the deadline, not at the 10 s timeout");
+        let error = round.peers[0].paths[0].error.clone().unwrap();
+        assert!(!round.peers[0].paths[0].ok && error.contains("failure deadline"), "{error}");
     }
 }

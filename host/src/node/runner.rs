@@ -273,7 +273,9 @@ impl NodeLoop {
         // Alive from the start of a tick: a round whose probes run to their timeout must not make an
         // active node look stalled. A loop stuck anywhere stops refreshing it.
         state.last_loop_mono_ms.store(state.clock.mono_ms(), Ordering::Release);
-        let round = self.prober.round(&self.targets).await;
+        let mono = state.clock.mono_ms();
+        let deadlines = self.tracker.deadlines(mono, &state.config.heartbeat.model());
+        let round = self.prober.round(&self.targets, &deadlines, mono).await;
         let refused_before: Vec<Option<String>> = self.tracker.peers.iter().map(|t| t.refused.clone()).collect();
         self.tracker.record(&round, state.clock.mono_ms());
         self.note_refusals(&refused_before);
