@@ -20,14 +20,15 @@ const RELOAD_RUNS: usize = 20;
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
 mod cluster;
+mod http;
 mod relay;
 mod vip;
 
-const USAGE: &str = "usage: vigil-bench [tick|reload|relay|failover|sync|vip|all]";
+const USAGE: &str = "usage: vigil-bench [tick|reload|relay|failover|sync|vip|http|all]";
 
 fn main() -> anyhow::Result<()> {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
-    if !matches!(what.as_str(), "tick" | "reload" | "relay" | "failover" | "sync" | "vip" | "all") {
+    if !matches!(what.as_str(), "tick" | "reload" | "relay" | "failover" | "sync" | "vip" | "http" | "all") {
         anyhow::bail!(USAGE);
     }
     let wants = |name: &str| what == name || what == "all";
@@ -45,6 +46,9 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     if wants("failover") {
         rt.block_on(cluster::failover(20))?;
+    }
+    if wants("http") {
+        rt.block_on(http::run(&cluster::exe()?))?;
     }
     if wants("vip") {
         vip::run(&cluster::exe()?, 20)?;

@@ -48,13 +48,15 @@ fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static)
     })
 }
 
+/// The client's probes: when, and who answered (`None`: no answer).
+type ProbeLog = Arc<Mutex<Vec<(Instant, Option<String>)>>>;
+
 /// The three namespaces, wired: `a` and `b` (eth0: .1 and .2) on the client's bridge (.3).
 struct Lan {
     ns: Namespaces,
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
-    /// Each probe: when, and who answered (`None`: no answer).
-    probes: Arc<Mutex<Vec<(Instant, Option<String>)>>>,
+    probes: ProbeLog,
 }
 
 impl Lan {
@@ -108,7 +110,7 @@ impl Lan {
     /// many probes in between went unanswered.
     fn gap(&self, killed: Instant) -> Option<(Duration, usize)> {
         let probes = self.probes.lock().expect("probes");
-        let last_a = probes.iter().filter(|(t, who)| *t <= killed && who.as_deref() == Some("a")).map(|(t, _)| *t).last()?;
+        let last_a = probes.iter().filter(|(t, who)| *t <= killed && who.as_deref() == Some("a")).map(|(t, _)| *t).next_back()?;
         let first_b = probes.iter().find(|(t, who)| *t > killed && who.as_deref() == Some("b")).map(|(t, _)| *t)?;
         let lost = probes.iter().filter(|(t, who)| *t > last_a && *t < first_b && who.is_none()).count();
         Some((first_b - last_a, lost))
@@ -292,7 +294,7 @@ fn summary(what: &str, runs: &[(Duration, usize, usize)]) {
     );
 }
 
-fn install(program: &str, package: &str) -> anyhow::Result<()> {
+pub(crate) fn install(program: &str, package: &str) -> anyhow::Result<()> {
     if vigil_tests::netns::on_path(program) {
         return Ok(());
     }

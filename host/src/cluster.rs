@@ -107,6 +107,11 @@ impl ClusterNode {
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
 }
 
 impl Drop for ClusterNode {
