@@ -21,13 +21,14 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 
 mod cluster;
 mod relay;
+mod tls;
 mod vip;
 
-const USAGE: &str = "usage: vigil-bench [tick|reload|relay|failover|sync|vip|all]";
+const USAGE: &str = "usage: vigil-bench [tick|reload|relay|failover|sync|vip|tls|all]";
 
 fn main() -> anyhow::Result<()> {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
-    if !matches!(what.as_str(), "tick" | "reload" | "relay" | "failover" | "sync" | "vip" | "all") {
+    if !matches!(what.as_str(), "tick" | "reload" | "relay" | "failover" | "sync" | "vip" | "tls" | "all") {
         anyhow::bail!(USAGE);
     }
     let wants = |name: &str| what == name || what == "all";
@@ -48,6 +49,9 @@ fn main() -> anyhow::Result<()> {
     }
     if wants("vip") {
         vip::run(&cluster::exe()?, 20)?;
+    }
+    if wants("tls") {
+        rt.block_on(tls::run(20))?;
     }
     if wants("sync") {
         rt.block_on(cluster::initial_sync(100_000))?;
