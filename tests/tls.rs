@@ -245,6 +245,9 @@ async fn an_expired_certificate_is_refused_and_a_rotated_one_is_used_without_a_r
     assert!(ok.status.success(), "{}", describe(&ok));
     assert!(cluster.nodes[1].is_running(), "the same process");
     assert!(log_of(&cluster, 1).contains("TLS certificate reloaded"), "{}", log_of(&cluster, 1));
+    let metrics = http.get(&format!("{b_url}/metrics"), Duration::from_secs(2)).await.unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(metrics.lines().any(|l| l == "vigil_tls_certificate_reloads_total 1"), "{metrics}");
 }
 
 /// A network namespace joined to the root namespace by a veth pair: the root end has `10.213.x.1`,
