@@ -845,6 +845,12 @@ peer_keys = ["k"]
             ("[node]\nid = \"a\"\n[[peer]]\nid = \"b\"\nurl = \"ftp://x\"\n[security]\npeer_keys=[\"k\"]", "peer[0].url.url"),
             ("[node]\nid = \"a\"\n[lan]\nkind = \"tcp\"\naddress = \"gw\"", "lan.address"),
             ("[node]\nid = \"\"", "node.id"),
+            ("[node]\nid = \"a\"\n[tls]\ncert = \"c\"\nkey = \"k\"\nmin_version = \"1.0\"", "tls.min_version"),
+            ("[node]\nid = \"a\"\nlisten = \"127.0.0.1:7400\"\n[tls]\ncert = \"c\"\nkey = \"k\"\nplain_listen = \"127.0.0.1:7400\"", "tls.plain_listen"),
+            ("[node]\nid = \"a\"\n[tls]\ncert = \"c\"\nkey = \"k\"\npeer_names = true", "tls.peer_names"),
+            ("[node]\nid = \"a\"\n[tls]\ncert = \"c\"\nkey = \"k\"\nkey_file = \"k\"", "tls.key_file"),
+            ("[node]\nid = \"a\"\n[[peer]]\nid = \"b\"\nurl = \"https://x:1\"\n[security]\npeer_keys=[\"k\"]", "peer[0].url"),
+            ("[node]\nid = \"a\"\n[[watch]]\nid = \"w\"\nurl = \"https://x:1\"\n[tls]\ncert = \"c\"\nkey = \"k\"", "watch[0].url"),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err();
@@ -900,6 +906,19 @@ peer_keys = ["k"]
         assert_eq!(e.key.as_deref(), Some("sync.directory[0].max_delete_files"), "{e}");
         let c = parse("[node]\nid = \"a\"\n[[sync.directory]]\nname = \"d\"\npath = \"/srv/d\"").unwrap();
         assert_eq!((c.sync.directories[0].max_delete_percent, c.sync.directories[0].max_delete_files), (50, 100));
+    }
+
+    #[test]
+    fn tls_paths_are_relative_to_the_file_and_https_peers_need_a_ca() {
+        let c = parse(
+            "[node]\nid = \"a\"\n[[peer]]\nid = \"b\"\nurl = \"https://127.0.0.1:1\"\n[security]\npeer_keys = [\"k\"]\n\
+             [tls]\ncert = \"tls/a.crt\"\nkey = \"tls/a.key\"\nca = \"tls/ca.crt\"\npeer_names = true\n",
+        )
+        .unwrap();
+        let tls = c.tls.as_ref().unwrap();
+        assert!(tls.cert.is_absolute() && tls.key.is_absolute() && tls.ca.as_ref().unwrap().is_absolute());
+        assert_eq!(tls.min_version, "1.2");
+        assert_eq!(c.peer_authorities(), vec![("127.0.0.1:1".to_string(), "b".to_string())]);
     }
 
     #[test]

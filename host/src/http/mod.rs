@@ -126,8 +126,14 @@ pub async fn serve(listener: TcpListener, state: Arc<NodeState>, mut shutdown: w
                             serve_connection(state, conn, tls, &slot).await
                         }
                         Ok(Err(e)) => {
-                            state.counters.tls_refused.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(from = %from, error = %e, "TLS handshake refused");
+                            // A peer with a bad certificate retries every interval: logged at the 1st,
+                            // 2nd, 4th, 8th… refusal; `vigil_tls_refused_total` counts them all.
+                            let refused = state.counters.tls_refused.fetch_add(1, Ordering::Relaxed) + 1;
+                            if refused.is_power_of_two() {
+                                tracing::warn!(from = %from, error = %e, refused, "TLS handshake refused");
+                            } else {
+                                tracing::debug!(from = %from, error = %e, "TLS handshake refused");
+                            }
                         }
                         Err(_) => tracing::debug!(from = %from, "TLS handshake not done in time"),
                     }
