@@ -174,6 +174,11 @@ async fn a_peer_with_a_foreign_ca_or_the_wrong_node_id_is_refused_and_unreachabl
         assert_eq!(line["reachable"], false, "{line}");
         assert!(error.contains("certificate") && error.contains(why), "a → {peer}: {error}");
     }
+    // `vigil status` says it too.
+    let (ca_s, cert_s, key_s) = (ca.cert.display().to_string(), op_cert.display().to_string(), op_key.display().to_string());
+    let shown = run_cli(&["status", "--url", &cluster.nodes[0].url.clone(), "--ca", &ca_s, "--cert", &cert_s, "--key", &key_s]);
+    let text = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(shown.status.success() && text.contains("UNREACHABLE") && text.contains("last error") && text.contains("UnknownIssuer"), "{}", describe(&shown));
     // A few rounds later, still refused.
     tokio::time::sleep(Duration::from_millis(10 * TIMING.interval_ms)).await;
     for peer in ["b", "c"] {

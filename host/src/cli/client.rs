@@ -178,6 +178,11 @@ pub fn render_status(s: &serde_json::Value) -> String {
             p["reported_mode"].as_str().unwrap_or("-"),
             p["clock_skew_ms"].as_i64().map_or("-".to_string(), |v| format!("{v} ms")),
         );
+        if p["reachable"].as_bool() != Some(true) {
+            if let Some(error) = p["last_error"].as_str() {
+                let _ = writeln!(out, "    last error: {error}");
+            }
+        }
     }
     for w in s["watched"].as_array().into_iter().flatten() {
         let _ = writeln!(out, "  watch {:<9} {:<11} reports {}", str_of(&w["id"]), if w["reachable"].as_bool() == Some(true) { "reachable" } else { "UNREACHABLE" }, w["reported_mode"].as_str().unwrap_or("-"));
