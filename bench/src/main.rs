@@ -22,13 +22,14 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 mod cluster;
 mod http;
 mod relay;
+mod tls;
 mod vip;
 
-const USAGE: &str = "usage: vigil-bench [tick|reload|relay|failover|sync|vip|http|all]";
+const USAGE: &str = "usage: vigil-bench [tick|reload|relay|failover|sync|vip|http|tls|all]";
 
 fn main() -> anyhow::Result<()> {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
-    if !matches!(what.as_str(), "tick" | "reload" | "relay" | "failover" | "sync" | "vip" | "http" | "all") {
+    if !matches!(what.as_str(), "tick" | "reload" | "relay" | "failover" | "sync" | "vip" | "http" | "tls" | "all") {
         anyhow::bail!(USAGE);
     }
     let wants = |name: &str| what == name || what == "all";
@@ -52,6 +53,9 @@ fn main() -> anyhow::Result<()> {
     }
     if wants("vip") {
         vip::run(&cluster::exe()?, 20)?;
+    }
+    if wants("tls") {
+        rt.block_on(tls::run(20))?;
     }
     if wants("sync") {
         rt.block_on(cluster::initial_sync(100_000))?;

@@ -64,6 +64,8 @@ pub struct NodeSpec {
     pub extra_config: String,
     /// Extra environment of the process (e.g. libfaketime's, to skew its clock).
     pub env: Vec<(String, String)>,
+    /// Extra lines of the `[security]` table (e.g. `admin_insecure_remote = true`).
+    pub security_extra: String,
 }
 
 impl NodeSpec {
@@ -80,6 +82,7 @@ impl NodeSpec {
             prefix: Vec::new(),
             extra_config: String::new(),
             env: Vec::new(),
+            security_extra: String::new(),
         }
     }
 }
@@ -132,6 +135,8 @@ pub struct Cluster {
     plugin_dirs: Vec<PathBuf>,
     pub nodes: Vec<ClusterNode>,
     http: HttpClient,
+    /// `http` or, after [`Cluster::use_https`], `https`.
+    scheme: &'static str,
 }
 
 /// A free loopback port for a node to listen on later. Taken below the kernel's ephemeral range
@@ -162,7 +167,7 @@ impl Cluster {
     pub fn new(exe: &Path, dir: &Path, timing: Timing, plugin_dirs: Vec<PathBuf>) -> anyhow::Result<Cluster> {
         write(&dir.join("peer.key"), PEER_KEY)?;
         write(&dir.join("admin.token"), ADMIN_TOKEN)?;
-        Ok(Cluster { dir: dir.to_path_buf(), exe: exe.to_path_buf(), timing, plugin_dirs, nodes: Vec::new(), http: HttpClient::new() })
+        Ok(Cluster { dir: dir.to_path_buf(), exe: exe.to_path_buf(), timing, plugin_dirs, nodes: Vec::new(), http: HttpClient::new(), scheme: "http" })
     }
 
     /// Add a node (configured when first started); returns its index.
@@ -175,7 +180,7 @@ impl Cluster {
         std::fs::create_dir_all(&dir)?;
         self.nodes.push(ClusterNode {
             id: spec.id.clone(),
-            url: format!("http://{listen}"),
+            url: format!("{}://{listen}", self.scheme),
             config: dir.join("node.toml"),
             log: dir.join("vigil.log"),
             dir,
@@ -184,6 +189,16 @@ impl Cluster {
             child: None,
         });
         Ok(self.nodes.len() - 1)
+    }
+
+    /// The nodes speak HTTPS (each node's `[tls]` goes in its `extra_config`): their URLs, as peers
+    /// and as seen by the cluster's own calls, become `https://`, made through `http`.
+    pub fn use_https(&mut self, http: HttpClient) {
+        self.scheme = "https";
+        self.http = http;
+        for node in &mut self.nodes {
+            node.url = format!("https://{}", node.listen);
+        }
     }
 
     fn url_of(&self, id_or_url: &str) -> String {
@@ -200,7 +215,7 @@ impl Cluster {
         let mut config = format!(
             "[node]\nid = \"{id}\"\nrole = \"{role}\"\nlisten = \"{listen}\"\ndata_dir = {data}\npolicy = {policy}\nplugin_dirs = [{dirs}]\n\n\
              [heartbeat]\ninterval_ms = {}\ntimeout_ms = {}\nfailures = {}\nsuccesses = {}\n\n\
-             [security]\npeer_keys = [{key}]\nadmin_token_file = {token}\n",
+             [security]\npeer_keys = [{key}]\nadmin_token_file = {token}\n{security_extra}\n",
             t.interval_ms,
             t.timeout_ms,
             t.failures,
@@ -213,6 +228,7 @@ impl Cluster {
             dirs = plugin_dirs.join(", "),
             key = quoted(&self.dir.join("peer.key")),
             token = quoted(&self.dir.join("admin.token")),
+            security_extra = spec.security_extra,
         );
         for (peer, paths) in &spec.peer_paths {
             let paths: Vec<String> = paths.iter().map(|(name, url)| format!("{{ name = \"{name}\", url = \"{url}\" }}")).collect();

@@ -40,6 +40,16 @@
 //! [security]
 //! peer_keys = ["/etc/vigil/peer.key"]   # one or two (during a rotation) shared HMAC keys
 //! admin_token_file = "/etc/vigil/admin.token"
+//! admin_insecure_remote = false   # without [tls], admin requests are answered only from loopback
+//!
+//! [tls]                           # HTTPS for peers, admin and clients (see docs/operator-guide.md)
+//! cert = "/etc/vigil/tls/node.crt"  # this node's certificate chain (PEM), reloaded when it changes
+//! key = "/etc/vigil/tls/node.key"   # its private key (PEM), reloaded with it
+//! ca = "/etc/vigil/tls/ca.crt"      # checks the certificates of https:// peers and watched nodes
+//! client_ca = "/etc/vigil/tls/ca.crt"  # mutual TLS: clients must show a certificate signed by it
+//! min_version = "1.2"             # "1.2" or "1.3"
+//! peer_names = false              # a peer's certificate must name its node id (DNS SAN)
+//! plain_listen = "0.0.0.0:7401"   # optional plain HTTP for the public endpoints only
 //!
 //! [events]
 //! retention = 10000
@@ -98,6 +108,8 @@ pub struct NodeConfig {
     pub events: EventsSection,
     #[serde(default)]
     pub sync: SyncSection,
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
     /// The file this was read from (for messages and relative paths).
     #[serde(skip)]
     pub path: PathBuf,
@@ -261,6 +273,42 @@ pub struct SecuritySection {
     /// A file holding the admin bearer token; without it the admin endpoints are disabled.
     #[serde(default)]
     pub admin_token_file: Option<PathBuf>,
+    /// Without `[tls]`, admin requests from other than loopback addresses are refused (the token
+    /// would cross the network in clear text) unless this is set.
+    #[serde(default)]
+    pub admin_insecure_remote: bool,
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// This node's certificate chain (PEM): served, and shown to peers as a client certificate.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// The CA (PEM) that signed the certificates of `https://` peers and watched nodes.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Mutual TLS: every client must show a certificate signed by this CA (PEM).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// The oldest TLS version accepted: "1.2" or "1.3".
+    #[serde(default = "default_min_version")]
+    pub min_version: String,
+    /// A peer's certificate must name the peer's node id (a DNS subject alternative name), whatever
+    /// the address in its URL; with `client_ca`, a peer's client certificate must name the node id
+    /// its signed requests come from.
+    #[serde(default)]
+    pub peer_names: bool,
+    /// A plain-HTTP address for the public endpoints only (load balancers that check health without
+    /// TLS); admin and peer requests are refused there.
+    #[serde(default)]
+    pub plain_listen: Option<SocketAddr>,
+}
+
+fn default_min_version() -> String {
+    "1.2".into()
 }
 
 /// `[events]`
@@ -377,6 +425,12 @@ impl NodeConfig {
         if let Some(t) = config.security.admin_token_file.as_mut() {
             resolve(t);
         }
+        if let Some(tls) = config.tls.as_mut() {
+            resolve(&mut tls.cert);
+            resolve(&mut tls.key);
+            tls.ca.iter_mut().for_each(resolve);
+            tls.client_ca.iter_mut().for_each(resolve);
+        }
         config.check()?;
         Ok(config)
     }
@@ -475,6 +529,22 @@ impl NodeConfig {
             }
             self.check_sync_path(i, &d.path, lexical)?;
         }
+        if let Some(tls) = &self.tls {
+            if !matches!(tls.min_version.as_str(), "1.2" | "1.3") {
+                return Err(self.err("tls.min_version", format!("expected \"1.2\" or \"1.3\", got {:?}", tls.min_version)));
+            }
+            if tls.plain_listen == Some(self.node.listen) {
+                return Err(self.err("tls.plain_listen", "must differ from node.listen (which serves HTTPS)"));
+            }
+            if tls.peer_names && tls.ca.is_none() {
+                return Err(self.err("tls.peer_names", "needs tls.ca (the CA that vouches for the names)"));
+            }
+        }
+        for (key, url) in self.probe_urls() {
+            if url.starts_with("https://") && self.tls.as_ref().is_none_or(|t| t.ca.is_none()) {
+                return Err(self.err(key, format!("{url}: an https:// URL needs tls.ca (the CA that signed its certificate)")));
+            }
+        }
         if self.events.retention < 100 {
             return Err(self.err("events.retention", "expected at least 100 events"));
         }
@@ -500,6 +570,12 @@ impl NodeConfig {
         if let Some(t) = &self.security.admin_token_file {
             guarded.push(("security.admin_token_file".into(), t.as_path(), false));
         }
+        if let Some(tls) = &self.tls {
+            guarded.push(("tls.cert".into(), tls.cert.as_path(), false));
+            guarded.push(("tls.key".into(), tls.key.as_path(), false));
+            guarded.extend(tls.ca.iter().map(|p| ("tls.ca".to_string(), p.as_path(), false)));
+            guarded.extend(tls.client_ca.iter().map(|p| ("tls.client_ca".to_string(), p.as_path(), false)));
+        }
         for (key, guarded_path, no_inside) in guarded {
             if guarded_path.as_os_str().is_empty() {
                 continue;
@@ -517,6 +593,33 @@ impl NodeConfig {
             }
         }
         Ok(())
+    }
+
+    /// Every configured URL, with its key.
+    fn probe_urls(&self) -> Vec<(String, String)> {
+        let mut urls = Vec::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            urls.extend(p.url.iter().map(|u| (format!("peer[{i}].url"), u.clone())));
+            urls.extend(p.paths.iter().enumerate().filter_map(|(j, c)| Some((format!("peer[{i}].paths[{j}].url"), c.url.clone()?))));
+        }
+        urls.extend(self.watched.iter().enumerate().filter_map(|(i, w)| Some((format!("watch[{i}].url"), w.url.clone()?))));
+        urls.extend(self.lan.iter().filter_map(|l| Some(("lan.url".to_string(), l.url.clone()?))));
+        urls.extend(self.vip.iter().map(|v| ("vip.url".to_string(), v.url.clone())));
+        urls
+    }
+
+    /// `authority` (host:port) of each peer heartbeat URL → the peer's node id: the name a peer's
+    /// certificate must show with `tls.peer_names`.
+    pub fn peer_authorities(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            for probe in self.peer_paths(i).unwrap_or_default() {
+                if let Some(authority) = probe.target.split("://").nth(1).and_then(|rest| rest.split('/').next()) {
+                    out.push((authority.to_string(), p.id.clone()));
+                }
+            }
+        }
+        out
     }
 
     /// The heartbeat paths of peer `i`, resolved.
@@ -676,10 +779,13 @@ fn valid_id(id: &str) -> bool {
 }
 
 fn check_url(url: &str) -> Result<(), String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| format!("expected an http:// URL, got {url:?}"))?;
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("expected an http:// or https:// URL, got {url:?}"))?;
     let authority = rest.split('/').next().unwrap_or("");
     if authority.is_empty() {
-        return Err(format!("expected http://HOST:PORT, got {url:?}"));
+        return Err(format!("expected http(s)://HOST:PORT, got {url:?}"));
     }
     Ok(())
 }
@@ -739,6 +845,12 @@ peer_keys = ["k"]
             ("[node]\nid = \"a\"\n[[peer]]\nid = \"b\"\nurl = \"ftp://x\"\n[security]\npeer_keys=[\"k\"]", "peer[0].url.url"),
             ("[node]\nid = \"a\"\n[lan]\nkind = \"tcp\"\naddress = \"gw\"", "lan.address"),
             ("[node]\nid = \"\"", "node.id"),
+            ("[node]\nid = \"a\"\n[tls]\ncert = \"c\"\nkey = \"k\"\nmin_version = \"1.0\"", "tls.min_version"),
+            ("[node]\nid = \"a\"\nlisten = \"127.0.0.1:7400\"\n[tls]\ncert = \"c\"\nkey = \"k\"\nplain_listen = \"127.0.0.1:7400\"", "tls.plain_listen"),
+            ("[node]\nid = \"a\"\n[tls]\ncert = \"c\"\nkey = \"k\"\npeer_names = true", "tls.peer_names"),
+            ("[node]\nid = \"a\"\n[tls]\ncert = \"c\"\nkey = \"k\"\nkey_file = \"k\"", "tls.key_file"),
+            ("[node]\nid = \"a\"\n[[peer]]\nid = \"b\"\nurl = \"https://x:1\"\n[security]\npeer_keys=[\"k\"]", "peer[0].url"),
+            ("[node]\nid = \"a\"\n[[watch]]\nid = \"w\"\nurl = \"https://x:1\"\n[tls]\ncert = \"c\"\nkey = \"k\"", "watch[0].url"),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err();
@@ -794,6 +906,19 @@ peer_keys = ["k"]
         assert_eq!(e.key.as_deref(), Some("sync.directory[0].max_delete_files"), "{e}");
         let c = parse("[node]\nid = \"a\"\n[[sync.directory]]\nname = \"d\"\npath = \"/srv/d\"").unwrap();
         assert_eq!((c.sync.directories[0].max_delete_percent, c.sync.directories[0].max_delete_files), (50, 100));
+    }
+
+    #[test]
+    fn tls_paths_are_relative_to_the_file_and_https_peers_need_a_ca() {
+        let c = parse(
+            "[node]\nid = \"a\"\n[[peer]]\nid = \"b\"\nurl = \"https://127.0.0.1:1\"\n[security]\npeer_keys = [\"k\"]\n\
+             [tls]\ncert = \"tls/a.crt\"\nkey = \"tls/a.key\"\nca = \"tls/ca.crt\"\npeer_names = true\n",
+        )
+        .unwrap();
+        let tls = c.tls.as_ref().unwrap();
+        assert!(tls.cert.is_absolute() && tls.key.is_absolute() && tls.ca.as_ref().unwrap().is_absolute());
+        assert_eq!(tls.min_version, "1.2");
+        assert_eq!(c.peer_authorities(), vec![("127.0.0.1:1".to_string(), "b".to_string())]);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - [`heartbeat`]: probing peers, watched nodes, the LAN and the VIP; counting the results.
 //! - [`peer`]: the signed peer protocol (messages, HMAC signing, client).
 //! - [`http`]: the HTTP server: public, admin and peer endpoints. [`http_client`]: the client side.
+//!   [`tls`]: rustls for both (certificates reloaded when they change, mutual TLS, peer names).
 //! - [`executor`]: the ordered action queue. [`services`]: starting, stopping, watching services.
 //! - [`replication`]: the replicated configuration store and directories (HLC, last writer wins).
 //! - [`events`]: the event log in SQLite. [`state`]: what the loop publishes and the server reads.
@@ -44,5 +45,6 @@ pub mod replication;
 pub mod scenario;
 pub mod services;
 pub mod state;
+pub mod tls;
 pub mod toml_file;
 pub mod vip;

@@ -32,6 +32,8 @@ pub struct Counters {
     pub plugin_faults: AtomicU64,
     pub http_requests: AtomicU64,
     pub auth_failures: AtomicU64,
+    /// TLS handshakes that failed (a certificate refused, a client without one, an old version).
+    pub tls_refused: AtomicU64,
     pub mode_changes: AtomicU64,
 }
 
@@ -50,6 +52,10 @@ pub struct NodeState {
     pub replicator: Arc<crate::replication::Replicator>,
     pub verifier: Verifier,
     pub admin_token: Option<String>,
+    /// The HTTPS listener's TLS (`[tls]`), with this node's reloaded certificate.
+    pub tls: Option<crate::tls::ServerTls>,
+    /// How this node checks `https://` peers and watched nodes (`tls.ca`).
+    pub client_tls: Option<crate::tls::ClientTls>,
     /// Written by [`NodeState::publish`] only.
     pub status: RwLock<Status>,
     /// `/status` rendered, with the publication and loop-age bucket it was rendered for: a crowd of

@@ -7,6 +7,7 @@
 pub mod chaos;
 pub mod faketime;
 pub mod netns;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -21,22 +21,66 @@ pub struct Target {
     /// A file holding the admin token (default: from --config, else $VIGIL_ADMIN_TOKEN).
     #[arg(long = "token-file")]
     pub token_file: Option<PathBuf>,
+    /// For https:// URLs: the CA (PEM) that signed the node's certificate (default: from --config).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// A client certificate (PEM) for nodes that require one (mutual TLS; default: from --config).
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+/// A resolved target: where, with which token, through which client.
+struct Resolved {
+    url: String,
+    token: Option<String>,
+    http: HttpClient,
 }
 
 impl Target {
-    fn resolve(&self) -> Result<(String, Option<String>), CliError> {
+    fn resolve(&self) -> Result<Resolved, CliError> {
         let config = match &self.config {
             Some(path) => Some(NodeConfig::read(path).map_err(|e| CliError::Config(e.into()))?),
             None => None,
         };
+        let tls = config.as_ref().and_then(|c| c.tls.as_ref());
         let url = match (&self.url, &config) {
             (Some(url), _) => url.trim_end_matches('/').to_string(),
             (None, Some(c)) => {
                 let addr = c.node.listen;
                 let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
-                format!("http://{host}:{}", addr.port())
+                let host = if host.contains(':') { format!("[{host}]") } else { host };
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://{host}:{}", addr.port())
             }
             (None, None) => "http://127.0.0.1:7400".to_string(),
+        };
+        let http = if url.starts_with("https://") {
+            let (ca, what) = match (&self.ca, tls) {
+                (Some(ca), _) => (ca.clone(), "--ca"),
+                (None, Some(t)) => match t.ca.as_ref().or(t.client_ca.as_ref()) {
+                    Some(ca) => (ca.clone(), "tls.ca"),
+                    None => return Err(CliError::Config(anyhow::anyhow!("{url}: an https:// URL needs --ca FILE (the CA that signed the node's certificate)"))),
+                },
+                (None, None) => return Err(CliError::Config(anyhow::anyhow!("{url}: an https:// URL needs --ca FILE (the CA that signed the node's certificate)"))),
+            };
+            let identity = match (&self.cert, &self.key, tls) {
+                (Some(cert), Some(key), _) => Some(crate::tls::Identity::load(cert, key).map_err(|e| CliError::Config(anyhow::anyhow!(cli_names(&e))))?),
+                (_, _, Some(t)) => Some(crate::tls::Identity::load(&t.cert, &t.key).map_err(|e| CliError::Config(anyhow::anyhow!(e)))?),
+                _ => None,
+            };
+            let min = tls.map_or("1.2", |t| t.min_version.as_str());
+            let client = crate::tls::ClientTls::new(&ca, what, identity, min).map_err(|e| CliError::Config(anyhow::anyhow!(e)))?;
+            HttpClient::with_tls(Some(&client))
+        } else {
+            if let Some(host) = remote_host(&url) {
+                eprintln!(
+                    "warning: {url} is plain HTTP to {host}, not a loopback address: the admin token and the replicated values cross the network in clear text; configure [tls] on the node and use https://"
+                );
+            }
+            HttpClient::new()
         };
         let token = if let Some(file) = &self.token_file {
             Some(read_token(file)?)
@@ -45,8 +89,24 @@ impl Target {
         } else {
             std::env::var("VIGIL_ADMIN_TOKEN").ok()
         };
-        Ok((url, token))
+        Ok(Resolved { url, token, http })
     }
+}
+
+/// The host of a plain `http://` URL when it is not a loopback address.
+fn remote_host(url: &str) -> Option<String> {
+    let authority = url.strip_prefix("http://")?.split('/').next()?;
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => rest.split(']').next()?,
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    (!loopback).then(|| host.to_string())
+}
+
+/// The CLI's names for the files of `--cert`/`--key` in a TLS error.
+fn cli_names(message: &str) -> String {
+    message.replacen("tls.cert: ", "--cert: ", 1).replacen("tls.key: ", "--key: ", 1)
 }
 
 fn read_token(file: &PathBuf) -> Result<String, CliError> {
@@ -57,13 +117,20 @@ fn read_token(file: &PathBuf) -> Result<String, CliError> {
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn call(method: Method, url: &str, token: Option<&str>) -> Result<crate::http_client::Answer, CliError> {
-    call_with(method, url, token, Bytes::new(), TIMEOUT).await
+async fn call(http: &HttpClient, method: Method, url: &str, token: Option<&str>) -> Result<crate::http_client::Answer, CliError> {
+    call_with(http, method, url, token, Bytes::new(), TIMEOUT).await
 }
 
-async fn call_with(method: Method, url: &str, token: Option<&str>, body: Bytes, timeout: Duration) -> Result<crate::http_client::Answer, CliError> {
+async fn call_with(
+    http: &HttpClient,
+    method: Method,
+    url: &str,
+    token: Option<&str>,
+    body: Bytes,
+    timeout: Duration,
+) -> Result<crate::http_client::Answer, CliError> {
     let headers: Vec<(&str, String)> = token.map(|t| ("authorization", format!("Bearer {t}"))).into_iter().collect();
-    let answer = HttpClient::new()
+    let answer = http
         .send(method, url, &headers, body, timeout)
         .await
         .map_err(|e| CliError::Failure(anyhow::anyhow!(e)))?;
@@ -75,8 +142,8 @@ async fn call_with(method: Method, url: &str, token: Option<&str>, body: Bytes, 
 
 /// `vigil status`.
 pub async fn status(target: &Target, as_json: bool) -> Result<(), CliError> {
-    let (url, _) = target.resolve()?;
-    let answer = call(Method::GET, &format!("{url}/status"), None).await?;
+    let Resolved { url, http, .. } = target.resolve()?;
+    let answer = call(&http, Method::GET, &format!("{url}/status"), None).await?;
     if as_json {
         println!("{}", String::from_utf8_lossy(&answer.body));
         return Ok(());
@@ -111,6 +178,11 @@ pub fn render_status(s: &serde_json::Value) -> String {
             p["reported_mode"].as_str().unwrap_or("-"),
             p["clock_skew_ms"].as_i64().map_or("-".to_string(), |v| format!("{v} ms")),
         );
+        if p["reachable"].as_bool() != Some(true) {
+            if let Some(error) = p["last_error"].as_str() {
+                let _ = writeln!(out, "    last error: {error}");
+            }
+        }
     }
     for w in s["watched"].as_array().into_iter().flatten() {
         let _ = writeln!(out, "  watch {:<9} {:<11} reports {}", str_of(&w["id"]), if w["reachable"].as_bool() == Some(true) { "reachable" } else { "UNREACHABLE" }, w["reported_mode"].as_str().unwrap_or("-"));
@@ -128,18 +200,18 @@ pub fn render_status(s: &serde_json::Value) -> String {
 
 /// `vigil switch`.
 pub async fn switch(target: &Target, request: OperatorRequest) -> Result<(), CliError> {
-    let (url, token) = target.resolve()?;
+    let Resolved { url, token, http } = target.resolve()?;
     let token = admin_token(token)?;
-    call(Method::POST, &format!("{url}/admin/switch/{request}"), Some(&token)).await?;
+    call(&http, Method::POST, &format!("{url}/admin/switch/{request}"), Some(&token)).await?;
     println!("{request}: accepted by {url}; the policy sees it on the next tick");
     Ok(())
 }
 
 /// `vigil events`.
 pub async fn events(target: &Target, limit: usize, as_json: bool) -> Result<(), CliError> {
-    let (url, token) = target.resolve()?;
+    let Resolved { url, token, http } = target.resolve()?;
     let token = admin_token(token)?;
-    let answer = call(Method::GET, &format!("{url}/events?limit={limit}"), Some(&token)).await?;
+    let answer = call(&http, Method::GET, &format!("{url}/events?limit={limit}"), Some(&token)).await?;
     if as_json {
         println!("{}", String::from_utf8_lossy(&answer.body));
         return Ok(());
@@ -160,10 +232,10 @@ fn admin_token(token: Option<String>) -> Result<String, CliError> {
 /// `vigil sync`: a full exchange with every peer, now (after releasing held scans when
 /// `confirm_deletes`).
 pub async fn sync(target: &Target, confirm_deletes: bool) -> Result<(), CliError> {
-    let (url, token) = target.resolve()?;
+    let Resolved { url, token, http } = target.resolve()?;
     let token = admin_token(token)?;
     let query = if confirm_deletes { "?confirm_deletes=true" } else { "" };
-    let answer = call_with(Method::POST, &format!("{url}/admin/sync{query}"), Some(&token), Bytes::new(), Duration::from_secs(120)).await?;
+    let answer = call_with(&http, Method::POST, &format!("{url}/admin/sync{query}"), Some(&token), Bytes::new(), Duration::from_secs(120)).await?;
     let v: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
     println!("sync done: {}", v["synced"].as_str().unwrap_or("(no peers)"));
     for held in v["held"].as_array().into_iter().flatten() {
@@ -197,26 +269,26 @@ fn escape(segment: &str) -> String {
 
 /// `vigil config …`.
 pub async fn config(target: &Target, op: &ConfigOp) -> Result<(), CliError> {
-    let (url, token) = target.resolve()?;
+    let Resolved { url, token, http } = target.resolve()?;
     let token = admin_token(token)?;
     match op {
         ConfigOp::Get { key } => {
-            let a = call(Method::GET, &format!("{url}/config/{}", escape(key)), Some(&token)).await?;
+            let a = call(&http, Method::GET, &format!("{url}/config/{}", escape(key)), Some(&token)).await?;
             println!("{}", String::from_utf8_lossy(&a.body));
         }
         ConfigOp::Set { key, value } => {
-            let a = call_with(Method::PUT, &format!("{url}/config/{}", escape(key)), Some(&token), Bytes::from(value.clone()), TIMEOUT).await?;
+            let a = call_with(&http, Method::PUT, &format!("{url}/config/{}", escape(key)), Some(&token), Bytes::from(value.clone()), TIMEOUT).await?;
             let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap_or_default();
             let scope = if v["local_only"].as_bool() == Some(true) { " (local-only: not replicated)" } else { "" };
             println!("{key} set{scope}");
         }
         ConfigOp::Rm { key } => {
-            call(Method::DELETE, &format!("{url}/config/{}", escape(key)), Some(&token)).await?;
+            call(&http, Method::DELETE, &format!("{url}/config/{}", escape(key)), Some(&token)).await?;
             println!("{key} deleted");
         }
         ConfigOp::Ls { prefix } => {
             let query = prefix.as_deref().map(|p| format!("?prefix={}", escape(p))).unwrap_or_default();
-            let a = call(Method::GET, &format!("{url}/config/{query}"), Some(&token)).await?;
+            let a = call(&http, Method::GET, &format!("{url}/config/{query}"), Some(&token)).await?;
             let entries: Vec<serde_json::Value> = serde_json::from_slice(&a.body).map_err(|e| CliError::Failure(anyhow::anyhow!("{url}/config/: {e}")))?;
             for e in entries {
                 let local = if e["local_only"].as_bool() == Some(true) { "  (local-only)" } else { "" };

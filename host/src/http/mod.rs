@@ -10,6 +10,13 @@
 //! read); peer requests have their signature checked from the headers before the body is read, and
 //! only then may a replication batch be larger. Connections: see [`conns`] — the server never stops
 //! accepting, and idle or stalled clients make room for new ones.
+//!
+//! Transport ([`Endpoint`]): plain HTTP, HTTPS (`[tls]`: the handshake must end within
+//! [`HEAD_TIMEOUT`]), or the plain public-only listener of `tls.plain_listen`, where admin and peer
+//! requests are refused. Without TLS, admin requests are answered only from loopback addresses unless
+//! `security.admin_insecure_remote` is set: the bearer token would cross the network in clear. With
+//! `tls.peer_names` and mutual TLS, a peer request's client certificate must name the node that
+//! signed it.
 
 mod admin;
 pub mod conns;
@@ -45,8 +52,36 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// A response with a small in-memory body.
 pub type Answer = Response<Full<Bytes>>;
 
+/// What a listener speaks.
+#[derive(Clone)]
+pub enum Endpoint {
+    /// Plain HTTP, every endpoint (admin ones from loopback only, unless allowed).
+    Plain,
+    /// HTTPS, every endpoint.
+    Tls(tokio_rustls::TlsAcceptor),
+    /// Plain HTTP, the public endpoints only (`tls.plain_listen`).
+    PublicOnly,
+}
+
+/// Who is on the other end of a connection, and how it came.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub from: std::net::IpAddr,
+    pub tls: bool,
+    pub public_only: bool,
+    /// The client's certificate (mutual TLS).
+    pub client_cert: Option<rustls_pki_types::CertificateDer<'static>>,
+}
+
+impl ConnInfo {
+    /// A plain connection from loopback (what the endpoint tests send).
+    pub fn loopback() -> ConnInfo {
+        ConnInfo { from: std::net::Ipv4Addr::LOCALHOST.into(), tls: false, public_only: false, client_cert: None }
+    }
+}
+
 /// Serve until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>, endpoint: Endpoint) {
     let table = state.connections.clone();
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     loop {
@@ -69,36 +104,124 @@ pub async fn serve(listener: TcpListener, state: Arc<NodeState>, mut shutdown: w
         let _ = stream.set_nodelay(true);
         let slot = table.admit(from.ip());
         let state = state.clone();
+        let endpoint = endpoint.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req).await) }
-            });
-            let io = TokioIo::new(conns::Tracked::new(stream, slot.activity.clone()));
-            let conn = http1::Builder::new()
-                .max_buf_size(16 * 1024)
-                .header_read_timeout(HEAD_TIMEOUT)
-                .timer(hyper_util::rt::TokioTimer::new())
-                .keep_alive(true)
-                .serve_connection(io, service);
-            tokio::select! {
-                ended = conn => {
-                    if let Err(e) = ended {
-                        tracing::debug!(error = %e, "connection ended with an error");
+            let stream = conns::Tracked::new(stream, slot.activity.clone());
+            let mut conn = ConnInfo { from: from.ip().to_canonical(), tls: false, public_only: false, client_cert: None };
+            match endpoint {
+                Endpoint::Plain => serve_connection(state, conn, stream, &slot).await,
+                Endpoint::PublicOnly => {
+                    conn.public_only = true;
+                    serve_connection(state, conn, stream, &slot).await
+                }
+                Endpoint::Tls(acceptor) => {
+                    let handshake = tokio::select! {
+                        done = tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(stream)) => done,
+                        _ = slot.activity.closed() => return,
+                    };
+                    match handshake {
+                        Ok(Ok(tls)) => {
+                            conn.tls = true;
+                            conn.client_cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
+                            serve_connection(state, conn, tls, &slot).await
+                        }
+                        Ok(Err(e)) => {
+                            // A peer with a bad certificate retries every interval: logged at the 1st,
+                            // 2nd, 4th, 8th… refusal; `vigil_tls_refused_total` counts them all.
+                            let refused = state.counters.tls_refused.fetch_add(1, Ordering::Relaxed) + 1;
+                            if refused.is_power_of_two() {
+                                tracing::warn!(from = %from, error = %e, refused, "TLS handshake refused");
+                            } else {
+                                tracing::debug!(from = %from, error = %e, "TLS handshake refused");
+                            }
+                        }
+                        Err(_) => tracing::debug!(from = %from, "TLS handshake not done in time"),
                     }
                 }
-                // Made room for another client, or idle/stalled: dropping the connection closes it.
-                _ = slot.activity.closed() => {}
             }
             drop(slot);
         });
     }
 }
 
+/// Serve HTTP/1.1 on one accepted connection until it ends or is closed to make room.
+async fn serve_connection<I>(state: Arc<NodeState>, conn: ConnInfo, io: I, slot: &conns::Slot)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = Arc::new(conn);
+    let service = service_fn(move |req| {
+        let (state, conn) = (state.clone(), conn.clone());
+        async move { Ok::<_, Infallible>(handle(&state, &conn, req).await) }
+    });
+    let serving = http1::Builder::new()
+        .max_buf_size(16 * 1024)
+        .header_read_timeout(HEAD_TIMEOUT)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::select! {
+        ended = serving => {
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        // Made room for another client, or idle/stalled: dropping the connection closes it.
+        _ = slot.activity.closed() => {}
+    }
+}
+
+/// Why a request may not be served on this connection, if it may not: admin and peer requests on
+/// the public-only listener; admin requests in clear from other than loopback (unless allowed);
+/// with `tls.peer_names` and mutual TLS, a peer request whose client certificate does not name the
+/// node it claims to come from.
+pub fn refusal(state: &NodeState, conn: &ConnInfo, path: &str, headers: &hyper::HeaderMap) -> Option<Answer> {
+    let peer = path.starts_with("/peer/");
+    let admin = is_admin(path);
+    if conn.public_only && (peer || admin) {
+        let listen = state.config.node.listen;
+        return Some(text(
+            StatusCode::FORBIDDEN,
+            format!("{path}: this plain-HTTP address (tls.plain_listen) serves only the public endpoints; admin and peer requests go to https://{listen}"),
+        ));
+    }
+    if admin && !conn.tls && !conn.from.is_loopback() && !state.config.security.admin_insecure_remote {
+        state.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+        return Some(text(
+            StatusCode::FORBIDDEN,
+            format!(
+                "admin request from {} refused: over plain HTTP the admin token would cross the network in clear text; \
+                 configure [tls], or set security.admin_insecure_remote = true to allow it",
+                conn.from
+            ),
+        ));
+    }
+    if peer && state.config.tls.as_ref().is_some_and(|t| t.peer_names) {
+        if let (Some(cert), Ok(signed)) = (&conn.client_cert, crate::peer::signing::SignedHeaders::from_headers(headers)) {
+            if !crate::tls::cert_names(cert, &signed.node) {
+                state.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+                return Some(text(
+                    StatusCode::FORBIDDEN,
+                    format!("peer request from {:?} refused: its client certificate does not name that node (tls.peer_names)", signed.node),
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// The endpoints behind the admin token.
+fn is_admin(path: &str) -> bool {
+    path.starts_with("/admin/") || path == "/events" || path.starts_with("/config/")
+}
+
 /// Route one request.
-pub async fn handle(state: &NodeState, req: Request<Incoming>) -> Answer {
+pub async fn handle(state: &NodeState, conn: &ConnInfo, req: Request<Incoming>) -> Answer {
     state.counters.http_requests.fetch_add(1, Ordering::Relaxed);
     let (parts, body) = req.into_parts();
+    if let Some(refused) = refusal(state, conn, parts.uri.path(), &parts.headers) {
+        return finish(state, refused);
+    }
     if parts.uri.path().starts_with("/peer/") {
         // Authenticated from the headers before the body is read.
         return finish(state, peer::serve(state, &parts, body).await);
@@ -122,7 +245,7 @@ pub async fn route(
 ) -> Answer {
     let answer = if path.starts_with("/peer/") {
         peer::handle(state, method, path, query, headers, body).await
-    } else if path.starts_with("/admin/") || path == "/events" || path.starts_with("/config/") {
+    } else if is_admin(path) {
         admin::handle(state, method, path, query, headers, body).await
     } else {
         public::handle(state, method, path)

@@ -102,6 +102,10 @@ fn metrics(state: &NodeState) -> Answer {
     metric("vigil_policy_reload_failures_total", "counter", "Failed policy reloads.", one(s.policy.reload_failures));
     metric("vigil_http_requests_total", "counter", "HTTP requests served.", one(c.http_requests.load(Ordering::Relaxed)));
     metric("vigil_auth_failures_total", "counter", "Refused admin and peer requests.", one(c.auth_failures.load(Ordering::Relaxed)));
+    metric("vigil_tls_refused_total", "counter", "Failed TLS handshakes (certificate refused, none shown, old version).", one(c.tls_refused.load(Ordering::Relaxed)));
+    if let Some(tls) = &state.tls {
+        metric("vigil_tls_certificate_reloads_total", "counter", "Times the TLS certificate and key were read again after their files changed.", one(tls.identity.reloads()));
+    }
     metric("vigil_http_connections", "gauge", "Open HTTP connections.", one(state.connections.len() as u64));
     metric(
         "vigil_http_connections_evicted_total",

@@ -234,3 +234,36 @@ async fn peer_requests_must_be_signed_fresh_and_unique() {
     assert!(answer.contains("replay"), "{answer}");
     assert_eq!(state.inbox.lock().unwrap().commands.len(), 1, "the replay changed nothing");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_requests_in_clear_from_other_than_loopback_and_private_ones_on_the_plain_listener_are_refused() {
+    use super::{refusal, ConnInfo};
+    let (state, _clock, _dir) = node("active").await;
+    let headers = HeaderMap::new();
+    let remote = ConnInfo { from: "10.1.2.3".parse().unwrap(), tls: false, public_only: false, client_cert: None };
+    let body = |answer: super::Answer| async move {
+        let (parts, body) = answer.into_parts();
+        (parts.status, String::from_utf8_lossy(&body.collect().await.unwrap().to_bytes()).into_owned())
+    };
+    for path in ["/events", "/admin/switch/standby", "/admin/sync", "/config/x"] {
+        let (status, text) = body(refusal(&state, &remote, path, &headers).expect(path)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        assert!(text.contains("10.1.2.3") && text.contains("[tls]") && text.contains("admin_insecure_remote"), "{text}");
+        assert!(refusal(&state, &ConnInfo::loopback(), path, &headers).is_none(), "{path} from loopback");
+        assert!(refusal(&state, &ConnInfo { tls: true, ..remote.clone() }, path, &headers).is_none(), "{path} over TLS");
+        let v6 = ConnInfo { from: std::net::Ipv6Addr::LOCALHOST.into(), ..remote.clone() };
+        assert!(refusal(&state, &v6, path, &headers).is_none(), "{path} from ::1");
+    }
+    // Public and (signed) peer endpoints answer everyone.
+    for path in ["/role", "/status", "/metrics", "/peer/heartbeat"] {
+        assert!(refusal(&state, &remote, path, &headers).is_none(), "{path}");
+    }
+    // The plain listener of a TLS node: public endpoints only.
+    let plain = ConnInfo { public_only: true, ..ConnInfo::loopback() };
+    for path in ["/events", "/config/x", "/peer/heartbeat", "/peer/changes"] {
+        let (status, text) = body(refusal(&state, &plain, path, &headers).expect(path)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        assert!(text.contains("plain_listen") && text.contains("https://"), "{text}");
+    }
+    assert!(refusal(&state, &plain, "/active", &headers).is_none());
+}

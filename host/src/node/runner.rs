@@ -76,7 +76,17 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
         StartError::Other(anyhow::anyhow!("{}: key `node.listen`: cannot listen on {}: {e}", state.config.path.display(), state.config.node.listen))
     })?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(crate::http::serve(listener, state.clone(), stop_rx.clone()));
+    let endpoint = match &state.tls {
+        Some(tls) => crate::http::Endpoint::Tls(tls.acceptor.clone()),
+        None => crate::http::Endpoint::Plain,
+    };
+    if let Some(plain) = state.config.tls.as_ref().and_then(|t| t.plain_listen) {
+        let listener = listen(plain).await.map_err(|e| {
+            StartError::Other(anyhow::anyhow!("{}: key `tls.plain_listen`: cannot listen on {plain}: {e}", state.config.path.display()))
+        })?;
+        tokio::spawn(crate::http::serve(listener, state.clone(), stop_rx.clone(), crate::http::Endpoint::PublicOnly));
+    }
+    tokio::spawn(crate::http::serve(listener, state.clone(), stop_rx.clone(), endpoint));
 
     let reload_state = state.clone();
     let _watcher = reload::watch(state.policy.clone(), state.runtime.clone(), state.plugin_dirs.clone(), RELOAD_DEBOUNCE, move |outcome| {
@@ -121,6 +131,8 @@ pub async fn build(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Arc<Node
         .map_err(|e| cfg_err(anyhow::anyhow!("{}: key `node.data_dir`: cannot create {}: {e}", config.path.display(), data_dir.display())))?;
     let keys = config.read_peer_keys().map_err(|e| cfg_err(e.into()))?;
     let admin_token = config.read_admin_token().map_err(|e| cfg_err(e.into()))?;
+    let tls = crate::tls::server(&config).map_err(|e| cfg_err(e.into()))?;
+    let client_tls = crate::tls::ClientTls::for_node(&config, tls.as_ref().map(|t| t.identity.clone())).map_err(|e| cfg_err(e.into()))?;
     let events = EventLog::open(&data_dir.join("events.sqlite"), config.events.retention).map_err(|e| StartError::Other(e.into()))?;
     let runtime = Arc::new(Runtime::new(Some(data_dir.join("plugin-cache"))).map_err(StartError::Other)?);
     let plugin_dirs = PluginDirs::standard(config.node.plugin_dirs.clone());
@@ -133,7 +145,7 @@ pub async fn build(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Arc<Node
             .map_err(|e| cfg_err(e.into()))?
     };
     let now = clock.wall_ms();
-    let peer_client = PeerClient::new(HttpClient::new(), config.node.id.clone(), keys.clone(), clock.clone());
+    let peer_client = PeerClient::new(HttpClient::with_tls(client_tls.as_ref()), config.node.id.clone(), keys.clone(), clock.clone());
     let replicator = Replicator::open(&config, &loaded.file.local_only, peer_client, clock.clone())
         .map_err(|e| StartError::Other(anyhow::anyhow!("{}: key `node.data_dir`: {e}", config.path.display())))?;
     let status = Status {
@@ -149,6 +161,8 @@ pub async fn build(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Arc<Node
     let state = Arc::new(NodeState {
         verifier: Verifier::new(keys, SIGNATURE_WINDOW_MS, &config.node.id),
         admin_token,
+        tls,
+        client_tls,
         clock: clock.clone(),
         runtime,
         plugin_dirs,
@@ -227,7 +241,7 @@ impl NodeLoop {
     fn start(state: Arc<NodeState>, interval: Duration, stop: &watch::Receiver<bool>) -> NodeLoop {
         let config = &state.config;
         let targets = Targets::from_config(config);
-        let prober = prober_for(config, state.replicator.peer_client().clone(), HttpClient::new());
+        let prober = prober_for(config, state.replicator.peer_client().clone(), HttpClient::with_tls(state.client_tls.as_ref()));
         // The traffic relay of the policy's `[relay]`: started on the first tick, kept in line with reloads.
         let relay = Arc::new(crate::relay::RelayHost::with_memory(config.node.data_dir.join("route-target")));
         // The policy's `[[vip]]` addresses; what `set` replaced survives a restart in the data directory.
