@@ -8,8 +8,12 @@
 //! Ticks never overlap and never wait for an action: actions run on the executor's ordered queue and
 //! their results reach the plugin on a later tick. Service status commands are polled by a task of
 //! their own for the same reason. The first tick runs only after the first heartbeat round, so a node
-//! never claims the active role before it has looked at its peers.
+//! never claims the active role before it has looked at its peers, and after one poll of every
+//! service's status, so a restarted daemon's plugin sees which services already run. Until that tick
+//! the node reports `STARTING`. After every tick the mode and the plugin's state go to
+//! `node-state.json` ([`super::persist`]), which the next start hands to the first tick.
 
+use super::persist::{NodeStateFile, Start};
 use super::{NodeCore, Observations, Outcome};
 use crate::clock::{Clock, SystemClock};
 use crate::config::NodeConfig;
@@ -100,6 +104,11 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
     let _ = stop_tx.send(true);
     let _ = node.await;
     loop_runtime.shutdown_background();
+    // Marked before the services stop: a daemon killed while stopping them starts fresh next time.
+    let mut persisted = NodeStateFile::new(&state.config.node.data_dir, &state.config.node.id);
+    if let Err(e) = persisted.save_clean_stop(state.clock.wall_ms()) {
+        tracing::warn!(file = %persisted.path().display(), error = %e, "cannot record the clean stop");
+    }
     stop_services(&state).await;
     state.record(Event::new(state.clock.wall_ms(), EventKind::Startup, "vigil stopped".to_string()));
     Ok(())
@@ -140,9 +149,9 @@ pub async fn build(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Arc<Node
         node: state::NodeStatus {
             id: config.node.id.clone(),
             configured_role: config.node.role,
-            mode: crate::model::Mode::Standby,
+            mode: crate::model::Mode::Starting,
             mode_since_ms: now,
-            reason: "started".into(),
+            reason: "started; the first tick decides the mode".into(),
         },
         ..Status::default()
     };
@@ -188,7 +197,14 @@ pub fn record_reload(state: &NodeState, outcome: &ReloadOutcome) {
 /// The loop, until `stop` turns true.
 pub async fn node_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
     let interval = Duration::from_millis(u64::from(state.config.heartbeat.interval_ms));
-    let mut node = NodeLoop::start(state, interval, &stop);
+    let mut node = NodeLoop::start(state.clone(), interval, &stop);
+    // One poll of every service before the first tick: a restarted daemon's plugin must see the
+    // services that kept running, not "stopped" for want of a look.
+    let policy = state.policy.current();
+    tokio::select! {
+        _ = state.services.poll(&policy.file.services) => {}
+        _ = stop.changed() => return,
+    }
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -221,6 +237,8 @@ struct NodeLoop {
     /// Service polling, directory scans, monitor probes: each on a task of its own, so that nothing
     /// slow sits in a tick. Aborted when the loop ends.
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// `node-state.json`: the mode and state a restarted daemon resumes from.
+    persisted: NodeStateFile,
 }
 
 impl NodeLoop {
@@ -251,9 +269,29 @@ impl NodeLoop {
             tokio::spawn(scan_directories(state.clone(), interval, stop.clone())),
             tokio::spawn(crate::monitors::poll(state.clone(), monitors.clone(), interval, stop.clone())),
         ];
+        let now = state.clock.wall_ms();
+        let persisted = NodeStateFile::new(&config.node.data_dir, &config.node.id);
+        let start = persisted.read_start(now, config.restart.max_downtime_ms);
+        let note = match &start {
+            Start::First => None,
+            Start::Fresh(why) => Some(format!("fresh start: {why}")),
+            Start::Restart(r) => Some(format!(
+                "restart after {} ms down: the node was {} (since {} ms), with {} bytes of plugin state; the first tick decides whether to resume",
+                r.downtime_ms,
+                r.mode.role_word(),
+                r.mode_since_ms,
+                r.state.len()
+            )),
+        };
+        if let Some(note) = note {
+            tracing::info!("{note}");
+            state.record(Event::new(now, EventKind::Startup, note));
+        }
         NodeLoop {
-            core: NodeCore::new(&config.node.id, config.node.role, state.clock.wall_ms())
-                .with_startup_grace(u64::from(config.heartbeat.startup_grace_ms)),
+            core: NodeCore::new(&config.node.id, config.node.role, now)
+                .with_startup_grace(u64::from(config.heartbeat.startup_grace_ms))
+                .with_restart(start.info()),
+            persisted,
             tracker: Tracker::new(&config.node.id, &targets),
             peer_ids: config.peers.iter().map(|p| p.id.clone()).collect(),
             targets,
@@ -320,6 +358,11 @@ impl NodeLoop {
             self.executor.submit(policy.clone(), outcome.actions.clone());
         }
         self.publish(&policy, now, mono);
+        let (mode, since) = (self.core.mode, self.core.mode_since_ms);
+        let saved = tokio::task::block_in_place(|| self.persisted.save(mode, since, &self.core.state, state.clock.wall_ms()));
+        if let Err(e) = saved {
+            tracing::warn!(file = %self.persisted.path().display(), error = %e, "cannot persist the node's mode and state");
+        }
         state.last_loop_mono_ms.store(state.clock.mono_ms(), Ordering::Release);
     }
 

@@ -209,6 +209,8 @@ fn classify(peer: &Remote, app_errors_count: bool) -> PeerStatus {
         Mode::Active if app_errors_count && report.app_healthy == Some(false) => PeerStatus::Down("application error"),
         Mode::Active => PeerStatus::Active,
         Mode::Standby | Mode::HoldOff => PeerStatus::Idle,
+        // Its daemon just started and has not decided: it may resume ACTIVE. Keep what we do.
+        Mode::Starting => PeerStatus::Unknown,
     }
 }
 
