@@ -64,6 +64,9 @@ impl Outcome {
     }
 }
 
+/// Faults in a row a starting node waits through in `starting` before it leaves it for standby.
+pub const STARTING_FAULTS: u32 = 3;
+
 /// The node's own state.
 #[derive(Debug, Clone)]
 pub struct NodeCore {
@@ -237,9 +240,16 @@ impl NodeCore {
                 }
             }
         };
-        // A plugin never decides `starting` (the policy refuses it); a fault or "keep" on the first
-        // tick leaves the node standby, as a node started before there was a `starting`.
-        let to = if to == Mode::Starting { Mode::Standby } else { to };
+        // A plugin never decides `starting` (the policy refuses it); "keep" on the first tick leaves
+        // the node standby, as a node started before there was a `starting`. A fault there holds
+        // `starting` (the next tick shows the restart again) for a few ticks: a first call slowed past
+        // its time limit must not turn a restart into a fresh start, nor a resumed ACTIVE into a
+        // STANDBY and back.
+        let to = match to {
+            Mode::Starting if fault.is_some() && self.consecutive_faults < STARTING_FAULTS => Mode::Starting,
+            Mode::Starting => Mode::Standby,
+            other => other,
+        };
         if to != from {
             // Resuming the mode of before the restart keeps the time it was entered.
             let since = match &self.restart {
@@ -269,8 +279,12 @@ mod tests {
         let o = n.apply(10, Ok(Decision::default()), FallbackMode::Hold, 3);
         assert_eq!((o.from, o.to, n.mode, n.mode_since_ms), (Mode::Starting, Mode::Standby, Mode::Standby, 10));
         let mut n = NodeCore::new("a", Role::Primary, 5);
-        let o = n.apply(10, Err(Fault::Trap("boom".into())), FallbackMode::Hold, 3);
-        assert_eq!((o.to, n.mode), (Mode::Standby, Mode::Standby), "a fault on the first tick leaves standby");
+        for i in 1..STARTING_FAULTS {
+            let o = n.apply(10 + u64::from(i), Err(Fault::Trap("boom".into())), FallbackMode::Hold, 3);
+            assert_eq!((o.to, n.mode), (Mode::Starting, Mode::Starting), "a fault on the first tick holds starting");
+        }
+        let o = n.apply(20, Err(Fault::Trap("boom".into())), FallbackMode::Hold, 3);
+        assert_eq!((o.to, n.mode), (Mode::Standby, Mode::Standby), "faults in a row leave starting for standby");
         let mut n = NodeCore::new("a", Role::Primary, 5);
         let o = n.hold("grace".into(), 10);
         assert_eq!((o.to, n.mode), (Mode::Standby, Mode::Standby), "so does a held first decision");

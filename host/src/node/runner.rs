@@ -197,14 +197,7 @@ pub fn record_reload(state: &NodeState, outcome: &ReloadOutcome) {
 /// The loop, until `stop` turns true.
 pub async fn node_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
     let interval = Duration::from_millis(u64::from(state.config.heartbeat.interval_ms));
-    let mut node = NodeLoop::start(state.clone(), interval, &stop);
-    // One poll of every service before the first tick: a restarted daemon's plugin must see the
-    // services that kept running, not "stopped" for want of a look.
-    let policy = state.policy.current();
-    tokio::select! {
-        _ = state.services.poll(&policy.file.services) => {}
-        _ = stop.changed() => return,
-    }
+    let mut node = NodeLoop::start(state, interval, &stop);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -311,7 +304,15 @@ impl NodeLoop {
         // Alive from the start of a tick: a round whose probes run to their timeout must not make an
         // active node look stalled. A loop stuck anywhere stops refreshing it.
         state.last_loop_mono_ms.store(state.clock.mono_ms(), Ordering::Release);
-        let round = self.prober.round(&self.targets).await;
+        let round = if self.core.mode == crate::model::Mode::Starting {
+            // One poll of every service beside the first round: a restarted daemon's plugin must see
+            // the services that kept running, not "stopped" for want of a look.
+            let policy = state.policy.current();
+            let (round, ()) = tokio::join!(self.prober.round(&self.targets), state.services.poll(&policy.file.services));
+            round
+        } else {
+            self.prober.round(&self.targets).await
+        };
         let refused_before: Vec<Option<String>> = self.tracker.peers.iter().map(|t| t.refused.clone()).collect();
         self.tracker.record(&round, state.clock.mono_ms());
         self.note_refusals(&refused_before);
