@@ -71,8 +71,8 @@ struct State {
     done: BTreeSet<String>,
     /// Failed attempts per MDS for the current goal.
     failed: BTreeMap<String, u32>,
-    /// MDSs this node's register hook succeeded for, and no unregister since: the only ones an
-    /// unregister is run for.
+    /// MDSs this node ran its register hook for (succeeded, or whose result never came: a daemon
+    /// killed meanwhile), and no unregister succeeded since: the only ones an unregister is run for.
     registered: BTreeSet<String>,
 }
 
@@ -113,10 +113,9 @@ fn record_results(params: &Params, tick: &Tick, state: &mut State) {
             continue;
         }
         if r.ok {
-            match state.goal {
-                Goal::Registered => state.registered.insert(mds.clone()),
-                _ => state.registered.remove(mds),
-            };
+            if state.goal == Goal::Unregistered {
+                state.registered.remove(mds);
+            }
             state.done.insert(mds.clone());
             state.failed.remove(mds);
         } else {
@@ -211,6 +210,9 @@ impl Policy for Xds {
         let verb = if switched { "running" } else { "retrying" };
         d = d.and_because(&format!("{}; {verb} {hook} for {}", progress(params, state), todo.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ")));
         for m in todo {
+            if goal == Goal::Registered {
+                state.registered.insert(m.clone());
+            }
             d = d.hook(hook, &[m]);
         }
         d
