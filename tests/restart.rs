@@ -337,3 +337,26 @@ async fn a_node_never_resumes_active_over_a_role_its_peer_took_meanwhile() {
     assert!(messages.iter().any(|m| m.contains("reports ACTIVE: not resuming")), "its event log says why it did not resume: {messages:#?}");
     assert_eq!(cluster.modes().await[other], Some(Mode::Active));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clean_stop_is_remembered_and_the_next_start_is_fresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = hot_standby(dir.path());
+    cluster.start(0).unwrap();
+    cluster.start(1).unwrap();
+    let active = cluster
+        .wait_for(Duration::from_secs(30), |m| vigil::cluster::exactly_one_active(m).filter(|_| m.iter().all(Option::is_some)))
+        .await
+        .unwrap_or_else(|e| panic!("one active node: {e}\n{}", cluster.logs(40)));
+    until(Duration::from_secs(5), "the active node persisted ACTIVE", || persisted_mode(&cluster, active).as_deref() == Some("active")).await;
+    // SIGTERM: the daemon stops its services on the way out and records the clean stop.
+    cluster.stop(active);
+    let text = std::fs::read_to_string(cluster.nodes[active].dir.join("data/node-state.json")).unwrap();
+    assert!(text.contains("\"clean_stop\": true"), "node-state.json records the clean stop: {text}");
+    assert!(!cti_log(&cluster, active), "a clean stop stops the services");
+    cluster.start(active).unwrap();
+    let modes = cluster.wait_for(Duration::from_secs(10), |m| m[active].filter(|m| *m != Mode::Starting).map(|_| m.to_vec())).await.unwrap();
+    assert_ne!(modes[active], Some(Mode::Active), "no resume after a clean stop: {modes:?}");
+    let messages: Vec<String> = events(&cluster, active).await.iter().filter_map(|e| e["message"].as_str().map(str::to_string)).collect();
+    assert!(messages.iter().any(|m| m.contains("fresh start: the previous daemon stopped cleanly")), "{messages:#?}");
+}

@@ -212,6 +212,11 @@ pub async fn node_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
     if tokio::time::timeout(Duration::from_secs(30), node.executor.idle()).await.is_err() {
         tracing::warn!("actions still running at shutdown after 30 s");
     }
+    // The last state reaches the disk before `run` records the clean stop over it.
+    node.persist.take();
+    if let Some(writer) = node.writer.take() {
+        let _ = writer.await;
+    }
 }
 
 /// What the loop keeps from tick to tick.
@@ -230,8 +235,41 @@ struct NodeLoop {
     /// Service polling, directory scans, monitor probes: each on a task of its own, so that nothing
     /// slow sits in a tick. Aborted when the loop ends.
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// `node-state.json`: the mode and state a restarted daemon resumes from.
-    persisted: NodeStateFile,
+    /// The latest mode and state for `node-state.json`, which a writer task of its own saves: the
+    /// loop never waits for the disk. Taken at the end, so the writer finishes before a clean stop.
+    persist: Option<watch::Sender<Option<Persist>>>,
+    writer: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// What the loop hands the `node-state.json` writer after a tick.
+#[derive(Debug, Clone)]
+struct Persist {
+    mode: crate::model::Mode,
+    since_ms: u64,
+    state: Vec<u8>,
+    now_ms: u64,
+}
+
+/// Save the latest [`Persist`] whenever it changes (a burst collapses to its last value), off the
+/// loop, until the loop drops the sender; what was sent last is written before it returns.
+async fn write_node_state(mut file: NodeStateFile, mut latest: watch::Receiver<Option<Persist>>) {
+    while latest.changed().await.is_ok() {
+        let Some(p) = latest.borrow_and_update().clone() else { continue };
+        let saved = tokio::task::spawn_blocking(move || {
+            let result = file.save(p.mode, p.since_ms, &p.state, p.now_ms);
+            (file, result)
+        })
+        .await;
+        match saved {
+            Ok((back, result)) => {
+                file = back;
+                if let Err(e) = result {
+                    tracing::warn!(file = %file.path().display(), error = %e, "cannot persist the node's mode and state");
+                }
+            }
+            Err(_) => return,
+        }
+    }
 }
 
 impl NodeLoop {
@@ -265,6 +303,8 @@ impl NodeLoop {
         let now = state.clock.wall_ms();
         let persisted = NodeStateFile::new(&config.node.data_dir, &config.node.id);
         let start = persisted.read_start(now, config.restart.max_downtime_ms);
+        let (persist, latest) = watch::channel(None);
+        let writer = tokio::spawn(write_node_state(persisted, latest));
         let note = match &start {
             Start::First => None,
             Start::Fresh(why) => Some(format!("fresh start: {why}")),
@@ -284,7 +324,8 @@ impl NodeLoop {
             core: NodeCore::new(&config.node.id, config.node.role, now)
                 .with_startup_grace(u64::from(config.heartbeat.startup_grace_ms))
                 .with_restart(start.info()),
-            persisted,
+            persist: Some(persist),
+            writer: Some(writer),
             tracker: Tracker::new(&config.node.id, &targets),
             peer_ids: config.peers.iter().map(|p| p.id.clone()).collect(),
             targets,
@@ -359,10 +400,9 @@ impl NodeLoop {
             self.executor.submit(policy.clone(), outcome.actions.clone());
         }
         self.publish(&policy, now, mono);
-        let (mode, since) = (self.core.mode, self.core.mode_since_ms);
-        let saved = tokio::task::block_in_place(|| self.persisted.save(mode, since, &self.core.state, state.clock.wall_ms()));
-        if let Err(e) = saved {
-            tracing::warn!(file = %self.persisted.path().display(), error = %e, "cannot persist the node's mode and state");
+        if let Some(persist) = &self.persist {
+            let (core, now_ms) = (&self.core, state.clock.wall_ms());
+            persist.send_replace(Some(Persist { mode: core.mode, since_ms: core.mode_since_ms, state: core.state.clone(), now_ms }));
         }
         state.last_loop_mono_ms.store(state.clock.mono_ms(), Ordering::Release);
     }
