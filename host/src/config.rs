@@ -730,6 +730,7 @@ mod tests {
         let c = parse("[node]\nid = \"a\"\n").unwrap();
         assert_eq!(c.node.role, Role::Primary);
         assert_eq!(c.heartbeat.interval_ms, 1000);
+        assert_eq!(c.restart.max_downtime_ms, DEFAULT_MAX_DOWNTIME_MS);
         assert!(c.peers.is_empty());
     }
 
@@ -759,6 +760,7 @@ peer_keys = ["k"]
     fn mistakes_name_their_key() {
         let cases = [
             ("[node]\nid = \"a\"\nrole = \"leader\"", "node.role"),
+            ("[node]\nid = \"a\"\n[restart]\nmax_downtime_ms = 90000000", "restart.max_downtime_ms"),
             ("[node]\nid = \"a\"\n[heartbeat]\ninterval_ms = 100\ntimeout_ms = 200", "heartbeat.timeout_ms"),
             ("[node]\nid = \"a\"\n[heartbeat]\nintervall_ms = 100", "heartbeat.intervall_ms"),
             ("[node]\nid = \"a\"\n[[peer]]\nid = \"b\"\nurl = \"http://x:1\"", "security.peer_keys"),
