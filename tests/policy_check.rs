@@ -108,7 +108,7 @@ fn component_of_another_world_is_refused() {
     let dir = temp();
     let policy = write_file(dir.path(), "p.toml", "plugin = \"wrong-world\"\n");
     let out = check(&policy);
-    assert_refused(&policy, &out, &["key `plugin`", "wrong-world.wasm", "not a vigil:policy@0.1.0 component"]);
+    assert_refused(&policy, &out, &["key `plugin`", "wrong-world.wasm", "not a vigil:policy component"]);
 }
 
 /// Parameters the plugin's `validate` refuses: the plugin's own message, under key `params`.

@@ -54,6 +54,9 @@
 //! [events]
 //! retention = 10000
 //!
+//! [restart]                       # a daemon restarted (crash, upgrade) resumes its mode
+//! max_downtime_ms = 60000         # down longer than this (or stopped cleanly): start fresh
+//!
 //! [sync]                          # configuration replication
 //! interval_ms = 30000             # full pull from every peer at least this often
 //! local_only = ["ha.*", "net.*"]  # keys never sent nor accepted (added to the policy's)
@@ -110,6 +113,7 @@ pub struct NodeConfig {
     pub sync: SyncSection,
     #[serde(default)]
     pub tls: Option<TlsSection>,
+    pub restart: RestartSection,
     /// The file this was read from (for messages and relative paths).
     #[serde(skip)]
     pub path: PathBuf,
@@ -324,6 +328,25 @@ impl Default for EventsSection {
     }
 }
 
+/// `[restart]`: what a restarted daemon takes over from the one before it (`node::persist`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestartSection {
+    /// A daemon down longer than this starts fresh (standby, no plugin state), as one stopped
+    /// cleanly always does; within it, the first tick tells the plugin what the node was. 0: never
+    /// resume.
+    pub max_downtime_ms: u64,
+}
+
+/// Default of `restart.max_downtime_ms`.
+pub const DEFAULT_MAX_DOWNTIME_MS: u64 = 60_000;
+
+impl Default for RestartSection {
+    fn default() -> Self {
+        RestartSection { max_downtime_ms: DEFAULT_MAX_DOWNTIME_MS }
+    }
+}
+
 /// `[sync]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -461,6 +484,9 @@ impl NodeConfig {
         }
         if h.successes == 0 {
             return Err(self.err("heartbeat.successes", "expected at least 1"));
+        }
+        if self.restart.max_downtime_ms > 86_400_000 {
+            return Err(self.err("restart.max_downtime_ms", format!("expected 0 to 86400000 (a day), got {}", self.restart.max_downtime_ms)));
         }
         let mut ids = vec![self.node.id.as_str()];
         for (i, p) in self.peers.iter().enumerate() {
@@ -809,6 +835,7 @@ mod tests {
         let c = parse("[node]\nid = \"a\"\n").unwrap();
         assert_eq!(c.node.role, Role::Primary);
         assert_eq!(c.heartbeat.interval_ms, 1000);
+        assert_eq!(c.restart.max_downtime_ms, DEFAULT_MAX_DOWNTIME_MS);
         assert!(c.peers.is_empty());
     }
 
@@ -838,6 +865,7 @@ peer_keys = ["k"]
     fn mistakes_name_their_key() {
         let cases = [
             ("[node]\nid = \"a\"\nrole = \"leader\"", "node.role"),
+            ("[node]\nid = \"a\"\n[restart]\nmax_downtime_ms = 90000000", "restart.max_downtime_ms"),
             ("[node]\nid = \"a\"\n[heartbeat]\ninterval_ms = 100\ntimeout_ms = 200", "heartbeat.timeout_ms"),
             ("[node]\nid = \"a\"\n[heartbeat]\nintervall_ms = 100", "heartbeat.intervall_ms"),
             ("[node]\nid = \"a\"\n[[peer]]\nid = \"b\"\nurl = \"http://x:1\"", "security.peer_keys"),

@@ -60,6 +60,8 @@ text_enum!(
         Off = "off",
         Failed = "failed",
         HoldOff = "hold-off",
+        /// The daemon started and its first tick has not decided yet (interface 0.2.0).
+        Starting = "starting",
     }
 );
 
@@ -72,6 +74,7 @@ impl Mode {
             Mode::Off => "OFF",
             Mode::Failed => "FAILED",
             Mode::HoldOff => "HOLD-OFF",
+            Mode::Starting => "STARTING",
         }
     }
 
@@ -239,6 +242,20 @@ pub struct LocalNode {
     pub mode_since_ms: u64,
     pub started_ms: u64,
     pub tick_count: u64,
+    /// On the first tick after a restart: what the node was before it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartInfo>,
+}
+
+/// What a node was before its daemon restarted (the `restart-info` record of the interface).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RestartInfo {
+    pub downtime_ms: u64,
+    pub mode: Mode,
+    pub mode_since_ms: u64,
+    #[serde(with = "state_bytes")]
+    pub state: Vec<u8>,
 }
 
 /// The heartbeat settings of the node configuration.
@@ -501,7 +518,7 @@ impl Decision {
 }
 
 /// State bytes as text (plugins built with the SDK use JSON), falling back to a byte array.
-mod state_bytes {
+pub mod state_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {

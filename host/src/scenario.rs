@@ -12,7 +12,10 @@
 //! - the VIP view counts whether the VIP `reaches` this node;
 //! - operator requests and peer commands are delivered once;
 //! - the previous decision's actions are executed in simulation: they succeed (services start and
-//!   stop, routes move) unless listed in `[simulate] fail`, and their results arrive on the next tick.
+//!   stop, routes move) unless listed in `[simulate] fail`, and their results arrive on the next tick;
+//! - a node in `starting` (a daemon's first tick; with `node.restart` after a restart) leaves it on its
+//!   first decision: the decided mode, or `standby` when the decision keeps it; a decision resuming
+//!   `restart.mode` keeps `restart.mode_since_ms`; `restart` is shown only while starting.
 //!
 //! ```toml
 //! description = "the standby takes over after three lost heartbeats"
@@ -170,7 +173,7 @@ pub fn run(policy: &LoadedPolicy, scenario: &Scenario) -> Result<Outcome, TomlEr
             let _ = write!(out, "  #{number:<3} t+{:<7} ", format!("{}ms", tick.now_ms - t0));
             let decision = match &result {
                 Ok(d) => {
-                    let after = d.mode.unwrap_or(before);
+                    let after = host_mode(d.mode.unwrap_or(before));
                     let modes = if after == before { format!("{before}") } else { format!("{before} → {after}") };
                     let actions: Vec<String> = d.actions.iter().map(ToString::to_string).collect();
                     let _ = write!(out, "{modes:<22} [{}]", actions.join(", "));
@@ -194,12 +197,17 @@ pub fn run(policy: &LoadedPolicy, scenario: &Scenario) -> Result<Outcome, TomlEr
                     let _ = writeln!(out, "       ✗ line {line}: {problem}");
                 }
             }
-            // Apply the decision as the node would; a fault holds everything.
+            // Apply the decision as the node would; a fault holds everything (but `starting`).
+            let to = host_mode(decision.as_ref().and_then(|d| d.mode).unwrap_or(tick.node.mode));
+            if to != tick.node.mode {
+                tick.node.mode_since_ms = match &tick.node.restart {
+                    Some(r) if tick.node.mode == Mode::Starting && r.mode == to => r.mode_since_ms,
+                    _ => tick.now_ms,
+                };
+                tick.node.mode = to;
+            }
+            tick.node.restart = None;
             if let Some(d) = &decision {
-                if let Some(mode) = d.mode.filter(|m| *m != tick.node.mode) {
-                    tick.node.mode = mode;
-                    tick.node.mode_since_ms = tick.now_ms;
-                }
                 tick.state = d.state.clone();
             }
             last = decision;
@@ -370,6 +378,15 @@ fn advance_remote(r: &mut Remote, patch: Option<&Value>) {
     }
 }
 
+/// The mode the host gives a node after a decision: a first tick never leaves it `starting`.
+fn host_mode(mode: Mode) -> Mode {
+    if mode == Mode::Starting {
+        Mode::Standby
+    } else {
+        mode
+    }
+}
+
 fn compare(expect: &Expect, result: &Result<Decision, Fault>, before: Mode) -> Vec<String> {
     let mut problems = Vec::new();
     let faulted = result.is_err();
@@ -383,7 +400,7 @@ fn compare(expect: &Expect, result: &Result<Decision, Fault>, before: Mode) -> V
     }
     let d = result.as_ref().expect("not faulted");
     if let Some(mode) = expect.mode {
-        let got = d.mode.unwrap_or(before);
+        let got = host_mode(d.mode.unwrap_or(before));
         if got != mode {
             problems.push(format!("mode: expected {mode}, got {got}"));
         }

@@ -26,7 +26,7 @@ use std::fmt::Write as _;
 use vigil::config::{Probe, ProbeKind};
 use vigil::heartbeat::{CheckResult, RemoteRound, Round, Targets, Tracker};
 use vigil::model::{
-    Action, ActionResult, Check, Heartbeat, InitialSync, Mode, OperatorRequest, PeerCommand, ReceivedCommand, Report, Role,
+    Action, ActionResult, Check, Heartbeat, InitialSync, Mode, OperatorRequest, PeerCommand, ReceivedCommand, Report, RestartInfo, Role,
     Service, ServiceState, SyncView,
 };
 use vigil::node::{NodeCore, Observations};
@@ -38,6 +38,9 @@ pub const STARTUP_GRACE_MS: u64 = vigil::config::DEFAULT_STARTUP_GRACE_MS as u64
 
 /// The wall clock of tick 0 (any fixed instant: the plugins only compare times).
 pub const START_MS: u64 = 1_800_000_000_000;
+
+/// The node configuration's default `restart.max_downtime_ms`.
+pub const MAX_DOWNTIME_MS: u64 = vigil::config::DEFAULT_MAX_DOWNTIME_MS;
 
 /// How a node probes another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +161,9 @@ pub struct Node {
     pub operated: bool,
     /// The last operator request this daemon received (forgotten when it restarts).
     pub last_operator: Option<OperatorRequest>,
+    /// What the daemon persisted (`node-state.json`) when it was killed, and when: a restart within
+    /// [`MAX_DOWNTIME_MS`] hands it to the first tick, as the real daemon does.
+    pub persisted: Option<(RestartInfo, u64)>,
 }
 
 impl Node {
@@ -194,6 +200,7 @@ impl Node {
             vip: false,
             operated: false,
             last_operator: None,
+            persisted: None,
         }
     }
 
@@ -337,6 +344,8 @@ impl<'p, W: World> Sim<'p, W> {
             return;
         }
         n.up = false;
+        let info = RestartInfo { downtime_ms: 0, mode: n.core.mode, mode_since_ms: n.core.mode_since_ms, state: n.core.state.clone() };
+        n.persisted = (n.core.mode != Mode::Starting).then_some((info, self.now));
         n.queue.clear();
         n.inbox.clear();
         n.results.clear();
@@ -345,8 +354,9 @@ impl<'p, W: World> Sim<'p, W> {
         self.note(|| format!("{id} daemon killed (services left as they are)"));
     }
 
-    /// Start node `i`'s daemon again: a new core (tick 0, no plugin state), a new tracker, monitors and
-    /// sync counted afresh, the relay at its initial target (or the last hook's).
+    /// Start node `i`'s daemon again: a new core (tick 0, starting; within [`MAX_DOWNTIME_MS`] of the
+    /// crash it is told what it was, as the real daemon reads `node-state.json`), a new tracker,
+    /// monitors and sync counted afresh, the relay at its initial target (or the last hook's).
     pub fn restart(&mut self, i: usize) {
         if self.nodes[i].up {
             return;
@@ -355,7 +365,11 @@ impl<'p, W: World> Sim<'p, W> {
         let now = self.now;
         let n = &mut self.nodes[i];
         n.up = true;
-        n.core = NodeCore::new(&n.id, n.role, now).with_startup_grace(STARTUP_GRACE_MS);
+        let restart = n.persisted.take().and_then(|(mut info, at)| {
+            info.downtime_ms = now.saturating_sub(at);
+            (info.downtime_ms <= MAX_DOWNTIME_MS).then_some(info)
+        });
+        n.core = NodeCore::new(&n.id, n.role, now).with_startup_grace(STARTUP_GRACE_MS).with_restart(restart);
         n.tracker = Tracker::new(&n.id, &n.targets(&ids));
         for c in &mut n.monitor_checks {
             *c = Check { name: c.name.clone(), ..Check::default() };

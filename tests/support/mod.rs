@@ -153,6 +153,7 @@ pub fn tick(now_ms: u64, state: Vec<u8>) -> Tick {
             mode_since_ms: now_ms.saturating_sub(3_600_000),
             started_ms: now_ms.saturating_sub(7_200_000),
             tick_count: 7_200,
+            restart: None,
         },
         heartbeat: Heartbeat::default(),
         peers: vec![Remote {

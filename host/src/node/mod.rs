@@ -5,14 +5,20 @@
 //! does no I/O and reads no clock, so the simulation can run it through thousands of fault schedules.
 //! [`runner`] is the thin shell around it that probes, executes, serves and sleeps.
 //!
+//! A node starts in [`Mode::Starting`] and leaves it on its first tick, whatever happens there: the
+//! plugin's mode, or standby when it keeps the mode (or faults, or the start-up grace holds it). After
+//! a restart of the daemon ([`persist`]) the first tick carries what the node was before
+//! (`tick.node.restart`); a decision that resumes that mode keeps the time the node entered it.
+//!
 //! Never: executes an action itself, or changes the mode except as a decision or the policy's
 //! fallback says.
 
+pub mod persist;
 pub mod runner;
 
 use crate::model::{
-    Action, ActionResult, Check, Decision, Heartbeat, LocalNode, Mode, OperatorRequest, ReceivedCommand, Remote, Role,
-    Service, SyncView, Tick, VipView,
+    Action, ActionResult, Check, Decision, Heartbeat, LocalNode, Mode, OperatorRequest, ReceivedCommand, Remote, RestartInfo,
+    Role, Service, SyncView, Tick, VipView,
 };
 use crate::policy::file::FallbackMode;
 use crate::policy::{Fault, LoadedPolicy};
@@ -58,6 +64,9 @@ impl Outcome {
     }
 }
 
+/// Faults in a row a starting node waits through in `starting` before it leaves it for standby.
+pub const STARTING_FAULTS: u32 = 3;
+
 /// The node's own state.
 #[derive(Debug, Clone)]
 pub struct NodeCore {
@@ -79,17 +88,19 @@ pub struct NodeCore {
     /// once (0: not at all). A node that starts before its peer must not take the role from a peer it
     /// never heard from just because that peer's daemon came up a moment later.
     pub startup_grace_ms: u64,
+    /// What the node was before its daemon restarted, shown to the plugin while the node is starting.
+    pub restart: Option<RestartInfo>,
 }
 
 impl NodeCore {
-    /// A node that starts, as every node does, in standby.
+    /// A node that starts, as every node does, in [`Mode::Starting`]: its first tick decides.
     pub fn new(id: &str, role: Role, now_ms: u64) -> NodeCore {
         NodeCore {
             id: id.to_string(),
             role,
-            mode: Mode::Standby,
+            mode: Mode::Starting,
             mode_since_ms: now_ms,
-            reason: "started".into(),
+            reason: "started; the first tick decides the mode".into(),
             started_ms: now_ms,
             tick_count: 0,
             state: Vec::new(),
@@ -97,7 +108,20 @@ impl NodeCore {
             consecutive_faults: 0,
             last_fault: None,
             startup_grace_ms: 0,
+            restart: None,
         }
+    }
+
+    /// The same node told what it was before its daemon restarted (see [`persist`]).
+    pub fn with_restart(mut self, restart: Option<RestartInfo>) -> NodeCore {
+        self.restart = restart;
+        self
+    }
+
+    /// Whether this node was `mode` before a restart and has not decided yet: a decision to be
+    /// `mode` again resumes.
+    fn resumes(&self, mode: Mode) -> bool {
+        self.mode == Mode::Starting && self.restart.as_ref().is_some_and(|r| r.mode == mode)
     }
 
     /// The same node with a start-up grace period (see [`NodeCore::startup_grace_ms`]).
@@ -109,7 +133,9 @@ impl NodeCore {
     /// Why a decision to become active must wait: inside the start-up grace, some peer has not
     /// answered since this node started.
     fn grace_holds(&self, tick: &Tick, decision: &Decision) -> Option<String> {
-        let becomes_active = decision.mode == Some(Mode::Active) && self.mode != Mode::Active;
+        // Resuming the role held before a restart of the daemon is not taking it: the services run,
+        // and the peers saw this node active until a moment ago.
+        let becomes_active = decision.mode == Some(Mode::Active) && self.mode != Mode::Active && !self.resumes(Mode::Active);
         let elapsed = tick.now_ms.saturating_sub(self.started_ms);
         if !becomes_active || elapsed >= self.startup_grace_ms {
             return None;
@@ -137,6 +163,7 @@ impl NodeCore {
                 mode_since_ms: self.mode_since_ms,
                 started_ms: self.started_ms,
                 tick_count: self.tick_count,
+                restart: if self.mode == Mode::Starting { self.restart.clone() } else { None },
             },
             heartbeat: o.heartbeat,
             peers: o.peers,
@@ -161,16 +188,29 @@ impl NodeCore {
         let tick = self.tick(observations);
         let result = policy.decide(&tick, peers);
         if let Some(reason) = result.as_ref().ok().filter(|_| policy.file.exclusive).and_then(|d| self.grace_holds(&tick, d)) {
-            return self.hold(reason);
+            return self.hold(reason, now);
         }
         self.apply(now, result, policy.file.fallback.mode, policy.file.fallback.after)
     }
 
     /// Keep the mode and the state, act on nothing: the decision is not taken, and the plugin decides
     /// again from the same state on the next tick.
-    fn hold(&mut self, reason: String) -> Outcome {
+    fn hold(&mut self, reason: String, now_ms: u64) -> Outcome {
+        let from = self.mode;
         self.tick_count += 1;
-        Outcome { from: self.mode, to: self.mode, actions: Vec::new(), reason, fault: None, fallback_applied: false }
+        let to = self.leave_starting(from, now_ms, &reason);
+        Outcome { from, to, actions: Vec::new(), reason, fault: None, fallback_applied: false }
+    }
+
+    /// The first tick ends [`Mode::Starting`]: a node still in it after the decision is standby.
+    fn leave_starting(&mut self, to: Mode, now_ms: u64, reason: &str) -> Mode {
+        if to != Mode::Starting {
+            return to;
+        }
+        self.mode = Mode::Standby;
+        self.mode_since_ms = now_ms;
+        self.reason = reason.to_string();
+        Mode::Standby
     }
 
     /// Apply a decision (or a fault) at `now_ms`.
@@ -200,9 +240,24 @@ impl NodeCore {
                 }
             }
         };
+        // A plugin never decides `starting` (the policy refuses it); "keep" on the first tick leaves
+        // the node standby, as a node started before there was a `starting`. A fault there holds
+        // `starting` (the next tick shows the restart again) for a few ticks: a first call slowed past
+        // its time limit must not turn a restart into a fresh start, nor a resumed ACTIVE into a
+        // STANDBY and back.
+        let to = match to {
+            Mode::Starting if fault.is_some() && self.consecutive_faults < STARTING_FAULTS => Mode::Starting,
+            Mode::Starting => Mode::Standby,
+            other => other,
+        };
         if to != from {
+            // Resuming the mode of before the restart keeps the time it was entered.
+            let since = match &self.restart {
+                Some(r) if self.resumes(to) => r.mode_since_ms,
+                _ => now_ms,
+            };
             self.mode = to;
-            self.mode_since_ms = now_ms;
+            self.mode_since_ms = since;
             self.reason = reason.clone();
         }
         Outcome { from, to, actions, reason, fault, fallback_applied }
@@ -218,16 +273,42 @@ mod tests {
     }
 
     #[test]
-    fn a_node_starts_in_standby() {
-        let n = NodeCore::new("a", Role::Primary, 5);
-        assert_eq!((n.mode, n.mode_since_ms), (Mode::Standby, 5));
+    fn a_node_starts_in_starting_and_its_first_tick_leaves_it() {
+        let mut n = NodeCore::new("a", Role::Primary, 5);
+        assert_eq!((n.mode, n.mode_since_ms), (Mode::Starting, 5));
+        let o = n.apply(10, Ok(Decision::default()), FallbackMode::Hold, 3);
+        assert_eq!((o.from, o.to, n.mode, n.mode_since_ms), (Mode::Starting, Mode::Standby, Mode::Standby, 10));
+        let mut n = NodeCore::new("a", Role::Primary, 5);
+        for i in 1..STARTING_FAULTS {
+            let o = n.apply(10 + u64::from(i), Err(Fault::Trap("boom".into())), FallbackMode::Hold, 3);
+            assert_eq!((o.to, n.mode), (Mode::Starting, Mode::Starting), "a fault on the first tick holds starting");
+        }
+        let o = n.apply(20, Err(Fault::Trap("boom".into())), FallbackMode::Hold, 3);
+        assert_eq!((o.to, n.mode), (Mode::Standby, Mode::Standby), "faults in a row leave starting for standby");
+        let mut n = NodeCore::new("a", Role::Primary, 5);
+        let o = n.hold("grace".into(), 10);
+        assert_eq!((o.to, n.mode), (Mode::Standby, Mode::Standby), "so does a held first decision");
+    }
+
+    #[test]
+    fn a_restart_is_shown_on_the_first_tick_and_resuming_keeps_the_mode_start() {
+        let info = RestartInfo { downtime_ms: 150, mode: Mode::Active, mode_since_ms: 3, state: b"{}".to_vec() };
+        let mut n = NodeCore::new("a", Role::Primary, 1_000).with_restart(Some(info.clone())).with_startup_grace(5_000);
+        let tick = n.tick(Observations { now_ms: 1_100, peers: vec![Remote { id: "b".into(), ..Remote::default() }], ..Observations::default() });
+        assert_eq!(tick.node.restart, Some(info));
+        assert_eq!(tick.node.mode, Mode::Starting);
+        let resume = Decision { mode: Some(Mode::Active), reason: "resuming".into(), ..Decision::default() };
+        assert!(n.grace_holds(&tick, &resume).is_none(), "resuming is not taking the role: no grace");
+        n.apply(1_100, Ok(resume), FallbackMode::Hold, 3);
+        assert_eq!((n.mode, n.mode_since_ms), (Mode::Active, 3));
+        assert_eq!(n.tick(Observations::default()).node.restart, None, "only the first tick is told");
     }
 
     #[test]
     fn decisions_change_mode_and_state() {
         let mut n = NodeCore::new("a", Role::Primary, 0);
         let o = n.apply(10, Ok(decision(Some(Mode::Active))), FallbackMode::Hold, 3);
-        assert_eq!((o.from, o.to), (Mode::Standby, Mode::Active));
+        assert_eq!((o.from, o.to), (Mode::Starting, Mode::Active));
         assert!(o.changed());
         assert_eq!((n.mode, n.mode_since_ms, n.reason.as_str()), (Mode::Active, 10, "because"));
         assert_eq!(n.state, b"{\"n\":1}");
@@ -283,7 +364,7 @@ mod tests {
     fn a_held_decision_changes_nothing() {
         let mut n = NodeCore::new("b", Role::Secondary, 0);
         n.apply(10, Ok(Decision { state: b"kept".to_vec(), ..Decision::default() }), FallbackMode::Hold, 3);
-        let o = n.hold("start-up grace".into());
+        let o = n.hold("start-up grace".into(), 20);
         assert_eq!((o.from, o.to, o.actions.len()), (Mode::Standby, Mode::Standby, 0));
         assert_eq!((n.state.as_slice(), n.tick_count), (&b"kept"[..], 2));
     }

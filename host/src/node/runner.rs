@@ -8,8 +8,12 @@
 //! Ticks never overlap and never wait for an action: actions run on the executor's ordered queue and
 //! their results reach the plugin on a later tick. Service status commands are polled by a task of
 //! their own for the same reason. The first tick runs only after the first heartbeat round, so a node
-//! never claims the active role before it has looked at its peers.
+//! never claims the active role before it has looked at its peers, and after one poll of every
+//! service's status, so a restarted daemon's plugin sees which services already run. Until that tick
+//! the node reports `STARTING`. After every tick the mode and the plugin's state go to
+//! `node-state.json` ([`super::persist`]), which the next start hands to the first tick.
 
+use super::persist::{NodeStateFile, Start};
 use super::{NodeCore, Observations, Outcome};
 use crate::clock::{Clock, SystemClock};
 use crate::config::NodeConfig;
@@ -110,6 +114,11 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
     let _ = stop_tx.send(true);
     let _ = node.await;
     loop_runtime.shutdown_background();
+    // Marked before the services stop: a daemon killed while stopping them starts fresh next time.
+    let mut persisted = NodeStateFile::new(&state.config.node.data_dir, &state.config.node.id);
+    if let Err(e) = persisted.save_clean_stop(state.clock.wall_ms()) {
+        tracing::warn!(file = %persisted.path().display(), error = %e, "cannot record the clean stop");
+    }
     stop_services(&state).await;
     state.record(Event::new(state.clock.wall_ms(), EventKind::Startup, "vigil stopped".to_string()));
     Ok(())
@@ -152,9 +161,9 @@ pub async fn build(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Arc<Node
         node: state::NodeStatus {
             id: config.node.id.clone(),
             configured_role: config.node.role,
-            mode: crate::model::Mode::Standby,
+            mode: crate::model::Mode::Starting,
             mode_since_ms: now,
-            reason: "started".into(),
+            reason: "started; the first tick decides the mode".into(),
         },
         ..Status::default()
     };
@@ -217,6 +226,11 @@ pub async fn node_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
     if tokio::time::timeout(Duration::from_secs(30), node.executor.idle()).await.is_err() {
         tracing::warn!("actions still running at shutdown after 30 s");
     }
+    // The last state reaches the disk before `run` records the clean stop over it.
+    node.persist.take();
+    if let Some(writer) = node.writer.take() {
+        let _ = writer.await;
+    }
 }
 
 /// What the loop keeps from tick to tick.
@@ -235,6 +249,41 @@ struct NodeLoop {
     /// Service polling, directory scans, monitor probes: each on a task of its own, so that nothing
     /// slow sits in a tick. Aborted when the loop ends.
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The latest mode and state for `node-state.json`, which a writer task of its own saves: the
+    /// loop never waits for the disk. Taken at the end, so the writer finishes before a clean stop.
+    persist: Option<watch::Sender<Option<Persist>>>,
+    writer: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// What the loop hands the `node-state.json` writer after a tick.
+#[derive(Debug, Clone)]
+struct Persist {
+    mode: crate::model::Mode,
+    since_ms: u64,
+    state: Vec<u8>,
+    now_ms: u64,
+}
+
+/// Save the latest [`Persist`] whenever it changes (a burst collapses to its last value), off the
+/// loop, until the loop drops the sender; what was sent last is written before it returns.
+async fn write_node_state(mut file: NodeStateFile, mut latest: watch::Receiver<Option<Persist>>) {
+    while latest.changed().await.is_ok() {
+        let Some(p) = latest.borrow_and_update().clone() else { continue };
+        let saved = tokio::task::spawn_blocking(move || {
+            let result = file.save(p.mode, p.since_ms, &p.state, p.now_ms);
+            (file, result)
+        })
+        .await;
+        match saved {
+            Ok((back, result)) => {
+                file = back;
+                if let Err(e) = result {
+                    tracing::warn!(file = %file.path().display(), error = %e, "cannot persist the node's mode and state");
+                }
+            }
+            Err(_) => return,
+        }
+    }
 }
 
 impl NodeLoop {
@@ -265,9 +314,32 @@ impl NodeLoop {
             tokio::spawn(scan_directories(state.clone(), interval, stop.clone())),
             tokio::spawn(crate::monitors::poll(state.clone(), monitors.clone(), interval, stop.clone())),
         ];
+        let now = state.clock.wall_ms();
+        let persisted = NodeStateFile::new(&config.node.data_dir, &config.node.id);
+        let start = persisted.read_start(now, config.restart.max_downtime_ms);
+        let (persist, latest) = watch::channel(None);
+        let writer = tokio::spawn(write_node_state(persisted, latest));
+        let note = match &start {
+            Start::First => None,
+            Start::Fresh(why) => Some(format!("fresh start: {why}")),
+            Start::Restart(r) => Some(format!(
+                "restart after {} ms down: the node was {} (since {} ms), with {} bytes of plugin state; the first tick decides whether to resume",
+                r.downtime_ms,
+                r.mode.role_word(),
+                r.mode_since_ms,
+                r.state.len()
+            )),
+        };
+        if let Some(note) = note {
+            tracing::info!("{note}");
+            state.record(Event::new(now, EventKind::Startup, note));
+        }
         NodeLoop {
-            core: NodeCore::new(&config.node.id, config.node.role, state.clock.wall_ms())
-                .with_startup_grace(u64::from(config.heartbeat.startup_grace_ms)),
+            core: NodeCore::new(&config.node.id, config.node.role, now)
+                .with_startup_grace(u64::from(config.heartbeat.startup_grace_ms))
+                .with_restart(start.info()),
+            persist: Some(persist),
+            writer: Some(writer),
             tracker: Tracker::new(&config.node.id, &targets),
             peer_ids: config.peers.iter().map(|p| p.id.clone()).collect(),
             targets,
@@ -289,7 +361,15 @@ impl NodeLoop {
         state.last_loop_mono_ms.store(state.clock.mono_ms(), Ordering::Release);
         let mono = state.clock.mono_ms();
         let deadlines = self.tracker.deadlines(mono, &state.config.heartbeat.model());
-        let round = self.prober.round(&self.targets, &deadlines, mono).await;
+        let round = if self.core.mode == crate::model::Mode::Starting {
+            // One poll of every service beside the first round: a restarted daemon's plugin must see
+            // the services that kept running, not "stopped" for want of a look.
+            let policy = state.policy.current();
+            let (round, ()) = tokio::join!(self.prober.round(&self.targets, &deadlines, mono), state.services.poll(&policy.file.services));
+            round
+        } else {
+            self.prober.round(&self.targets, &deadlines, mono).await
+        };
         let refused_before: Vec<Option<String>> = self.tracker.peers.iter().map(|t| t.refused.clone()).collect();
         self.tracker.record(&round, state.clock.mono_ms());
         self.note_refusals(&refused_before);
@@ -336,6 +416,10 @@ impl NodeLoop {
             self.executor.submit(policy.clone(), outcome.actions.clone());
         }
         self.publish(&policy, now, mono);
+        if let Some(persist) = &self.persist {
+            let (core, now_ms) = (&self.core, state.clock.wall_ms());
+            persist.send_replace(Some(Persist { mode: core.mode, since_ms: core.mode_since_ms, state: core.state.clone(), now_ms }));
+        }
         state.last_loop_mono_ms.store(state.clock.mono_ms(), Ordering::Release);
     }
 

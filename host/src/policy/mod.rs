@@ -113,6 +113,9 @@ impl LoadedPolicy {
         if d.state.len() > limit {
             return Err(format!("state is {} bytes, over the policy's limit of {limit} bytes (limits.state_kib)", d.state.len()));
         }
+        if d.mode == Some(crate::model::Mode::Starting) {
+            return Err("mode starting: the host's word for \"not decided yet\"; decide a mode, or none to keep it".into());
+        }
         if d.actions.len() > 256 {
             return Err(format!("{} actions in one decision; at most 256", d.actions.len()));
         }

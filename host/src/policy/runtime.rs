@@ -34,13 +34,25 @@ use wasmtime::{Config, Engine, ResourceLimiter, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-/// Generated bindings of the `vigil:policy` world.
+/// Generated bindings of the `vigil:policy@0.2.0` world (the current interface, `wit/policy.wit`).
 pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "policy",
     });
 }
+
+/// Generated bindings of `vigil:policy@0.1.0` (`wit/v0.1.0/policy.wit`): plugins built before 0.2.0
+/// still load and decide.
+pub(crate) mod bindings_v0_1 {
+    wasmtime::component::bindgen!({
+        path: "../wit/v0.1.0",
+        world: "policy",
+    });
+}
+
+/// The interface versions the host loads, newest first.
+pub const INTERFACE_VERSIONS: &[&str] = &["0.2.0", "0.1.0"];
 
 /// How often the epoch advances: the granularity of call deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -61,7 +73,7 @@ pub enum LoadError {
     NotWasm { path: PathBuf },
     #[error("{path}: a core WebAssembly module, not a component (build with --target wasm32-wasip2, or wrap it with `wasm-tools component new`)")]
     CoreModule { path: PathBuf },
-    #[error("{path}: not a vigil:policy@0.1.0 component: {detail}")]
+    #[error("{path}: not a vigil:policy component (this host loads versions 0.2.0 and 0.1.0): {detail}")]
     WrongWorld { path: PathBuf, detail: String },
     #[error("{path}: invalid component: {detail}")]
     Compile { path: PathBuf, detail: String },
@@ -134,6 +146,7 @@ impl Runtime {
         })?;
         linker.allow_shadowing(false);
         bindings::Policy::add_to_linker::<Sandbox, wasmtime::component::HasSelf<Sandbox>>(&mut linker, |s| s)?;
+        bindings_v0_1::Policy::add_to_linker::<Sandbox, wasmtime::component::HasSelf<Sandbox>>(&mut linker, |s| s)?;
 
         let mut hasher = ShaHasher(Sha256::new());
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
@@ -165,7 +178,14 @@ impl Runtime {
 
         let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld { path: path.to_path_buf(), detail: format!("{e:#}") };
         let pre = self.linker.instantiate_pre(&component).map_err(wrong_world)?;
-        let pre = bindings::PolicyPre::new(pre).map_err(wrong_world)?;
+        // The newest interface first; a plugin built against 0.1.0 exports the 0.1.0 functions.
+        let pre = match bindings::PolicyPre::new(pre.clone()) {
+            Ok(current) => Pre::V0_2(current),
+            Err(current_error) => match bindings_v0_1::PolicyPre::new(pre) {
+                Ok(old) => Pre::V0_1(old),
+                Err(_) => return Err(wrong_world(current_error)),
+            },
+        };
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         tracing::debug!(plugin = %name, sha256 = %sha256, from_cache, compile_ms = compile_time.as_millis() as u64, "plugin compiled");
         Ok(Plugin {
@@ -246,8 +266,14 @@ pub struct Plugin {
     sha256: String,
     size: usize,
     from_cache: bool,
-    pre: bindings::PolicyPre<Sandbox>,
+    pre: Pre,
     engine: Engine,
+}
+
+/// A pre-instantiated plugin of one interface version.
+enum Pre {
+    V0_2(bindings::PolicyPre<Sandbox>),
+    V0_1(bindings_v0_1::PolicyPre<Sandbox>),
 }
 
 impl fmt::Debug for Plugin {
@@ -282,24 +308,41 @@ impl Plugin {
         self.from_cache
     }
 
+    /// The `vigil:policy` version the plugin was built against: `"0.2.0"` or `"0.1.0"`.
+    pub fn interface_version(&self) -> &'static str {
+        match self.pre {
+            Pre::V0_2(_) => "0.2.0",
+            Pre::V0_1(_) => "0.1.0",
+        }
+    }
+
     /// Run the plugin's `validate`: `Ok(Err(message))` when it refuses the parameters.
     pub fn validate(&self, params: &str, limits: &Limits) -> Result<Result<(), String>, Fault> {
-        self.call(limits, |store, policy| policy.call_validate(store, params))
+        match &self.pre {
+            Pre::V0_2(pre) => self.call(limits, |store| pre.instantiate(&mut *store)?.call_validate(store, params)),
+            Pre::V0_1(pre) => self.call(limits, |store| pre.instantiate(&mut *store)?.call_validate(store, params)),
+        }
     }
 
     /// Run the plugin's `decide`. The decision is returned as the plugin made it; checking it
     /// against the policy is the caller's job (`policy::LoadedPolicy::decide`).
     pub fn decide(&self, params: &str, tick: &model::Tick, limits: &Limits) -> Result<model::Decision, Fault> {
-        let tick = super::convert::tick_to_wit(tick);
-        let decision = self.call(limits, |store, policy| policy.call_decide(store, params, &tick))?;
-        Ok(super::convert::decision_from_wit(decision))
+        use super::convert::{v0_1, v0_2};
+        match &self.pre {
+            Pre::V0_2(pre) => {
+                let tick = v0_2::tick_to_wit(tick);
+                let decision = self.call(limits, |store| pre.instantiate(&mut *store)?.call_decide(store, params, &tick))?;
+                Ok(v0_2::decision_from_wit(decision))
+            }
+            Pre::V0_1(pre) => {
+                let tick = v0_1::tick_to_wit(tick);
+                let decision = self.call(limits, |store| pre.instantiate(&mut *store)?.call_decide(store, params, &tick))?;
+                Ok(v0_1::decision_from_wit(decision))
+            }
+        }
     }
 
-    fn call<R>(
-        &self,
-        limits: &Limits,
-        f: impl FnOnce(&mut Store<Sandbox>, &bindings::Policy) -> wasmtime::Result<R>,
-    ) -> Result<R, Fault> {
+    fn call<R>(&self, limits: &Limits, f: impl FnOnce(&mut Store<Sandbox>) -> wasmtime::Result<R>) -> Result<R, Fault> {
         let output = MemoryOutputPipe::new(OUTPUT_CAPACITY);
         let mut store = Store::new(&self.engine, Sandbox::new(self.name.clone(), output.clone(), limits));
         store.limiter(|s| &mut s.limiter);
@@ -308,7 +351,7 @@ impl Plugin {
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
 
-        let result = self.pre.instantiate(&mut store).and_then(|policy| f(&mut store, &policy));
+        let result = f(&mut store);
         let said = String::from_utf8_lossy(&output.contents()).trim().to_string();
         if !said.is_empty() {
             tracing::info!(plugin = %self.name, output = %said, "plugin output");
@@ -379,10 +422,39 @@ impl WasiView for Sandbox {
 }
 
 impl bindings::vigil::policy::types::Host for Sandbox {}
+impl bindings_v0_1::vigil::policy::types::Host for Sandbox {}
 
 impl bindings::vigil::policy::host::Host for Sandbox {
     fn log(&mut self, level: bindings::vigil::policy::types::Level, message: String) {
         use bindings::vigil::policy::types::Level as L;
+        let level = match level {
+            L::Trace => model::Level::Trace,
+            L::Debug => model::Level::Debug,
+            L::Info => model::Level::Info,
+            L::Warn => model::Level::Warn,
+            L::Error => model::Level::Error,
+        };
+        self.log_line(level, message);
+    }
+}
+
+impl bindings_v0_1::vigil::policy::host::Host for Sandbox {
+    fn log(&mut self, level: bindings_v0_1::vigil::policy::types::Level, message: String) {
+        use bindings_v0_1::vigil::policy::types::Level as L;
+        let level = match level {
+            L::Trace => model::Level::Trace,
+            L::Debug => model::Level::Debug,
+            L::Info => model::Level::Info,
+            L::Warn => model::Level::Warn,
+            L::Error => model::Level::Error,
+        };
+        self.log_line(level, message);
+    }
+}
+
+impl Sandbox {
+    fn log_line(&mut self, level: model::Level, message: String) {
+        use model::Level as L;
         self.log_lines += 1;
         if self.log_lines > LOG_LINES_PER_CALL {
             if self.log_lines == LOG_LINES_PER_CALL + 1 {

@@ -209,6 +209,8 @@ fn classify(peer: &Remote, app_errors_count: bool) -> PeerStatus {
         Mode::Active if app_errors_count && report.app_healthy == Some(false) => PeerStatus::Down("application error"),
         Mode::Active => PeerStatus::Active,
         Mode::Standby | Mode::HoldOff => PeerStatus::Idle,
+        // Its daemon just started and has not decided: it may resume ACTIVE. Keep what we do.
+        Mode::Starting => PeerStatus::Unknown,
     }
 }
 
@@ -878,6 +880,12 @@ impl Policy for HotStandby {
         let peers = tick.peers.iter().map(|p| (p, classify(p, params.switch_on_app_error))).collect();
         let cx = Cx { tick, params, n, lan, peers, order };
         observe(&cx, state);
+        if tick.node.restart.is_some() {
+            // A hand-over the previous daemon started, and its back-off, belong to a world that may
+            // have moved on while it was down: the rules look again from here.
+            state.handover = None;
+            state.rollback_after_ms = None;
+        }
 
         let before = tick.node.mode;
         if before != Mode::Active {

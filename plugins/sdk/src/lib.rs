@@ -41,6 +41,7 @@
 
 pub mod decision;
 pub mod handover;
+pub mod restart;
 mod tickext;
 
 /// The generated bindings of the `vigil:policy` world.
@@ -58,7 +59,7 @@ pub mod bindings {
 
 pub use bindings::vigil::policy::types::{
     Action, ActionResult, Alarm, Check, Heartbeat, HookCall, InitialSync, Level, LocalNode, Mode,
-    OperatorRequest, PeerCommand, PeerMessage, ReceivedCommand, Remote, Report, Role, Service,
+    OperatorRequest, PeerCommand, PeerMessage, ReceivedCommand, Remote, Report, RestartInfo, Role, Service,
     ServiceState, SyncView, Tick, VipView,
 };
 pub use decision::Decision;
@@ -67,7 +68,7 @@ pub use tickext::TickExt;
 /// Everything a plugin usually needs.
 pub mod prelude {
     pub use crate::{
-        check_names, log, mode_word, Action, Check, Decision, InitialSync, Level, Mode, OperatorRequest, PeerCommand, Policy,
+        check_names, log, mode_word, restart::Resume, Action, Check, Decision, InitialSync, Level, Mode, OperatorRequest, PeerCommand, Policy,
         Remote, Role, ServiceState, Tick, TickExt,
     };
 }
@@ -89,7 +90,8 @@ pub trait Policy {
     fn decide(params: &Self::Params, tick: &Tick, state: &mut Self::State) -> Decision;
 }
 
-/// The word `/role` and operator logs use for a mode: `ACTIVE`, `STANDBY`, `OFF`, `FAILED`, `HOLD-OFF`.
+/// The word `/role` and operator logs use for a mode: `ACTIVE`, `STANDBY`, `OFF`, `FAILED`, `HOLD-OFF`,
+/// `STARTING`.
 pub fn mode_word(mode: Mode) -> &'static str {
     match mode {
         Mode::Active => "ACTIVE",
@@ -97,6 +99,7 @@ pub fn mode_word(mode: Mode) -> &'static str {
         Mode::Off => "OFF",
         Mode::Failed => "FAILED",
         Mode::HoldOff => "HOLD-OFF",
+        Mode::Starting => "STARTING",
     }
 }
 
@@ -147,8 +150,12 @@ pub fn run_validate<P: Policy>(params: &str) -> Result<(), String> {
 ///
 /// State that does not parse (written by an older, incompatible version of the plugin) is replaced by
 /// the default and logged: a plugin upgrade must never wedge the node.
+///
+/// The first tick of a starting node goes through [`restart::present`]: the policy sees the node as
+/// it was before a restart of the daemon (or `standby` on a fresh start), never `starting`.
 #[doc(hidden)]
 pub fn run_decide<P: Policy>(params: &str, tick: Tick) -> bindings::vigil::policy::types::Decision {
+    let (tick, keep, why) = restart::present(tick);
     let params = match parse_params::<P>(params) {
         Ok(p) => p,
         // validate() accepted these very params, so this is a host bug; trapping reports it as a fault.
@@ -162,7 +169,13 @@ pub fn run_decide<P: Policy>(params: &str, tick: Tick) -> bindings::vigil::polic
             P::State::default()
         })
     };
-    let decision = P::decide(&params, &tick, &mut state);
+    let mut decision = P::decide(&params, &tick, &mut state);
+    if decision.mode.is_none() {
+        decision.mode = keep;
+    }
+    if let Some(why) = why {
+        decision.reason = if decision.reason.is_empty() { why } else { format!("{why}; {}", decision.reason) };
+    }
     let state = serde_json::to_vec(&state).expect("plugin state serializes to JSON");
     decision.into_wit(state)
 }

@@ -118,6 +118,7 @@ fn mode_name(mode: Mode) -> &'static str {
         Mode::Off => "off",
         Mode::Failed => "failed",
         Mode::HoldOff => "hold-off",
+        Mode::Starting => "starting",
     }
 }
 

@@ -7,12 +7,15 @@
 //! role (a `[[watch]]` on its vigil) and
 //!
 //! - when the XiVO becomes ACTIVE, runs the `register` hook once per configured MDS;
-//! - when it stops being active (and an `unregister` hook is configured), runs that once per MDS;
+//! - when it stops being active (and an `unregister` hook is configured), runs that once per MDS this
+//!   node knows it registered (its state remembers): a node that never registered (a standby-side
+//!   node at its first start) unregisters nothing;
 //! - a hook that failed (its result arrives on a later tick) is run again for that MDS only, every
 //!   tick, until it succeeds; MDSs already done are not touched again.
 //!
 //! One xds node runs beside each XiVO: the standby's registers on failover, the main's on failback, so
-//! registrations move back without a manual step. The node's own mode mirrors its XiVO's.
+//! registrations move back without a manual step. The node's own mode mirrors its XiVO's. A XiVO whose
+//! daemon just restarted reports STARTING for one interval: not known, nothing changes.
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -68,6 +71,9 @@ struct State {
     done: BTreeSet<String>,
     /// Failed attempts per MDS for the current goal.
     failed: BTreeMap<String, u32>,
+    /// MDSs this node ran its register hook for (succeeded, or whose result never came: a daemon
+    /// killed meanwhile), and no unregister succeeded since: the only ones an unregister is run for.
+    registered: BTreeSet<String>,
 }
 
 /// The XiVO as seen in this check: `Some(true)` active, `Some(false)` not, `None` not known yet.
@@ -80,6 +86,8 @@ fn xivo_active(x: Option<&Remote>, failures: u32) -> (Option<bool>, String) {
     }
     match x.report.as_ref().map(|r| r.mode) {
         Some(Mode::Active) => (Some(true), format!("XiVO {} ACTIVE", x.id)),
+        // Its daemon just (re)started and has not decided: not known, keep the registrations.
+        Some(Mode::Starting) => (None, format!("XiVO {} STARTING", x.id)),
         Some(_) => (Some(false), format!("XiVO {} not active", x.id)),
         None => (None, format!("XiVO {} answers without a mode", x.id)),
     }
@@ -105,6 +113,9 @@ fn record_results(params: &Params, tick: &Tick, state: &mut State) {
             continue;
         }
         if r.ok {
+            if state.goal == Goal::Unregistered {
+                state.registered.remove(mds);
+            }
             state.done.insert(mds.clone());
             state.failed.remove(mds);
         } else {
@@ -156,6 +167,10 @@ impl Policy for Xds {
             None => tick.watched.first(),
         };
         let (active, seen) = xivo_active(watched, failures);
+        if state.goal == Goal::Registered && state.registered.is_empty() {
+            // A state written before `registered` existed: what was done is what is registered.
+            state.registered = state.done.clone();
+        }
         record_results(params, tick, state);
 
         // A new goal starts from scratch: every MDS gets the new hook once.
@@ -166,7 +181,13 @@ impl Policy for Xds {
         };
         let switched = goal != state.goal;
         if switched {
-            *state = State { goal, ..State::default() };
+            let registered = std::mem::take(&mut state.registered);
+            // Unregistering: only what this node knows it registered; the rest is done already.
+            let done = match goal {
+                Goal::Unregistered => params.mds.iter().filter(|m| !registered.contains(*m)).cloned().collect(),
+                _ => BTreeSet::new(),
+            };
+            *state = State { goal, done, registered, ..State::default() };
         }
         let mode = match goal {
             Goal::Registered => Mode::Active,
@@ -189,6 +210,9 @@ impl Policy for Xds {
         let verb = if switched { "running" } else { "retrying" };
         d = d.and_because(&format!("{}; {verb} {hook} for {}", progress(params, state), todo.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ")));
         for m in todo {
+            if goal == Goal::Registered {
+                state.registered.insert(m.clone());
+            }
             d = d.hook(hook, &[m]);
         }
         d

@@ -11,6 +11,11 @@
 //!   reverse, mode `standby` (main CC on failover, standby CC on failback);
 //! - each switch raises an `info` alarm telling operators where users must reconnect: the product's
 //!   "manual action", since a CC's users are logged in to one CC address (FQDN) in their browser.
+//!   Only moves that happened do: a CC that starts its services when nobody served before (its very
+//!   first start beside an active XiVO) raises none, since no user was logged in elsewhere.
+//! - a XiVO whose daemon just restarted reports STARTING for one interval: not known, the CC keeps
+//!   what it does. A restart of this CC's own daemon resumes its mode with its services running
+//!   (`vigil_sdk::restart`).
 //!
 //! `docs/plugins/xivo-cc.md` has the parameters and the mapping to the product.
 
@@ -49,6 +54,9 @@ const MAX_COUNT: u32 = 1000;
 struct State {
     /// Configuration warnings already raised (each once).
     warned: BTreeSet<String>,
+    /// This CC saw its XiVO not active while it was not serving itself: the other CC held the role,
+    /// so its users must reconnect when this CC takes over. False after this CC took over.
+    other_held: bool,
 }
 
 /// The XiVO as this CC sees it in this check.
@@ -76,13 +84,16 @@ fn classify(xivo: Option<&Remote>, failures: u32) -> Xivo {
     }
     match x.report.as_ref().map(|r| r.mode) {
         Some(Mode::Active) => Xivo::Active,
+        // Its daemon just (re)started and has not decided yet: not known.
+        Some(Mode::Starting) => Xivo::Unknown(format!("XiVO {} is STARTING (its daemon restarted)", x.id)),
         Some(other) => Xivo::Inactive(format!("XiVO {} reports {}", x.id, mode_word(other))),
         None => Xivo::Unknown(format!("XiVO {} answers without a mode (watch its vigil /role)", x.id)),
     }
 }
 
-/// XiVO active, CC not: start the CC services and tell the users of the other CC to come here.
-fn take_over(tick: &Tick, params: &Params, order: &[&Service], xivo: &str) -> Decision {
+/// XiVO active, CC not: start the CC services and, when the other CC held the role, tell its users
+/// to come here.
+fn take_over(tick: &Tick, params: &Params, order: &[&Service], xivo: &str, other_held: bool) -> Decision {
     let here = params.own_address.as_deref().map(|a| format!(" at {a}")).unwrap_or_default();
     let mut d = Decision::to(
         Mode::Active,
@@ -90,6 +101,9 @@ fn take_over(tick: &Tick, params: &Params, order: &[&Service], xivo: &str) -> De
     );
     for s in order {
         d = d.start(&s.name);
+    }
+    if !other_held {
+        return d.and_because("no CC served before: nobody must reconnect");
     }
     d.alarm(
         Level::Info,
@@ -161,8 +175,15 @@ impl Policy for XivoCc {
         };
         let id = watched.map(|x| x.id.clone()).unwrap_or_else(|| params.xivo.clone().unwrap_or_default());
         let active = tick.node.mode == Mode::Active;
-        let mut d = match classify(watched, failures) {
-            Xivo::Active if !active => take_over(tick, params, &order, &id),
+        let xivo = classify(watched, failures);
+        let other_held = state.other_held;
+        match &xivo {
+            Xivo::Inactive(_) => state.other_held = true,
+            Xivo::Active if !active => state.other_held = false,
+            _ => {}
+        }
+        let mut d = match xivo {
+            Xivo::Active if !active => take_over(tick, params, &order, &id, other_held),
             Xivo::Inactive(why) if active => hand_back(tick, params, &order, &why),
             Xivo::Active => hygiene(tick, &order, Decision::because(format!("ACTIVE: XiVO {id} is ACTIVE"))),
             Xivo::Inactive(why) => hygiene(tick, &order, Decision::because(format!("STANDBY: {why}"))),

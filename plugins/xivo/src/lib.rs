@@ -243,10 +243,11 @@ fn step_down(cx: &Cx, why: String) -> Decision {
     }
 }
 
-/// Whether `peer` may still run telephony: its last answer said ACTIVE, and it either answers now or
-/// has not been lost for `failures` checks yet.
+/// Whether `peer` may still run telephony: its last answer said ACTIVE (or STARTING: its daemon just
+/// restarted and may resume ACTIVE), and it either answers now or has not been lost for `failures`
+/// checks yet.
 fn still_serving(peer: &Remote, failures: u32) -> bool {
-    let active = peer.report.as_ref().is_some_and(|r| r.mode == Mode::Active);
+    let active = peer.report.as_ref().is_some_and(|r| matches!(r.mode, Mode::Active | Mode::Starting));
     active && (peer.reachable || peer.consecutive_failures < failures)
 }
 

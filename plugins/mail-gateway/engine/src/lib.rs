@@ -215,7 +215,8 @@ fn classify(p: &Remote, services_count: bool) -> Peer {
         Some(m @ (Mode::Off | Mode::Failed)) => Peer::Out(m),
         Some(Mode::Active) => Peer::Active,
         Some(Mode::Standby | Mode::HoldOff) => Peer::Idle,
-        None => Peer::Unknown,
+        // Its daemon just started and has not decided (it may resume ACTIVE): not known.
+        Some(Mode::Starting) | None => Peer::Unknown,
     }
 }
 
@@ -290,6 +291,7 @@ fn word(mode: Mode) -> &'static str {
         Mode::Off => "OFF",
         Mode::Failed => "FAILED",
         Mode::HoldOff => "HOLD-OFF",
+        Mode::Starting => "STARTING",
     }
 }
 
@@ -641,7 +643,7 @@ fn sync_failed_again(cx: &Cx, state: &mut State) -> Option<Decision> {
 /// a mode that serves nobody (standby, off, failed, hold-off), or has been lost for the full
 /// failover threshold.
 fn sync_failure_may_take_over_from(cx: &Cx, p: &Remote) -> bool {
-    let answers_idle = p.reachable && p.report.as_ref().is_some_and(|r| r.mode != Mode::Active);
+    let answers_idle = p.reachable && p.report.as_ref().is_some_and(|r| !matches!(r.mode, Mode::Active | Mode::Starting));
     answers_idle || cx.lost_for_threshold(p)
 }
 
