@@ -113,6 +113,7 @@ pub struct NodeConfig {
     pub sync: SyncSection,
     #[serde(default)]
     pub tls: Option<TlsSection>,
+    #[serde(default)]
     pub restart: RestartSection,
     /// The file this was read from (for messages and relative paths).
     #[serde(skip)]
