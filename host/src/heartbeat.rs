@@ -10,8 +10,9 @@
 //! `timeout_ms`, except the one whose failure would bring a remote to `failures` in a row: that one
 //! also ends at [`Tracker::deadlines`], `failures × interval_ms` after the remote's last good answer.
 //! So a silent peer is counted failed that long after it last answered, the way a VRRP backup's
-//! master-down timer runs, instead of after `failures` whole timeouts; and a node that was itself
-//! stalled (its rounds late) never cuts a probe short, since a deadline already past cuts nothing.
+//! master-down timer runs, instead of after `failures` whole timeouts. With rounds every interval
+//! the deadline falls about when the `failures`-th round goes out, so that probe still gets a short
+//! grace (a tenth of the timeout) to be answered; so does one sent after this node itself stalled.
 
 use crate::config::{NodeConfig, Probe, ProbeKind};
 use crate::http_client::HttpClient;
@@ -282,10 +283,11 @@ impl Tracker {
 
     /// The deadlines of the round about to start at `mono_ms`: for a remote whose failure in this
     /// round would be its `failures`-th (or later) in a row, `n × interval_ms` after its last good
-    /// answer for the `n`-th failure, if that is still ahead. Never for a remote not seen yet (the
-    /// start-up grace covers those) nor before `failures - 1` whole probes have failed, so a single
-    /// lost answer never shortens the next probe.
+    /// answer for the `n`-th failure, but never less than a tenth of the timeout from now (the probe's
+    /// grace). Never for a remote not seen yet (the start-up grace covers those) nor before
+    /// `failures - 1` whole probes have failed, so a single lost answer never shortens the next probe.
     pub fn deadlines(&self, mono_ms: u64, heartbeat: &model::Heartbeat) -> Deadlines {
+        let grace = (u64::from(heartbeat.timeout_ms) / 10).max(1);
         let deadline = |t: &RemoteTrack| {
             let seen = t.last_seen_mono_ms?;
             let nth = t.remote.consecutive_failures.saturating_add(1);
@@ -293,7 +295,7 @@ impl Tracker {
                 return None;
             }
             let at = seen.saturating_add(u64::from(nth).saturating_mul(u64::from(heartbeat.interval_ms)));
-            (at > mono_ms).then_some(at)
+            Some(at.max(mono_ms.saturating_add(grace)))
         };
         Deadlines { peers: self.peers.iter().map(deadline).collect(), watched: self.watched.iter().map(deadline).collect() }
     }
@@ -421,11 +423,12 @@ mod tests {
         assert_eq!(t.deadlines(100, &hb).peers, vec![None], "the first probe after an answer gets its whole timeout");
         t.record(&round(false), 200);
         assert_eq!(t.deadlines(200, &hb).peers, vec![None], "so does the second");
-        t.record(&round(false), 300);
-        assert_eq!(t.deadlines(300, &hb).peers, vec![Some(305)], "the third fails 3 × 100 ms after the last answer");
+        t.record(&round(false), 280);
+        assert_eq!(t.deadlines(290, &hb).peers, vec![Some(305)], "the third fails 3 × 100 ms after the last answer");
+        assert_eq!(t.deadlines(303, &hb).peers, vec![Some(313)], "but has a tenth of the timeout to be answered");
         t.record(&round(false), 305);
         assert_eq!(t.deadlines(305, &hb).peers, vec![Some(405)], "and each later one an interval on");
-        assert_eq!(t.deadlines(900, &hb).peers, vec![None], "a deadline already past (this node stalled) cuts nothing");
+        assert_eq!(t.deadlines(900, &hb).peers, vec![Some(910)], "a probe sent after this node stalled has its grace too");
         t.record(&round(true), 1000);
         assert_eq!(t.deadlines(1100, &hb).peers, vec![None], "an answer starts over");
     }
