@@ -13,22 +13,23 @@ use std::time::Duration;
 #[derive(Debug, Clone, clap::Args)]
 pub struct Target {
     /// The node's base URL (default: from --config, else http://127.0.0.1:7400).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub url: Option<String>,
     /// A node configuration to take the URL and admin token from.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub config: Option<PathBuf>,
     /// A file holding the admin token (default: from --config, else $VIGIL_ADMIN_TOKEN).
-    #[arg(long = "token-file")]
+    #[arg(long = "token-file", global = true)]
     pub token_file: Option<PathBuf>,
     /// For https:// URLs: the CA (PEM) that signed the node's certificate (default: from --config).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub ca: Option<PathBuf>,
     /// A client certificate (PEM) for nodes that require one (mutual TLS; default: from --config).
-    #[arg(long, requires = "key")]
+    #[arg(long = "cert", id = "tls_cert", requires = "tls_key", global = true)]
     pub cert: Option<PathBuf>,
     /// The client certificate's private key (PEM).
-    #[arg(long, requires = "cert")]
+    // Ids apart from the names: a global `key` would clash with `config set KEY VALUE`.
+    #[arg(long = "key", id = "tls_key", requires = "tls_cert", global = true)]
     pub key: Option<PathBuf>,
 }
 

@@ -167,3 +167,25 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .build()
         .map_err(|e| CliError::Failure(anyhow::anyhow!("cannot start the async runtime: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_target_flags_go_before_or_after_a_config_operation() {
+        for args in [
+            &["vigil", "config", "set", "app.greeting", "hello", "--config", "node.toml"][..],
+            &["vigil", "config", "--config", "node.toml", "set", "app.greeting", "hello"][..],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let Command::Config { op: client::ConfigOp::Set { key, value }, target } = cli.command else { panic!("{args:?}: not config set") };
+            assert_eq!((key.as_str(), value.as_str()), ("app.greeting", "hello"));
+            assert_eq!(target.config.as_deref(), Some(std::path::Path::new("node.toml")));
+        }
+        let cli = Cli::try_parse_from(["vigil", "config", "get", "k", "--cert", "c.pem", "--key", "k.pem"]).unwrap();
+        let Command::Config { op: client::ConfigOp::Get { key }, target } = cli.command else { panic!("not config get") };
+        assert_eq!((key.as_str(), target.key.as_deref()), ("k", Some(std::path::Path::new("k.pem"))));
+        assert!(Cli::try_parse_from(["vigil", "status", "--cert", "c.pem"]).is_err(), "a certificate needs its key");
+    }
+}
