@@ -227,7 +227,8 @@ impl Vigil {
         let mut cluster = Cluster::new(exe, dir, timing, vec![vigil_tests::plugins_dir()])?;
         let policy = format!(
             "plugin = \"mail-gateway\"\n\n[params]\non_failure = \"restore-slave-role\"\n\n\
-             [services.mta]\nstart = \"true\"\nstop = \"true\"\nstatus = \"true\"\ntimeout_ms = 2000\n\n\
+             [services.mta]\nstart = \"echo running > '{{dir}}/mta.running'\"\nstop = \"rm -f '{{dir}}/mta.running'\"\n\
+             status = \"test -f '{{dir}}/mta.running'\"\ntimeout_ms = 2000\n\n\
              [[vip]]\ninterface = \"eth0\"\naddress = \"{VIP}/24\"\naction = \"add\"\n"
         );
         for (i, (id, role, peer, other)) in [("a", Role::Primary, "b", 2), ("b", Role::Secondary, "a", 1)].into_iter().enumerate() {
@@ -256,14 +257,33 @@ impl Drop for Vigil {
     }
 }
 
+/// Removes a run's directory when dropped, unless VIGIL_BENCH_KEEP is set.
+struct RemoveUnlessKept(std::path::PathBuf);
+
+impl Drop for RemoveUnlessKept {
+    fn drop(&mut self) {
+        if std::env::var_os("VIGIL_BENCH_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 /// One failover: settle on `a`, kill it with its link, measure the client's gap.
 fn once(tag: &str, start: impl FnOnce(&Lan, &Path) -> anyhow::Result<Box<dyn Daemons>>) -> anyhow::Result<(Duration, usize, usize)> {
-    let dir = tempfile::tempdir()?;
+    // VIGIL_BENCH_KEEP: the daemons' files stay for a look (their paths are printed).
+    let dir = tempfile::tempdir()?.keep();
+    if std::env::var_os("VIGIL_BENCH_KEEP").is_some() {
+        eprintln!("{tag}: files in {}", dir.display());
+    }
+    let _remove = RemoveUnlessKept(dir.clone());
     let lan = Lan::create(tag);
-    let mut daemons = start(&lan, dir.path())?;
+    let mut daemons = start(&lan, &dir)?;
     lan.until_served_by("a", Duration::from_millis(500), Duration::from_secs(20))?;
     let arps = ArpCounter::start(lan.name(2), VIP);
     let killed = Instant::now();
+    if std::env::var_os("VIGIL_BENCH_KEEP").is_some() {
+        eprintln!("{tag}: a killed at {:?}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default());
+    }
     daemons.kill_a();
     ip(lan.name(0), "link set eth0 down");
     lan.until_served_by("b", Duration::from_millis(100), Duration::from_secs(10))?;
@@ -308,6 +328,7 @@ pub(crate) fn install(program: &str, package: &str) -> anyhow::Result<()> {
 pub fn run(exe: &Path, runs: usize) -> anyhow::Result<()> {
     anyhow::ensure!(vigil_tests::netns::runs_as_root("the VIP benchmark"), "the VIP benchmark needs root (network namespaces)");
     install("keepalived", "keepalived")?;
+    let runs = std::env::var("VIGIL_BENCH_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(runs);
     let (mut k, mut v) = (Vec::new(), Vec::new());
     for i in 0..runs {
         k.push(once(&format!("k{i}"), |lan, dir| Ok(Box::new(Keepalived::start(lan, dir, 100)?)))?);
