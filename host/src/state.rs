@@ -69,6 +69,8 @@ pub struct NodeState {
     pub counters: Counters,
     /// The HTTP server's open connections.
     pub connections: Arc<crate::http::conns::Table>,
+    /// `x-vigil-node` of every answer, made once (`None`: an id that is no header value).
+    pub node_header: Option<hyper::header::HeaderValue>,
 }
 
 impl NodeState {

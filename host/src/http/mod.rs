@@ -227,9 +227,14 @@ pub async fn handle(state: &NodeState, conn: &ConnInfo, req: Request<Incoming>) 
         return finish(state, peer::serve(state, &parts, body).await);
     }
     let limit = if parts.uri.path().starts_with("/config/") { crate::replication::store::MAX_VALUE } else { MAX_BODY };
-    let body = match read_body(body, parts.headers.get(hyper::header::CONTENT_LENGTH), limit).await {
-        Ok(b) => b,
-        Err(answer) => return finish(state, answer),
+    // A request without a body (a load balancer's GET) needs no read and no timer.
+    let body = if hyper::body::Body::is_end_stream(&body) {
+        Bytes::new()
+    } else {
+        match read_body(body, parts.headers.get(hyper::header::CONTENT_LENGTH), limit).await {
+            Ok(b) => b,
+            Err(answer) => return finish(state, answer),
+        }
     };
     route(state, &parts.method, parts.uri.path(), parts.uri.query(), &parts.headers, body).await
 }
@@ -256,8 +261,8 @@ pub async fn route(
 /// The headers of every answer: which node answered, and that it must not be cached.
 fn finish(state: &NodeState, mut answer: Answer) -> Answer {
     let headers = answer.headers_mut();
-    if let Ok(id) = state.config.node.id.parse() {
-        headers.insert("x-vigil-node", id);
+    if let Some(id) = &state.node_header {
+        headers.insert("x-vigil-node", id.clone());
     }
     headers.insert(hyper::header::CACHE_CONTROL, hyper::header::HeaderValue::from_static("no-store"));
     answer
@@ -290,6 +295,15 @@ pub fn text(status: StatusCode, body: impl Into<String>) -> Answer {
         .status(status)
         .header(hyper::header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .body(Full::new(Bytes::from(body)))
+        .expect("valid response")
+}
+
+/// A plain-text answer whose body is a constant: no allocation for the load balancers' endpoints.
+pub fn text_static(status: StatusCode, body: &'static str) -> Answer {
+    Response::builder()
+        .status(status)
+        .header(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"))
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
         .expect("valid response")
 }
 

@@ -1,6 +1,6 @@
 //! Public endpoints: unauthenticated, cheap, read-only; for load balancers and monitors.
 
-use super::{status_only, text, Answer};
+use super::{status_only, text, text_static, Answer};
 use crate::model::Mode;
 use crate::state::NodeState;
 use bytes::Bytes;
@@ -19,7 +19,7 @@ pub fn handle(state: &NodeState, method: &Method, path: &str) -> Answer {
         "/health" => health(state),
         "/active" => mode_check(state, Mode::Active),
         "/standby" => mode_check(state, Mode::Standby),
-        "/role" => text(StatusCode::OK, state.mode().role_word()),
+        "/role" => role_answer(StatusCode::OK, state.mode()),
         "/app" => {
             if state.status.read().expect("status lock").app_healthy {
                 text(StatusCode::OK, "APP=OK")
@@ -58,9 +58,9 @@ fn status(state: &NodeState) -> Answer {
 
 fn health(state: &NodeState) -> Answer {
     if state.loop_alive() {
-        text(StatusCode::OK, "OK")
+        text_static(StatusCode::OK, "OK\n")
     } else {
-        text(StatusCode::SERVICE_UNAVAILABLE, "STALLED: the node loop has not run within two heartbeat intervals")
+        text_static(StatusCode::SERVICE_UNAVAILABLE, "STALLED: the node loop has not run within two heartbeat intervals\n")
     }
 }
 
@@ -68,12 +68,27 @@ fn health(state: &NodeState) -> Answer {
 fn mode_check(state: &NodeState, mode: Mode) -> Answer {
     let current = state.mode();
     if !state.loop_alive() {
-        text(StatusCode::SERVICE_UNAVAILABLE, "STALLED")
+        text_static(StatusCode::SERVICE_UNAVAILABLE, "STALLED\n")
     } else if current == mode {
-        text(StatusCode::OK, current.role_word())
+        role_answer(StatusCode::OK, current)
     } else {
-        text(StatusCode::SERVICE_UNAVAILABLE, current.role_word())
+        role_answer(StatusCode::SERVICE_UNAVAILABLE, current)
     }
+}
+
+/// The role word and a newline, from constants (the endpoints a load balancer polls allocate nothing
+/// for their body).
+fn role_answer(status: StatusCode, mode: Mode) -> Answer {
+    let line = match mode {
+        Mode::Active => "ACTIVE\n",
+        Mode::Standby => "STANDBY\n",
+        Mode::Off => "OFF\n",
+        Mode::Failed => "FAILED\n",
+        Mode::HoldOff => "HOLD-OFF\n",
+        Mode::Starting => "STARTING\n",
+    };
+    debug_assert_eq!(line.trim_end(), mode.role_word());
+    text_static(status, line)
 }
 
 /// Prometheus text format.

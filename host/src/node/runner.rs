@@ -186,6 +186,7 @@ pub async fn build(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Arc<Node
         status_json: Mutex::new(None),
         generation: AtomicU64::new(0),
         connections: crate::http::conns::Table::new(crate::http::conns::MAX_CONNECTIONS, crate::http::conns::MAX_PER_ADDRESS),
+        node_header: config.node.id.parse().ok(),
         config,
     });
     let p = state.policy.current();
