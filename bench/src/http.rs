@@ -115,7 +115,19 @@ pub async fn run(exe: &Path) -> anyhow::Result<()> {
     let (rss, threads) = footprint(pid)?;
     let (nginx_rss, nginx_threads) = footprint(nginx.child.id())?;
     crate::row(
-        "idle footprint, the active node of a pair (interval 1000 ms)",
+        "idle footprint, the active node of a pair (interval 1000 ms), its plugin compiled at start",
+        format!("vigil {rss:.1} MiB RSS, {threads} threads · nginx (1 worker, no master) {nginx_rss:.1} MiB, {nginx_threads} thread(s)"),
+    );
+    // The standby restarted: its plugin now comes from the compile cache, as on every start but the
+    // first of a node.
+    let standby = 1 - active;
+    c.kill(standby);
+    c.start(standby)?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let pid = c.nodes[standby].pid().ok_or_else(|| anyhow::anyhow!("the restarted node is not running"))?;
+    let (rss, threads) = footprint(pid)?;
+    crate::row(
+        "idle footprint, the standby restarted (plugin from the compile cache)",
         format!("vigil {rss:.1} MiB RSS, {threads} threads · nginx (1 worker, no master) {nginx_rss:.1} MiB, {nginx_threads} thread(s)"),
     );
 

@@ -219,14 +219,29 @@ impl Runtime {
             }
         }
         let component = Component::new(&self.engine, bytes)
-            .map_err(|e| LoadError::Compile { path: path.to_path_buf(), detail: format!("{e:#}") })?;
+            .map_err(|e| LoadError::Compile { path: path.to_path_buf(), detail: format!("{e:#}") });
+        let component = component.inspect_err(|_| return_freed_memory())?;
         if let Some(cached) = cached {
             if let Err(e) = component.serialize().map_err(anyhow::Error::from).and_then(|b| write_atomically(&cached, &b)) {
                 // A cache that cannot be written costs start-up time, never correctness.
                 tracing::warn!(file = %cached.display(), error = %e, "cannot cache compiled plugin");
             }
         }
+        return_freed_memory();
         Ok((component, false))
+    }
+}
+
+/// Give the memory a compile freed back to the system. Cranelift's working memory (~17 MiB for a
+/// 200 KiB plugin, on several threads' heaps) is freed when the compile ends, but glibc keeps freed
+/// heap pages for reuse: without this a daemon that compiled its plugin at start (no cache hit) idles
+/// at about twice the memory of one that found it cached.
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` has no preconditions; it only releases free heap memory.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
