@@ -9,8 +9,10 @@
 //! burst of five takes microseconds. The repeats (a second burst, a periodic refresh) are scheduled
 //! by the caller ([`crate::vip`]).
 //!
-//! This is the only module of the crate with `unsafe` code: four libc calls (`socket`, `ioctl`,
-//! `if_nametoindex`, `sendto`) that the safe socket crates do not cover for link-layer addresses.
+//! This is the only module of the crate with more than a single `unsafe` call (the others: loading a
+//! compiled plugin from the daemon's own cache, and `malloc_trim` after a compile, both in
+//! `policy::runtime`): four libc calls (`socket`, `ioctl`, `if_nametoindex`, `sendto`) that the safe
+//! socket crates do not cover for link-layer addresses.
 
 #![allow(unsafe_code)]
 
