@@ -4,55 +4,22 @@
 //! footprint of an idle daemon (resident memory and threads) beside an idle nginx worker's.
 //! `wrk` and `nginx` are installed with apt when missing (root).
 
-use std::net::{TcpListener, TcpStream};
+use crate::nginx::Nginx;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 use vigil::cluster::{exactly_one_active, Cluster, PairSpec, Timing};
 
 const ROUNDS: usize = 3;
 
-/// nginx with one worker answering 200 to every request. Killed when dropped.
-struct Nginx {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Nginx {
-    fn start() -> anyhow::Result<Nginx> {
-        let dir = tempfile::tempdir()?;
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let conf = dir.path().join("nginx.conf");
-        let d = dir.path().display();
-        std::fs::write(
-            &conf,
-            format!(
-                "master_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-                 events {{ worker_connections 1024; }}\n\
-                 http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-                 server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ACTIVE\\n\"; }} }} }}\n"
-            ),
-        )?;
-        let child = Command::new("nginx")
-            .args(["-p", &d.to_string(), "-c", &conf.display().to_string(), "-g", "daemon off;"])
-            .stderr(Stdio::null())
-            .spawn()?;
-        let addr = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while TcpStream::connect(&addr).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "nginx did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Nginx { child, url: format!("http://{addr}/active"), _dir: dir })
-    }
+/// nginx with one worker answering 200 to every request.
+fn nginx_http() -> anyhow::Result<Nginx> {
+    Nginx::start("", |d, addr| {
+        format!(
+            "http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+             server {{ listen {addr}; location / {{ return 200 \"ACTIVE\\n\"; }} }} }}"
+        )
+    })
 }
 
 /// One `wrk` run: requests per second and the 99th percentile latency in ms.
@@ -108,7 +75,8 @@ pub async fn run(exe: &Path) -> anyhow::Result<()> {
     c.start(0)?;
     c.start(1)?;
     let active = c.wait_for(Duration::from_secs(30), exactly_one_active).await?;
-    let nginx = Nginx::start()?;
+    let nginx = nginx_http()?;
+    let nginx_url = format!("http://{}/active", nginx.addr);
     // Idle for a few ticks before the footprint is read.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let pid = c.nodes[active].pid().ok_or_else(|| anyhow::anyhow!("the active node is not running"))?;
@@ -134,7 +102,7 @@ pub async fn run(exe: &Path) -> anyhow::Result<()> {
     let vigil_url = format!("{}/active", c.nodes[active].url);
     let (mut v, mut n) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        n.push(tokio::task::block_in_place(|| wrk(&nginx.url))?);
+        n.push(tokio::task::block_in_place(|| wrk(&nginx_url))?);
         v.push(tokio::task::block_in_place(|| wrk(&vigil_url))?);
     }
     let summary = |runs: &[(f64, f64)]| {

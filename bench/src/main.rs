@@ -21,6 +21,7 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 
 mod cluster;
 mod http;
+mod nginx;
 mod relay;
 mod tls;
 mod vip;

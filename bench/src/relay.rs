@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use vigil::policy::file::{RelaySpec, DEFAULT_BUSY_POLL_US};
 use vigil::relay::Relay;
 
+use crate::nginx::Nginx;
 use crate::Sample;
 
 const SIZE: usize = 1024;
@@ -105,7 +106,7 @@ pub fn run() -> anyhow::Result<String> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let default = relay(&runtime, target, DEFAULT_BUSY_POLL_US)?;
     let sleeping = relay(&runtime, target, 0)?;
-    let nginx = Nginx::start(target)?;
+    let nginx = nginx_stream(target)?;
 
     let relay_addr = |r: &Relay| r.local_addr().expect("the relay listens");
     let mut ways = vec![
@@ -165,49 +166,12 @@ pub fn run() -> anyhow::Result<String> {
 }
 
 /// nginx's stream proxy in front of the backend, when nginx and its stream module are installed: what
-/// an established user-space proxy adds on loopback. Killed when dropped.
-struct Nginx {
-    child: std::process::Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// an established user-space proxy adds on loopback.
+fn nginx_stream(target: SocketAddr) -> anyhow::Result<Option<Nginx>> {
+    let module = std::path::Path::new("/usr/lib/nginx/modules/ngx_stream_module.so");
+    if std::process::Command::new("nginx").arg("-v").output().is_err() || !module.exists() {
+        return Ok(None);
     }
-}
-
-impl Nginx {
-    fn start(target: SocketAddr) -> anyhow::Result<Option<Nginx>> {
-        let module = std::path::Path::new("/usr/lib/nginx/modules/ngx_stream_module.so");
-        if std::process::Command::new("nginx").arg("-v").output().is_err() || !module.exists() {
-            return Ok(None);
-        }
-        let dir = tempfile::tempdir()?;
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let conf = dir.path().join("nginx.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "load_module {};\nmaster_process off;\nworker_processes 1;\npid {}/nginx.pid;\nerror_log {}/error.log;\nevents {{ worker_connections 64; }}\n\
-                 stream {{ server {{ listen 127.0.0.1:{port}; proxy_pass {target}; tcp_nodelay on; }} }}\n",
-                module.display(),
-                dir.path().display(),
-                dir.path().display()
-            ),
-        )?;
-        let child = std::process::Command::new("nginx")
-            .args(["-p", &dir.path().display().to_string(), "-c", &conf.display().to_string(), "-g", "daemon off;"])
-            .stderr(std::process::Stdio::null())
-            .spawn()?;
-        let nginx = Nginx { child, addr: format!("127.0.0.1:{port}").parse()?, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while TcpStream::connect(nginx.addr).is_err() {
-            anyhow::ensure!(Instant::now() < deadline, "nginx did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Some(nginx))
-    }
+    let top = format!("load_module {};\n", module.display());
+    Nginx::start(&top, |_, addr| format!("stream {{ server {{ listen {addr}; proxy_pass {target}; tcp_nodelay on; }} }}")).map(Some)
 }
