@@ -15,12 +15,13 @@ fn json_logs_are_one_object_per_line() {
     spec.env.push(("VIGIL_LOG_FORMAT".into(), "json".into()));
     let i = cluster.add(spec).unwrap();
     cluster.start(i).unwrap();
-    // The daemon logs its start and its first decision; wait for a few lines.
+    // The daemon logs its start; a few ticks later SIGTERM logs the shutdown.
     let log = cluster.nodes[i].log.clone();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline && std::fs::read_to_string(&log).unwrap_or_default().lines().count() < 2 {
+    while Instant::now() < deadline && std::fs::read_to_string(&log).unwrap_or_default().trim().is_empty() {
         std::thread::sleep(Duration::from_millis(100));
     }
+    std::thread::sleep(Duration::from_secs(1));
     cluster.stop(i);
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
