@@ -21,6 +21,7 @@
 //! - [`config`]: the node configuration. [`toml_file`]: TOML errors that name file, key and line.
 //! - [`clock`]: time behind a trait, for tests and simulation.
 //! - [`scenario`]: golden-timeline replay of a policy (`vigil policy test`).
+//! - [`systemd`]: `sd_notify` (READY, STATUS, WATCHDOG from the loop, STOPPING) under `Type=notify`.
 //! - [`cluster`]: real local groups of `vigil run` processes (demo, tests, benchmarks).
 //! - [`cli`]: the `vigil` command line.
 #![deny(unsafe_code)]
@@ -45,6 +46,7 @@ pub mod replication;
 pub mod scenario;
 pub mod services;
 pub mod state;
+pub mod systemd;
 pub mod tls;
 pub mod toml_file;
 pub mod vip;

@@ -111,6 +111,7 @@ pub async fn run(config: NodeConfig) -> Result<(), StartError> {
     let node = loop_runtime.spawn(node_loop(state.clone(), stop_rx));
     shutdown_signal().await;
     tracing::info!("stopping");
+    crate::systemd::Notifier::from_env().stopping();
     let _ = stop_tx.send(true);
     let _ = node.await;
     loop_runtime.shutdown_background();
@@ -213,6 +214,7 @@ pub fn record_reload(state: &NodeState, outcome: &ReloadOutcome) {
 pub async fn node_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
     let interval = Duration::from_millis(u64::from(state.config.heartbeat.interval_ms));
     let mut node = NodeLoop::start(state, interval, &stop);
+    let mut systemd = crate::systemd::Notifier::from_env();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -221,6 +223,8 @@ pub async fn node_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => break,
         }
         node.tick().await;
+        let reachable = node.tracker.peers.iter().filter(|t| t.remote.reachable).count();
+        systemd.after_tick(node.core.mode, reachable, node.tracker.peers.len());
     }
     // The actions already decided finish first (bounded), so that stopping the services on the way
     // out comes after them and nothing starts behind it.
