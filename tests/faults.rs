@@ -63,6 +63,31 @@ async fn a_frozen_active_node_is_replaced_and_the_pair_settles_when_it_thaws() {
     );
 }
 
+/// A standby VM paused and resumed (SIGSTOP for 3 s, 30 heartbeat intervals): on resume its last
+/// answer from the active node is seconds old, but it sent no probe meanwhile, so deadline-based
+/// detection has nothing to cut short: its first rounds reach the active node and it stays standby.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_standby_resumes_as_standby() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::hot_standby_pair(vigil_bin(), dir.path(), &spec()).unwrap();
+    cluster.start(0).unwrap();
+    cluster.start(1).unwrap();
+    assert_eq!(settles(&cluster, Duration::from_secs(20), Duration::from_millis(500)).await, 0);
+
+    cluster.freeze(1);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.thaw(1);
+    // Sampled for 2 s (20 intervals): a is the only active node throughout.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let modes = cluster.modes().await;
+        assert_ne!(modes[1], Some(Mode::Active), "the resumed standby took the role from a live active node: {modes:?}");
+        assert_eq!(modes[0], Some(Mode::Active), "{modes:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!cluster.nodes[1].service_marker().exists(), "the standby started nothing");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flapping_link_ends_with_exactly_one_active_node() {
     let dir = tempfile::tempdir().unwrap();
