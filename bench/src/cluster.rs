@@ -28,22 +28,8 @@ fn stats(mut d: Vec<Duration>) -> String {
 
 /// Failover time over `runs` kill -9 of the active node: interval 100 ms, 3 failures, timeout 100 ms.
 pub async fn failover(runs: usize) -> anyhow::Result<()> {
-    let exe = exe()?;
-    let timing = Timing { interval_ms: 100, timeout_ms: 100, failures: 3, successes: 3 };
-    let mut times = Vec::new();
-    for _ in 0..runs {
-        let dir = tempfile::tempdir()?;
-        let mut c = Cluster::hot_standby_pair(&exe, dir.path(), &spec(timing))?;
-        c.start(0)?;
-        c.start(1)?;
-        let active = c.wait_for(Duration::from_secs(20), exactly_one_active).await?;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let survivor = 1 - active;
-        let killed = Instant::now();
-        c.kill(active);
-        c.wait_for(Duration::from_secs(10), |m| (m[survivor] == Some(Mode::Active)).then_some(())).await?;
-        times.push(killed.elapsed());
-    }
+    // The same runs as the TLS benchmark's plain rows.
+    let times = crate::tls::failover(&exe()?, false, runs).await?;
     crate::row(
         "failover after kill -9 (interval 100 ms, 3 failures, timeout 100 ms; bound 500 ms)",
         stats(times),

@@ -146,7 +146,7 @@ async fn heartbeats(exe: &Path, tls: bool) -> anyhow::Result<(f64, Duration)> {
 }
 
 /// Failover after kill -9 of the active node of a hot-standby pair, plain or with mutual TLS.
-async fn failover(exe: &Path, tls: bool, runs: usize) -> anyhow::Result<Vec<Duration>> {
+pub(crate) async fn failover(exe: &Path, tls: bool, runs: usize) -> anyhow::Result<Vec<Duration>> {
     let mut times = Vec::new();
     for _ in 0..runs {
         let dir = tempfile::tempdir()?;
