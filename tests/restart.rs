@@ -266,6 +266,14 @@ fn hot_standby(dir: &Path) -> Cluster {
     Cluster::hot_standby_pair(vigil_bin(), dir, &spec).expect("configure the pair")
 }
 
+/// The one active node, once every node answers.
+async fn one_active_of_all_answering(cluster: &Cluster) -> usize {
+    cluster
+        .wait_for(Duration::from_secs(30), |m| vigil::cluster::exactly_one_active(m).filter(|_| m.iter().all(Option::is_some)))
+        .await
+        .unwrap_or_else(|e| panic!("one active node: {e}\n{}", cluster.logs(40)))
+}
+
 fn cti_log(cluster: &Cluster, i: usize) -> bool {
     cluster.nodes[i].service_marker().exists()
 }
@@ -276,10 +284,7 @@ async fn a_restart_of_a_hot_standby_active_daemon_keeps_its_service_and_its_peer
     let mut cluster = hot_standby(dir.path());
     cluster.start(0).unwrap();
     cluster.start(1).unwrap();
-    let active = cluster
-        .wait_for(Duration::from_secs(30), |m| vigil::cluster::exactly_one_active(m).filter(|_| m.iter().all(Option::is_some)))
-        .await
-        .unwrap_or_else(|e| panic!("one active node: {e}\n{}", cluster.logs(40)));
+    let active = one_active_of_all_answering(&cluster).await;
     let other = 1 - active;
     until(Duration::from_secs(5), "the active node's service", || cti_log(&cluster, active) && !cti_log(&cluster, other)).await;
     tokio::time::sleep(Duration::from_millis(INTERVAL * 4)).await;
@@ -305,10 +310,7 @@ async fn a_node_never_resumes_active_over_a_role_its_peer_took_meanwhile() {
     let mut cluster = hot_standby(dir.path());
     cluster.start(0).unwrap();
     cluster.start(1).unwrap();
-    let active = cluster
-        .wait_for(Duration::from_secs(30), |m| vigil::cluster::exactly_one_active(m).filter(|_| m.iter().all(Option::is_some)))
-        .await
-        .unwrap_or_else(|e| panic!("one active node: {e}\n{}", cluster.logs(40)));
+    let active = one_active_of_all_answering(&cluster).await;
     let other = 1 - active;
     until(Duration::from_secs(5), "the active node's service", || cti_log(&cluster, active)).await;
     until(Duration::from_secs(5), "the active node persisted ACTIVE", || persisted_mode(&cluster, active).as_deref() == Some("active")).await;
@@ -344,10 +346,7 @@ async fn a_clean_stop_is_remembered_and_the_next_start_is_fresh() {
     let mut cluster = hot_standby(dir.path());
     cluster.start(0).unwrap();
     cluster.start(1).unwrap();
-    let active = cluster
-        .wait_for(Duration::from_secs(30), |m| vigil::cluster::exactly_one_active(m).filter(|_| m.iter().all(Option::is_some)))
-        .await
-        .unwrap_or_else(|e| panic!("one active node: {e}\n{}", cluster.logs(40)));
+    let active = one_active_of_all_answering(&cluster).await;
     until(Duration::from_secs(5), "the active node persisted ACTIVE", || persisted_mode(&cluster, active).as_deref() == Some("active")).await;
     // SIGTERM: the daemon stops its services on the way out and records the clean stop.
     cluster.stop(active);
