@@ -99,6 +99,13 @@ fn addresses_and_names_go_where_the_deployment_needs_them() {
     assert_eq!(config.node.listen.to_string(), "0.0.0.0:7400", "a host name listens on every address");
     assert_eq!(config.watched[0].id, "xivo-main");
 
+    // An xds node shares its XiVO's host: files and data of its own.
+    let out = tmp.path().join("xds");
+    assert!(init(&["xds", "--node", "m=10.0.0.1", "--node", "s=10.0.0.2"], &out).status.success());
+    let config = NodeConfig::read(&out.join("m/node.toml")).unwrap();
+    assert_eq!((config.node.data_dir.to_str(), config.node.listen.port()), (Some("/var/lib/vigil-xds"), 7401));
+    assert!(read(&out.join("README.md")).contains("/etc/vigil-xds/xds.toml"));
+
     let out = tmp.path().join("edge");
     assert!(init(&["edge", "--node", "blue=10.0.0.1", "--node", "green=10.0.0.2:8443"], &out).status.success());
     let edge = read(&out.join("edge/edge.toml"));

@@ -15,7 +15,8 @@
 //! the node will look.
 //!
 //! Every node's directory is self-contained (relative paths are relative to `node.toml`): copy it to
-//! `/etc/vigil/` on its server. Nothing is written before every argument has been checked.
+//! `/etc/vigil/` on its server (`/etc/vigil-xds/`, data in `/var/lib/vigil-xds`, for an xds node,
+//! which runs beside its XiVO's own vigil on the same host). Nothing is written before every argument has been checked.
 
 use super::CliError;
 use crate::config::NodeConfig;
@@ -186,6 +187,8 @@ struct NodePlan {
 /// The data that every node.toml shares.
 struct Common<'a> {
     deployment: &'a str,
+    /// Where the node's files go on its server.
+    etc: &'a str,
     data_dir: String,
     plugin_dirs: &'a [PathBuf],
 }
@@ -217,10 +220,11 @@ fn header(c: &Common, id: &str, title: &str, policy: &str, edits: &[String]) -> 
     let mut s = format!(
         "# vigil node configuration: node {id:?}, the {title}\n# (deployment: {deployment}).\n\
          # Written by `vigil init`. Relative paths are relative to this file: keep this directory's files\n\
-         # together (on the server, all of them in /etc/vigil/, this file as /etc/vigil/node.toml).\n\
+         # together (on the server, all of them in {etc}/, this file as {etc}/node.toml).\n\
          # Every key is described in docs/operator-guide.md and at the top of host/src/config.rs.\n#\n\
          # Before the first start, edit:\n",
-        deployment = c.deployment
+        deployment = c.deployment,
+        etc = c.etc,
     );
     for e in edits {
         let _ = writeln!(s, "#   - {e}");
@@ -493,8 +497,13 @@ pub fn run(args: &InitArgs) -> Result<(), CliError> {
     } else if out.exists() {
         return Err(usage(format!("{} exists and is not a directory", out.display())));
     }
-    let data_dir = args.data_dir.as_ref().map_or_else(|| "/var/lib/vigil".to_string(), |d| d.display().to_string());
-    let common = Common { deployment: name, data_dir, plugin_dirs: &args.plugin_dirs };
+    // An xds node runs beside its XiVO's vigil, on the same host: its own files, its own data.
+    let (etc, default_data) = match deployment {
+        Deployment::Xds => ("/etc/vigil-xds", "/var/lib/vigil-xds"),
+        _ => ("/etc/vigil", "/var/lib/vigil"),
+    };
+    let data_dir = args.data_dir.as_ref().map_or_else(|| default_data.to_string(), |d| d.display().to_string());
+    let common = Common { deployment: name, etc, data_dir, plugin_dirs: &args.plugin_dirs };
     let plans = plan(deployment, &nodes, &common);
 
     let io = |path: &Path, e: std::io::Error| CliError::Failure(anyhow::anyhow!("{}: {e}", path.display()));
@@ -527,7 +536,7 @@ pub fn run(args: &InitArgs) -> Result<(), CliError> {
     }
     warnings.dedup();
 
-    let readme = next_steps(name, &out, &plans, &nodes, deployment);
+    let readme = next_steps(name, etc, &out, &plans, &nodes, deployment);
     let path = out.join("README.md");
     std::fs::write(&path, &readme).map_err(|e| io(&path, e))?;
     print!("{readme}");
@@ -537,7 +546,7 @@ pub fn run(args: &InitArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn next_steps(name: &str, out: &Path, plans: &[NodePlan], nodes: &[(String, Addr)], deployment: Deployment) -> String {
+fn next_steps(name: &str, etc: &str, out: &Path, plans: &[NodePlan], nodes: &[(String, Addr)], deployment: Deployment) -> String {
     let mut s = format!("# vigil init {name}\n\nWritten to {}:\n\n", out.display());
     for p in plans {
         let mut files = vec!["node.toml", p.policy_name];
@@ -551,20 +560,24 @@ fn next_steps(name: &str, out: &Path, plans: &[NodePlan], nodes: &[(String, Addr
     let _ = writeln!(s, "1. Edit each node's `node.toml` and policy: the list at the top of each `node.toml` says what\n   (service commands, VIP interfaces and addresses, ...).");
     match deployment {
         Deployment::Edge => {
-            let _ = writeln!(s, "2. Copy `edge/` to the Edge server as `/etc/vigil/`, keeping `admin.token` mode 0600.");
+            let _ = writeln!(s, "2. Copy `edge/` to the Edge server as `{etc}/`, keeping `admin.token` mode 0600.");
         }
         _ => {
             let servers: Vec<String> = nodes.iter().map(|(id, a)| format!("`{id}/` to {}", a.host)).collect();
-            let _ = writeln!(s, "2. Copy each directory to its server as `/etc/vigil/` ({}), keeping the\n   key and token files mode 0600.", servers.join(", "));
+            let _ = writeln!(s, "2. Copy each directory to its server as `{etc}/` ({}), keeping the\n   key and token files mode 0600.", servers.join(", "));
         }
     }
     if plans.iter().any(|p| p.peer_key) {
         let _ = writeln!(s, "   `peer.key` is the same in every directory: the nodes authenticate each other with it.");
     }
-    let checks: Vec<String> = plans.iter().map(|p| format!("`vigil policy check /etc/vigil/{}` on {}", p.policy_name, p.id)).collect();
+    let checks: Vec<String> = plans.iter().map(|p| format!("`vigil policy check {etc}/{}` on {}", p.policy_name, p.id)).collect();
     let _ = writeln!(s, "3. Check each policy and its plugin (from /usr/lib/vigil/plugins):\n   {}.", checks.join(", "));
-    let _ = writeln!(s, "4. Start: `systemctl enable --now vigil` (or `vigil run --config /etc/vigil/node.toml`).");
-    let _ = writeln!(s, "5. Watch: `vigil status --config /etc/vigil/node.toml`, or the status page at http://ADDRESS/.");
+    if deployment == Deployment::Xds {
+        let _ = writeln!(s, "4. Start a second vigil beside the XiVO's: `vigil run --config {etc}/node.toml` (a copy of the\n   vigil systemd unit with this --config, e.g. vigil-xds.service).");
+    } else {
+        let _ = writeln!(s, "4. Start: `systemctl enable --now vigil` (or `vigil run --config {etc}/node.toml`).");
+    }
+    let _ = writeln!(s, "5. Watch: `vigil status --config {etc}/node.toml`, or the status page at http://ADDRESS/.");
     s
 }
 
@@ -607,7 +620,7 @@ mod tests {
         let nodes = parse_nodes(&["main=10.0.0.1".into(), "standby=10.0.0.2".into()], 7400).unwrap();
         let dir = tempfile::tempdir().unwrap();
         for (name, deployment, _) in DEPLOYMENTS {
-            let common = Common { deployment: name, data_dir: "/var/lib/vigil".into(), plugin_dirs: &[] };
+            let common = Common { deployment: name, etc: "/etc/vigil", data_dir: "/var/lib/vigil".into(), plugin_dirs: &[] };
             for p in plan(*deployment, &nodes, &common) {
                 let path = dir.path().join("node.toml");
                 NodeConfig::parse(&path, &p.node_toml).unwrap_or_else(|e| panic!("{name}/{}: {e}\n{}", p.id, p.node_toml));
