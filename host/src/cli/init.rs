@@ -395,11 +395,11 @@ fn plan(deployment: Deployment, nodes: &[(String, Addr)], c: &Common) -> Vec<Nod
                 .collect()
         }
         Deployment::XivoCc => [
-            (a, b, "CC beside the main XiVO", "cc-main.toml", shipped::CC_MAIN, "xivo-main"),
-            (b, a, "CC beside the standby XiVO", "cc-standby.toml", shipped::CC_STANDBY, "xivo-standby"),
+            (a, b, Role::Primary, "CC beside the main XiVO", "cc-main.toml", shipped::CC_MAIN, "xivo-main"),
+            (b, a, Role::Secondary, "CC beside the standby XiVO", "cc-standby.toml", shipped::CC_STANDBY, "xivo-standby"),
         ]
         .into_iter()
-        .map(|(me, other, title, policy, text, xivo)| {
+        .map(|(me, other, role, title, policy, text, xivo)| {
             let edits = [
                 format!("[[watch]] below: the URL of the {xivo} vigil (the placeholder host does not resolve)"),
                 format!("{policy}: own_address / other_cc_address, the CC addresses as agents type them (set from --node: https://{} and https://{})", me.1.host, other.1.host),
@@ -408,7 +408,7 @@ fn plan(deployment: Deployment, nodes: &[(String, Addr)], c: &Common) -> Vec<Nod
             let policy_text = set_line(text, "own_address =", &format!("own_address = \"https://{}\"", me.1.host));
             let policy_text = set_line(&policy_text, "other_cc_address =", &format!("other_cc_address = \"https://{}\"", other.1.host));
             let mut t = header(c, &me.0, title, policy, &edits);
-            t += &node_section(c, &me.0, Role::Primary, me.1.listen, policy, "xivo-cc", "A CC node has no pair peer: it mirrors its XiVO; the role is not used.");
+            t += &node_section(c, &me.0, role, me.1.listen, policy, "xivo-cc", "A CC node has no pair peer: it mirrors its XiVO. Its plugin ignores the role; /status shows it.");
             t += HEARTBEAT;
             t += &format!(
                 "# This CC's XiVO: its vigil's /role is read every interval. EDIT the URL.\n[[watch]]\nid = \"{xivo}\"\nurl = \"http://{xivo}.invalid:7400\"\n\n"
@@ -417,16 +417,16 @@ fn plan(deployment: Deployment, nodes: &[(String, Addr)], c: &Common) -> Vec<Nod
             NodePlan { id: me.0.clone(), title: title.into(), policy_name: policy, policy_text, node_toml: t, peer_key: false, plugin: "xivo-cc".into() }
         })
         .collect(),
-        Deployment::Xds => [(a, "xds node beside the main XiVO"), (b, "xds node beside the standby XiVO")]
+        Deployment::Xds => [(a, Role::Primary, "xds node beside the main XiVO"), (b, Role::Secondary, "xds node beside the standby XiVO")]
             .into_iter()
-            .map(|(me, title)| {
+            .map(|(me, role, title)| {
                 let policy = "xds.toml";
                 let edits = [
                     format!("{policy}: `mds`, the media servers, and the [hooks.*] commands that register this XiVO to one of them"),
                     "[[watch]] below: the URL of this XiVO's vigil (default: on this host, port 7400)".to_string(),
                 ];
                 let mut t = header(c, &me.0, title, policy, &edits);
-                t += &node_section(c, &me.0, Role::Primary, me.1.listen, policy, "xds", "An xds node has no pair peer: it follows its XiVO; the role is not used.");
+                t += &node_section(c, &me.0, role, me.1.listen, policy, "xds", "An xds node has no pair peer: it follows its XiVO. Its plugin ignores the role; /status shows it.");
                 t += HEARTBEAT;
                 t += "# This node's XiVO: its vigil's /role is read every interval (usually the same host, port 7400,\n# which is why this node listens on another port).\n[[watch]]\nid = \"xivo\"\nurl = \"http://127.0.0.1:7400\"\n\n";
                 t += &security(false);
@@ -446,7 +446,7 @@ fn plan(deployment: Deployment, nodes: &[(String, Addr)], c: &Common) -> Vec<Nod
             ];
             let title = format!("Edge relay in front of {} (main) and {} (standby)", a.0, b.0);
             let mut t = header(c, "edge", &title, policy, &edits);
-            t += &node_section(c, "edge", Role::Primary, SocketAddr::from(([0, 0, 0, 0], 7400)), policy, "edge", "The Edge has no pair peer; the role is not used.");
+            t += &node_section(c, "edge", Role::Primary, SocketAddr::from(([0, 0, 0, 0], 7400)), policy, "edge", "The Edge has no pair peer. Its plugin ignores the role; /status shows it.");
             t += HEARTBEAT;
             for (id, addr) in [a, b] {
                 t += &format!("[[watch]]\nid = {}\nkind = \"tcp\"\naddress = \"{}\"\n\n", toml_str(id), addr.host_port());
