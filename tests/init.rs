@@ -308,4 +308,9 @@ async fn a_pair_written_by_vigil_init_fails_over() {
         "the new active node runs its services\n{}",
         logs(&nodes)
     );
+    // The CLI on the survivor's server reaches it with its generated node.toml and admin token.
+    let config = nodes[survivor].dir.join("node.toml");
+    let o = vigil(&["events".as_ref(), "--config".as_ref(), config.as_os_str(), "--json".as_ref()]);
+    assert!(o.status.success(), "{}", describe(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("active"), "{}", describe(&o));
 }

@@ -81,7 +81,9 @@ struct Addr {
     /// Host as it goes in a URL (`10.0.0.1`, `[fd00::1]`, `ha-a.example.com`).
     host: String,
     port: u16,
-    /// The node's `listen`: the address itself when it is an IP address, else every address.
+    /// The node's `listen`: every address of the server (of the address's family), or the loopback
+    /// address given. Not the address itself: without `[tls]` admin requests are answered from
+    /// loopback only, and the CLI on the server reaches a node that listens everywhere at 127.0.0.1.
     listen: SocketAddr,
 }
 
@@ -108,10 +110,10 @@ fn parse_addr(text: &str, default_port: u16) -> Result<Addr, String> {
         if sa.port() == 0 {
             return Err("port 0 is not a port a peer can reach".into());
         }
-        return Ok(Addr { host: url_host(sa.ip()), port: sa.port(), listen: sa });
+        return Ok(Addr { host: url_host(sa.ip()), port: sa.port(), listen: listen_for(sa.ip(), sa.port()) });
     }
     if let Ok(ip) = text.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
-        return Ok(Addr { host: url_host(ip), port: default_port, listen: SocketAddr::new(ip, default_port) });
+        return Ok(Addr { host: url_host(ip), port: default_port, listen: listen_for(ip, default_port) });
     }
     let (host, port) = match text.rsplit_once(':') {
         Some((host, port)) => {
@@ -127,6 +129,14 @@ fn parse_addr(text: &str, default_port: u16) -> Result<Addr, String> {
         return Err(format!("{host:?} is neither an IP address nor a host name"));
     }
     Ok(Addr { host: host.to_string(), port, listen: SocketAddr::from(([0, 0, 0, 0], port)) })
+}
+
+fn listen_for(ip: IpAddr, port: u16) -> SocketAddr {
+    match ip {
+        ip if ip.is_loopback() => SocketAddr::new(ip, port),
+        IpAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], port)),
+        IpAddr::V6(_) => SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), port),
+    }
 }
 
 fn url_host(ip: IpAddr) -> String {
@@ -241,7 +251,9 @@ fn node_section(c: &Common, id: &str, role: Role, listen: SocketAddr, policy: &s
     format!(
         "[node]\nid = {id}\n# {role_note}\nrole = \"{role}\"\n\
          # Peers, load balancers (/health, /active, /app, /role) and admin commands reach this node here.\n\
-         # \"0.0.0.0:{port}\" listens on every address of the server.\nlisten = \"{listen}\"\n\
+         # To listen on one address only, put it here; the CLI on this server (`vigil switch ... --config\n\
+         # node.toml`) then needs [tls] or security.admin_insecure_remote: without TLS, admin requests are\n\
+         # answered from loopback only.\nlisten = \"{listen}\"\n\
          # The event log, the replicated store and the compiled-plugin cache: one per node, never shared.\n\
          data_dir = {data_dir}\n\
          # The policy: which plugin decides, its parameters, the services and hooks it may run.\n\
@@ -251,7 +263,6 @@ fn node_section(c: &Common, id: &str, role: Role, listen: SocketAddr, policy: &s
          # (target/plugins in a source checkout), then /usr/lib/vigil/plugins (the Debian package).\n\
          plugin_dirs = [{dirs}]\n\n",
         id = toml_str(id),
-        port = listen.port(),
         data_dir = toml_str(&c.data_dir),
         policy = toml_str(policy),
         dirs = dirs.join(", "),
@@ -588,11 +599,12 @@ mod tests {
     #[test]
     fn addresses_parse_with_default_ports() {
         let a = parse_addr("10.0.0.1", 7400).unwrap();
-        assert_eq!((a.url(), a.listen.to_string()), ("http://10.0.0.1:7400".to_string(), "10.0.0.1:7400".to_string()));
+        assert_eq!((a.url(), a.listen.to_string()), ("http://10.0.0.1:7400".to_string(), "0.0.0.0:7400".to_string()));
         let a = parse_addr("[fd00::1]:7500", 7400).unwrap();
-        assert_eq!((a.url(), a.listen.to_string()), ("http://[fd00::1]:7500".to_string(), "[fd00::1]:7500".to_string()));
+        assert_eq!((a.url(), a.listen.to_string()), ("http://[fd00::1]:7500".to_string(), "[::]:7500".to_string()));
         let a = parse_addr("ha-a.example.com:7402", 7400).unwrap();
         assert_eq!((a.url(), a.listen.to_string()), ("http://ha-a.example.com:7402".to_string(), "0.0.0.0:7402".to_string()));
+        assert_eq!(parse_addr("127.0.0.1:7411", 7400).unwrap().listen.to_string(), "127.0.0.1:7411");
         for bad in ["http://10.0.0.1:7400", "10.0.0.1:0", "host:port", "bad_host", "", "a..b"] {
             assert!(parse_addr(bad, 7400).is_err(), "{bad:?}");
         }
