@@ -107,13 +107,15 @@ fn addresses_and_names_go_where_the_deployment_needs_them() {
     assert!(read(&out.join("README.md")).contains("/etc/vigil-xds/xds.toml"));
 
     let out = tmp.path().join("edge");
-    assert!(init(&["edge", "--node", "blue=10.0.0.1", "--node", "green=10.0.0.2:8443"], &out).status.success());
+    assert!(init(&["edge", "--node", "blue=10.0.0.1", "--node", "green.2=10.0.0.2:8443"], &out).status.success());
     let edge = read(&out.join("edge/edge.toml"));
-    for line in ["main = \"blue\"", "standby = \"green\"", "targets = { blue = \"10.0.0.1:443\", green = \"10.0.0.2:8443\" }", "initial = \"blue\""] {
+    for line in ["main = \"blue\"", "standby = \"green.2\"", "targets = { \"blue\" = \"10.0.0.1:443\", \"green.2\" = \"10.0.0.2:8443\" }", "initial = \"blue\""] {
         assert!(edge.lines().any(|l| l == line), "{line}\n{edge}");
     }
     let config = NodeConfig::read(&out.join("edge/node.toml")).unwrap();
-    assert_eq!(config.watched.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(), ["blue", "green"]);
+    assert_eq!(config.watched.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(), ["blue", "green.2"]);
+    let o = vigil(&["policy".as_ref(), "check".as_ref(), config.node.policy.as_os_str()]);
+    assert!(o.status.success(), "{}", describe(&o));
 
     let out = tmp.path().join("pair");
     let o = init(&["hot-standby", "--node", "a=[fd00::1]", "--node", "b=10.0.0.2:7500", "--data-dir", "state", "--plugin-dir", "/opt/plugins"], &out);

@@ -448,7 +448,7 @@ fn plan(deployment: Deployment, nodes: &[(String, Addr)], c: &Common) -> Vec<Nod
             let policy = "edge.toml";
             let mut text = set_line(shipped::EDGE, "main =", &format!("main = {}", toml_str(&a.0)));
             text = set_line(&text, "standby =", &format!("standby = {}", toml_str(&b.0)));
-            text = set_line(&text, "targets =", &format!("targets = {{ {} = \"{}\", {} = \"{}\" }}", a.0, a.1.host_port(), b.0, b.1.host_port()));
+            text = set_line(&text, "targets =", &format!("targets = {{ {} = \"{}\", {} = \"{}\" }}", toml_str(&a.0), a.1.host_port(), toml_str(&b.0), b.1.host_port()));
             text = set_line(&text, "initial =", &format!("initial = {}", toml_str(&a.0)));
             let edits = [
                 format!("{policy}: [relay] listen, where clients connect (port 443 needs CAP_NET_BIND_SERVICE)"),
