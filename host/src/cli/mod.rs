@@ -5,6 +5,7 @@
 
 pub mod client;
 mod demo;
+mod init;
 mod policy_cmd;
 
 use clap::{Parser, Subcommand};
@@ -78,6 +79,30 @@ pub enum Command {
     /// Check and test policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Write a starting configuration for every node of a deployment: node.toml, the policy, a shared
+    /// peer key and admin tokens, commented with what to edit.
+    Init {
+        /// hot-standby, xivo, xivo-cc, xds, edge, mail-gateway or voice.
+        deployment: String,
+        /// A node: its id (also its directory's name) and the address its peer reaches it at,
+        /// HOST[:PORT]. Twice: the primary (main) first, then the secondary (standby).
+        #[arg(long = "node", value_name = "ID=ADDR")]
+        nodes: Vec<String>,
+        /// Where to write (default: ./vigil-DEPLOYMENT); one directory per node.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Write into a non-empty directory, overwriting the files init writes (new keys and tokens).
+        #[arg(long)]
+        force: bool,
+        /// Every node's data directory (default /var/lib/vigil; a relative path is relative to the
+        /// node's node.toml).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Plugin directories written into each node's plugin_dirs (searched before the standard
+        /// ones: $VIGIL_PLUGIN_DIR, plugins/ beside the executable's directory, /usr/lib/vigil/plugins).
+        #[arg(long = "plugin-dir", value_name = "DIR")]
+        plugin_dirs: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -157,6 +182,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Policy(PolicyCommand::Check { policy, plugin_dirs }) => policy_cmd::check(&policy, plugin_dirs),
         Command::Policy(PolicyCommand::Test { policy, scenarios, plugin_dirs, verbose }) => {
             policy_cmd::test(&policy, &scenarios, plugin_dirs, verbose)
+        }
+        Command::Init { deployment, nodes, out, force, data_dir, plugin_dirs } => {
+            init::run(&init::InitArgs { deployment, nodes, out, force, data_dir, plugin_dirs })
         }
     }
 }
