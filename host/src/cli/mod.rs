@@ -29,7 +29,7 @@ pub enum Command {
     },
     /// Start a real local pair, inject a failure, show failover and failback, print the timeline.
     Demo {
-        /// The deployment to show (default: hot-standby).
+        /// The deployment to show: hot-standby (default), xivo, xivo-cc, edge, mail-gateway, voice.
         deployment: Option<String>,
     },
     /// Show a node's status.
