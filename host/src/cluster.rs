@@ -483,3 +483,14 @@ impl Cluster {
         &mut self.nodes[i].spec
     }
 }
+
+impl Cluster {
+    /// How node `i`'s process ended, if it was started and has exited since (it is then no longer
+    /// running); `None` while it runs or when it was not started.
+    pub fn exited(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        let node = &mut self.nodes[i];
+        let status = node.child.as_mut()?.try_wait().ok().flatten()?;
+        node.child = None;
+        Some(status)
+    }
+}

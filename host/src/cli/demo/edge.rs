@@ -166,23 +166,23 @@ pub(super) async fn run(exe: &Path, dir: &Path) -> Result<(), CliError> {
     let began = Instant::now();
     let client_task = client(edge_addr, log.clone(), demo.clock);
     demo.wait_until("the client answered by main through the Edge", Duration::from_secs(10), |_| log.first_answer(began, "main").is_some()).await?;
-    demo.watch(Duration::from_millis(500)).await;
+    demo.watch(Duration::from_millis(500)).await?;
 
     let first = outage(&mut demo, &log, &mut main, "standby").await?;
     demo.note(&format!("{}: {} refused connections in {} ms", first.what, first.refused, first.gap.as_millis()));
-    demo.watch(Duration::from_millis(300)).await;
+    demo.watch(Duration::from_millis(300)).await?;
 
     main = Backend::start("main", main.addr).await?;
     let main_back = Instant::now();
     demo.note("the main stack is back; traffic stays on standby until standby fails (return_to_main = false)");
-    demo.watch(Duration::from_millis(1500)).await;
+    demo.watch(Duration::from_millis(1500)).await?;
     if let Some((_, o)) = log.since(main_back).into_iter().find(|(_, o)| o.as_deref() != Some("standby")) {
         return Err(demo.failed("every connection answered by standby while it works", &format!("one got {o:?}")));
     }
 
     let second = outage(&mut demo, &log, &mut standby, "main").await?;
     demo.note(&format!("{}: {} refused connections in {} ms", second.what, second.refused, second.gap.as_millis()));
-    demo.watch(Duration::from_millis(500)).await;
+    demo.watch(Duration::from_millis(500)).await?;
     client_task.abort();
     let _ = client_task.await;
 

@@ -19,7 +19,7 @@ pub(super) async fn run(exe: &Path, dir: &Path) -> Result<(), CliError> {
     demo.start(1)?;
     let active = demo.wait("one active node", Duration::from_secs(20), exactly_one_active).await?;
     demo.note(&format!("pair stable: {} is active", demo.id(active)));
-    demo.watch(Duration::from_secs(1)).await;
+    demo.watch(Duration::from_secs(1)).await?;
 
     let (victim, survivor) = (active, 1 - active);
     let killed_at = Instant::now();
@@ -27,7 +27,7 @@ pub(super) async fn run(exe: &Path, dir: &Path) -> Result<(), CliError> {
     demo.wait("the standby to take over", Duration::from_secs(10), |m| (m[survivor] == Some(Mode::Active)).then_some(())).await?;
     let failover = killed_at.elapsed();
     demo.note(&format!("failover: node {} is active {} ms after the kill", demo.id(survivor), failover.as_millis()));
-    demo.watch(Duration::from_secs(1)).await;
+    demo.watch(Duration::from_secs(1)).await?;
 
     demo.start(victim)?;
     demo.wait("the restarted node to rejoin", Duration::from_secs(20), |m| m[victim].and(exactly_one_active(m))).await?;

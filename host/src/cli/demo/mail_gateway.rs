@@ -56,7 +56,7 @@ pub(super) async fn run(exe: &Path, dir: &Path) -> Result<(), CliError> {
     demo.wait_modes("the master active, the slave standby", Duration::from_secs(20), &[a, s]).await?;
     serving(&mut demo, 0, "the mail services on a only").await?;
     demo.note("a serves mail (mta, webmail)");
-    demo.watch(Duration::from_millis(500)).await;
+    demo.watch(Duration::from_millis(500)).await?;
 
     // 1. The master dies.
     let killed = Instant::now();

@@ -153,12 +153,29 @@ impl Demo {
         self.cluster.stop(i);
     }
 
+    /// Fail naming `what` if a node's process exited by itself (a configuration it refused, a crash).
+    fn check_processes(&mut self, what: &str) -> Result<(), CliError> {
+        for i in 0..self.cluster.nodes.len() {
+            if let Some(status) = self.cluster.exited(i) {
+                return Err(self.failed(what, &format!("node {} exited by itself ({status})", self.id(i))));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every node's mode, shown; fails naming `what` if a node's process exited by itself.
+    async fn poll(&mut self, what: &str) -> Result<Vec<Option<Mode>>, CliError> {
+        self.check_processes(what)?;
+        let modes = self.cluster.modes().await;
+        self.show(&modes);
+        Ok(modes)
+    }
+
     /// Wait until `done` holds on the modes (showing them), or fail naming `what`.
     async fn wait<T>(&mut self, what: &str, limit: Duration, mut done: impl FnMut(&Modes) -> Option<T>) -> Result<T, CliError> {
         let deadline = Instant::now() + limit;
         loop {
-            let modes = self.cluster.modes().await;
-            self.show(&modes);
+            let modes = self.poll(what).await?;
             if let Some(found) = done(&modes) {
                 return Ok(found);
             }
@@ -178,8 +195,7 @@ impl Demo {
     async fn wait_until(&mut self, what: &str, limit: Duration, mut condition: impl FnMut(&Demo) -> bool) -> Result<(), CliError> {
         let deadline = Instant::now() + limit;
         loop {
-            let modes = self.cluster.modes().await;
-            self.show(&modes);
+            let modes = self.poll(what).await?;
             if condition(self) {
                 return Ok(());
             }
@@ -194,8 +210,7 @@ impl Demo {
     async fn keep(&mut self, what: &str, how_long: Duration, holds: impl Fn(&Modes) -> bool) -> Result<(), CliError> {
         let until = Instant::now() + how_long;
         while Instant::now() < until {
-            let modes = self.cluster.modes().await;
-            self.show(&modes);
+            let modes = self.poll(what).await?;
             if !holds(&modes) {
                 return Err(self.failed(what, &format!("the modes became {modes:?}")));
             }
@@ -204,9 +219,9 @@ impl Demo {
         Ok(())
     }
 
-    /// Show the modes for `how_long`.
-    async fn watch(&mut self, how_long: Duration) {
-        let _ = self.keep("", how_long, |_| true).await;
+    /// Show the modes for `how_long` (failing only if a node's process exits by itself).
+    async fn watch(&mut self, how_long: Duration) -> Result<(), CliError> {
+        self.keep("every node running", how_long, |_| true).await
     }
 
     /// An operator request through the admin API (`vigil switch REQUEST` does the same).

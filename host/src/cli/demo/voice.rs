@@ -60,7 +60,7 @@ pub(super) async fn run(exe: &Path, dir: &Path) -> Result<(), CliError> {
     demo.wait_modes("the primary active, the secondary standby", Duration::from_secs(20), &[a, s]).await?;
     serving(&mut demo, 0, "the PBX services on a only").await?;
     demo.note("a runs the PBX");
-    demo.watch(Duration::from_millis(500)).await;
+    demo.watch(Duration::from_millis(500)).await?;
 
     // 1. A planned reboot from which the primary returns in time.
     announce(&mut demo).await?;
@@ -73,7 +73,7 @@ pub(super) async fn run(exe: &Path, dir: &Path) -> Result<(), CliError> {
         return Err(demo.failed("no takeover by b while the primary reboots", "b raised the calls alarm of a takeover"));
     }
     demo.note("the primary returned within the hold-off: b resumed standby, no failover");
-    demo.watch(Duration::from_millis(500)).await;
+    demo.watch(Duration::from_millis(500)).await?;
 
     // 2. A planned reboot from which the primary does not return.
     let announced = announce(&mut demo).await?;
@@ -87,7 +87,7 @@ pub(super) async fn run(exe: &Path, dir: &Path) -> Result<(), CliError> {
     serving(&mut demo, 1, "the PBX services on b only").await?;
     demo.expect_event(1, CALLS_ALARM).await?;
     demo.note(&format!("the hold-off ran out: b active {} ms after the announcement (calls alarm raised)", took_over.as_millis()));
-    demo.watch(Duration::from_millis(500)).await;
+    demo.watch(Duration::from_millis(500)).await?;
 
     demo.start(0)?;
     demo.wait_modes("the restarted primary in standby beside the active secondary", Duration::from_secs(10), &[s, a]).await?;

@@ -64,7 +64,7 @@ pub(super) async fn run(exe: &Path, dir: &Path) -> Result<(), CliError> {
         return Err(demo.failed(&format!("the standby to regenerate its configuration, then start {want:?}"), &format!("its order.log says {started:?}")));
     }
     demo.note(&format!("failover: xivo-b active {} ms after the kill; order.log: {}", failover.as_millis(), started.join(", ")));
-    demo.watch(Duration::from_millis(500)).await;
+    demo.watch(Duration::from_millis(500)).await?;
 
     let back = Instant::now();
     demo.start(0)?;

@@ -41,7 +41,7 @@ pub(super) async fn run(exe: &Path, dir: &Path) -> Result<(), CliError> {
     })
     .await?;
     demo.note("cc-a serves the contact center beside the main XiVO");
-    demo.watch(Duration::from_millis(500)).await;
+    demo.watch(Duration::from_millis(500)).await?;
 
     let killed = Instant::now();
     demo.kill(0);
@@ -54,7 +54,7 @@ pub(super) async fn run(exe: &Path, dir: &Path) -> Result<(), CliError> {
     demo.expect_event(3, &format!("users logged in to the other CC ({main_url}) must reconnect to this CC")).await?;
     demo.expect_event(2, &format!("users must reconnect to the other CC at {standby_url}")).await?;
     demo.note(&format!("the contact center follows the telephony to cc-b ({} ms after the kill); users are told to reconnect", moved.as_millis()));
-    demo.watch(Duration::from_millis(500)).await;
+    demo.watch(Duration::from_millis(500)).await?;
 
     let back = Instant::now();
     demo.start(0)?;
