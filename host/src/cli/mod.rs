@@ -27,7 +27,7 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Start a real local pair, inject a failure, show failover and failback, print the timeline.
+    /// Start a real local group of a deployment, inject its failure, show what it does, print the timeline.
     Demo {
         /// The deployment to show: hot-standby (default), xivo, xivo-cc, edge, mail-gateway, voice.
         deployment: Option<String>,
