@@ -142,7 +142,7 @@ pub struct Cluster {
 /// A free loopback port for a node to listen on later. Taken below the kernel's ephemeral range
 /// (32768 and up by default): a port the kernel hands out to a client socket or a `bind(0)` (a
 /// `LinkProxy`, another test's node) in the meantime can then never be this one.
-fn free_port() -> std::io::Result<u16> {
+pub fn free_port() -> std::io::Result<u16> {
     let mut random = [0u8; 2];
     for _ in 0..200 {
         getrandom::fill(&mut random).map_err(|e| std::io::Error::other(e.to_string()))?;

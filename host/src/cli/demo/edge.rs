@@ -141,7 +141,7 @@ pub(super) async fn run(exe: &Path, dir: &Path) -> Result<(), CliError> {
     let any: SocketAddr = ([127, 0, 0, 1], 0).into();
     let mut main = Backend::start("main", any).await?;
     let mut standby = Backend::start("standby", any).await?;
-    let edge_addr = std::net::TcpListener::bind(any).and_then(|l| l.local_addr()).map_err(super::fail)?;
+    let edge_addr: SocketAddr = ([127, 0, 0, 1], crate::cluster::free_port().map_err(super::fail)?).into();
     let mut c = cluster(exe, dir, TIMING)?;
     let policy = format!(
         "plugin = \"edge\"\n\n[params]\nfailures = {}\nreturn_to_main = false\n\n\

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 const SERVICES: [&str; 2] = ["pbx", "provisioning"];
 const TIMING: Timing = Timing { interval_ms: 150, timeout_ms: 120, failures: 3, successes: 3 };
 /// `planned_reboot_hold_ms` (the product's default is 5 minutes).
-const HOLD_MS: u64 = 4000;
+const HOLD_MS: u64 = 5000;
 /// Part of the calls alarm a takeover raises.
 const CALLS_ALARM: &str = "active calls on the failed unit were interrupted";
 
@@ -65,7 +65,7 @@ pub(super) async fn run(exe: &Path, dir: &Path) -> Result<(), CliError> {
     // 1. A planned reboot from which the primary returns in time.
     announce(&mut demo).await?;
     demo.stop(0);
-    demo.keep("b to hold off while a reboots", Duration::from_millis(800), |m| m[1] == hold).await?;
+    demo.keep("b to hold off while a reboots", Duration::from_millis(500), |m| m[1] == hold).await?;
     demo.start(0)?;
     demo.wait_modes("a back active, b back to standby", Duration::from_secs(10), &[a, s]).await?;
     serving(&mut demo, 0, "the PBX services on a only").await?;
