@@ -68,7 +68,8 @@ impl Drop for Backend {
 /// One connection of the client: who answered, `None` when it was refused or closed unanswered.
 type Outcome = Option<String>;
 
-/// Every connection the client made, with when it was made.
+/// Every connection the client made, with when its outcome was known (connections are made one
+/// after the other, so this is also the order in which they were made).
 #[derive(Default)]
 struct Log(Mutex<Vec<(Instant, Outcome)>>);
 
@@ -99,8 +100,8 @@ fn client(edge: SocketAddr, log: Arc<Log>, clock: Clock) -> tokio::task::JoinHan
     tokio::spawn(async move {
         let mut last: Option<Outcome> = None;
         loop {
-            let at = Instant::now();
             let outcome = connect_once(edge).await;
+            let at = Instant::now();
             if last.as_ref() != Some(&outcome) {
                 match &outcome {
                     Some(name) => clock.note(&format!("client: new connections answered by {name}")),
@@ -124,8 +125,6 @@ struct Outage {
 
 async fn outage(demo: &mut Demo, log: &Log, victim: &mut Backend, to: &str) -> Result<Outage, CliError> {
     let killed = Instant::now();
-    // A connection opened just before the kill may be the first one to fail.
-    let window = killed.checked_sub(Duration::from_millis(100)).unwrap_or(killed);
     demo.note(&format!("kill the {} stack (its listener and every connection close)", victim.name));
     victim.kill().await;
     demo.wait_until(&format!("new connections through the Edge answered by {to}"), Duration::from_secs(10), |_| {
@@ -133,7 +132,7 @@ async fn outage(demo: &mut Demo, log: &Log, victim: &mut Backend, to: &str) -> R
     })
     .await?;
     let moved = log.first_answer(killed, to).expect("waited for it");
-    let refused = log.since(window).iter().filter(|(at, o)| *at < moved && o.is_none()).count();
+    let refused = log.since(killed).iter().filter(|(at, o)| *at < moved && o.is_none()).count();
     Ok(Outage { what: format!("{} died → traffic on {to}", victim.name), refused, gap: moved - killed })
 }
 
