@@ -372,3 +372,41 @@ fn two_paths(cluster: &mut Cluster) {
         cluster.spec_mut(i).peer_paths = vec![(peer, vec![("hb1".into(), url.clone()), ("hb2".into(), url)])];
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::collapse;
+
+    fn event(at: u64, kind: &str, message: &str) -> (u64, String, String) {
+        (at, kind.to_string(), message.to_string())
+    }
+
+    #[test]
+    fn runs_of_alike_decisions_keep_their_first_a_count_and_their_last() {
+        let mut events = vec![event(0, "decision", "starting → standby: first tick")];
+        for n in 1..=6 {
+            events.push(event(n * 100, "decision", &format!("standby: main answers ({n} checks in a row)")));
+        }
+        events.push(event(700, "decision", "standby: main lost 1/3 checks"));
+        events.push(event(800, "decision", "standby: main lost 2/3 checks"));
+        events.push(event(900, "action", "start:asterisk ok"));
+        events.push(event(1000, "decision", "standby → active: main lost 3/3 checks"));
+        let out = collapse(events);
+        let messages: Vec<&str> = out.iter().map(|(_, _, m)| m.as_str()).collect();
+        assert_eq!(
+            messages,
+            [
+                "starting → standby: first tick",
+                "standby: main answers (1 checks in a row)",
+                "… 4 more alike",
+                "standby: main answers (6 checks in a row)",
+                // A run of two is shown whole; transitions and other kinds are never collapsed.
+                "standby: main lost 1/3 checks",
+                "standby: main lost 2/3 checks",
+                "start:asterisk ok",
+                "standby → active: main lost 3/3 checks",
+            ]
+        );
+        assert_eq!(out[2].0, 200, "the count stands where the hidden run began");
+    }
+}
