@@ -81,6 +81,7 @@ fn edge() {
         &[
             "client: new connections answered by main",
             "client: new connections answered by standby",
+            "edge ACTIVE     relay → standby",
             "main died → traffic on standby",
             "standby died → traffic on main",
             "route:standby ok",

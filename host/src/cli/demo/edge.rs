@@ -159,6 +159,7 @@ pub(super) async fn run(exe: &Path, dir: &Path) -> Result<(), CliError> {
         main.addr, standby.addr, TIMING.interval_ms, TIMING.failures
     );
     let mut demo = Demo::new(c, &title);
+    demo.relay = Some(0);
     demo.start(0)?;
     demo.wait_modes("the Edge active", Duration::from_secs(20), &[Some(Mode::Active)]).await?;
     let log = Arc::new(Log::default());

@@ -36,6 +36,14 @@ pub const DEPLOYMENTS: &[(&str, &str)] = &[
     ("voice", "PBX pair: planned reboot → hold-off; the primary returns, then one that does not"),
 ];
 
+/// `println!` that ignores a closed stdout (`vigil demo | head`): the demo goes on and cleans up.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 fn fail(e: impl std::fmt::Display) -> CliError {
     CliError::Failure(anyhow::anyhow!("{e}"))
 }
@@ -81,7 +89,7 @@ impl Clock {
     }
 
     fn note(self, text: &str) {
-        println!("{}  ── {text}", self.stamp());
+        say!("{}  ── {text}", self.stamp());
     }
 }
 
@@ -90,6 +98,8 @@ struct Demo {
     cluster: Cluster,
     clock: Clock,
     last: String,
+    /// A node whose relay target is shown beside the modes (`/status` `relay.target`).
+    relay: Option<usize>,
 }
 
 /// What a demo's wait or watch sees: every node's mode (`None`: not answering).
@@ -98,12 +108,12 @@ type Modes = [Option<Mode>];
 impl Demo {
     /// A demo of `cluster` (configured, not started); prints the title and the nodes.
     fn new(cluster: Cluster, title: &str) -> Demo {
-        println!("vigil demo: {title}");
+        say!("vigil demo: {title}");
         for node in &cluster.nodes {
-            println!("  node {:<12} {}", node.id, node.url);
+            say!("  node {:<12} {}", node.id, node.url);
         }
-        println!("  files in {}\n", cluster.dir.display());
-        Demo { cluster, clock: Clock(Instant::now()), last: String::new() }
+        say!("  files in {}\n", cluster.dir.display());
+        Demo { cluster, clock: Clock(Instant::now()), last: String::new(), relay: None }
     }
 
     fn note(&self, text: &str) {
@@ -118,14 +128,17 @@ impl Demo {
         &self.cluster.nodes[i]
     }
 
-    /// Print the modes when they changed.
-    fn show(&mut self, modes: &Modes) {
+    /// Print the modes (and the relay's target) when they changed.
+    fn show(&mut self, modes: &Modes, target: Option<String>) {
         let mut text = String::new();
         for (node, mode) in self.cluster.nodes.iter().zip(modes) {
             let _ = write!(text, "  {} {:<9}", node.id, mode.map_or("(down)", |m| m.role_word()));
         }
+        if let Some(target) = target {
+            let _ = write!(text, "  relay → {target}");
+        }
         if text != self.last {
-            println!("{}{text}", self.clock.stamp());
+            say!("{}{text}", self.clock.stamp());
             self.last = text;
         }
     }
@@ -167,8 +180,19 @@ impl Demo {
     async fn poll(&mut self, what: &str) -> Result<Vec<Option<Mode>>, CliError> {
         self.check_processes(what)?;
         let modes = self.cluster.modes().await;
-        self.show(&modes);
+        let target = match self.relay {
+            Some(i) => self.relay_target(i).await,
+            None => None,
+        };
+        self.show(&modes, target);
         Ok(modes)
+    }
+
+    /// Node `i`'s relay target, from its `/status`.
+    async fn relay_target(&self, i: usize) -> Option<String> {
+        let Ok((200, body)) = self.cluster.admin(i, Method::GET, "/status").await else { return None };
+        let status: serde_json::Value = serde_json::from_str(&body).ok()?;
+        status["relay"]["target"].as_str().map(str::to_string)
     }
 
     /// Wait until `done` holds on the modes (showing them), or fail naming `what`.
@@ -253,16 +277,16 @@ impl Demo {
 
     /// Print the merged event timeline and the summary, stop every node.
     async fn finish(mut self, summary: &[String]) -> Result<(), CliError> {
-        println!("\nEvent timeline (every node's event log, merged):");
-        print!("{}", self.merged_events().await);
-        println!();
+        say!("\nEvent timeline (every node's event log, merged):");
+        say!("{}", self.merged_events().await.trim_end());
+        say!("");
         for line in summary {
-            println!("{line}");
+            say!("{line}");
         }
         for i in 0..self.cluster.nodes.len() {
             self.cluster.stop(i);
         }
-        println!("vigil demo: done, cleaned up.");
+        say!("vigil demo: done, cleaned up.");
         Ok(())
     }
 
