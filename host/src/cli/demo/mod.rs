@@ -53,7 +53,8 @@ pub fn run(deployment: Option<&str>) -> Result<(), CliError> {
     let deployment = deployment.unwrap_or("hot-standby");
     if !DEPLOYMENTS.iter().any(|(name, _)| *name == deployment) {
         let list: Vec<&str> = DEPLOYMENTS.iter().map(|(name, _)| *name).collect();
-        return Err(CliError::Config(anyhow::anyhow!("no demo for {deployment:?}; available: {}", list.join(", "))));
+        let lines: Vec<String> = DEPLOYMENTS.iter().map(|(name, what)| format!("  {name:<13} {what}")).collect();
+        return Err(CliError::Config(anyhow::anyhow!("no demo for {deployment:?}; available: {}\n{}", list.join(", "), lines.join("\n"))));
     }
     let exe = std::env::current_exe().map_err(|e| fail(format!("cannot find the vigil executable: {e}")))?;
     let dir = std::env::temp_dir().join(format!("vigil-demo-{deployment}-{}", std::process::id()));
