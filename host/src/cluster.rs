@@ -142,7 +142,7 @@ pub struct Cluster {
 /// A free loopback port for a node to listen on later. Taken below the kernel's ephemeral range
 /// (32768 and up by default): a port the kernel hands out to a client socket or a `bind(0)` (a
 /// `LinkProxy`, another test's node) in the meantime can then never be this one.
-fn free_port() -> std::io::Result<u16> {
+pub fn free_port() -> std::io::Result<u16> {
     let mut random = [0u8; 2];
     for _ in 0..200 {
         getrandom::fill(&mut random).map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -481,5 +481,16 @@ impl Cluster {
     /// Replace node `i`'s spec before it starts (e.g. to route its peer paths through proxies).
     pub fn spec_mut(&mut self, i: usize) -> &mut NodeSpec {
         &mut self.nodes[i].spec
+    }
+}
+
+impl Cluster {
+    /// How node `i`'s process ended, if it was started and has exited since (it is then no longer
+    /// running); `None` while it runs or when it was not started.
+    pub fn exited(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        let node = &mut self.nodes[i];
+        let status = node.child.as_mut()?.try_wait().ok().flatten()?;
+        node.child = None;
+        Some(status)
     }
 }

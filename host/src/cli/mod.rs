@@ -28,9 +28,9 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Start a real local pair, inject a failure, show failover and failback, print the timeline.
+    /// Start a real local group of a deployment, inject its failure, show what it does, print the timeline.
     Demo {
-        /// The deployment to show (default: hot-standby).
+        /// The deployment to show: hot-standby (default), xivo, xivo-cc, edge, mail-gateway, voice.
         deployment: Option<String>,
     },
     /// Show a node's status.
