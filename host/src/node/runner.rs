@@ -166,6 +166,7 @@ pub async fn build(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Arc<Node
             mode_since_ms: now,
             reason: "started; the first tick decides the mode".into(),
         },
+        timeline: state::ModeTimeline::new(now, crate::model::Mode::Starting, "started"),
         ..Status::default()
     };
     let state = Arc::new(NodeState {
@@ -251,6 +252,8 @@ struct NodeLoop {
     peer_ids: Vec<String>,
     /// The reason of the last decision written to the event log.
     last_reason: String,
+    /// The modes of the last hour, for `/status` (the operator console).
+    timeline: state::ModeTimeline,
     /// Service polling, directory scans, monitor probes: each on a task of its own, so that nothing
     /// slow sits in a tick. Aborted when the loop ends.
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -353,6 +356,7 @@ impl NodeLoop {
             executor,
             relay,
             last_reason: String::new(),
+            timeline: state::ModeTimeline::new(now, crate::model::Mode::Starting, "started"),
             tasks,
             state,
         }
@@ -417,6 +421,10 @@ impl NodeLoop {
             state.record(Event::new(state.clock.wall_ms(), EventKind::Peer, note));
         }
         record_outcome(&state, &self.core, &outcome, &mut self.last_reason);
+        if outcome.from != outcome.to {
+            self.timeline.record(now, outcome.to, &outcome.reason);
+        }
+        self.timeline.advance(now);
         if !outcome.actions.is_empty() {
             self.executor.submit(policy.clone(), outcome.actions.clone());
         }
@@ -498,6 +506,7 @@ impl NodeLoop {
             pending_actions: self.executor.pending(),
             loop_age_ms: None,
             events: Vec::new(),
+            timeline: self.timeline.clone(),
         };
         status.events = state.events.latest(20).unwrap_or_default();
         state.publish(status);
