@@ -169,15 +169,15 @@ impl Chromium {
         self.eval(session, &format!("document.getElementById({id:?})?.textContent ?? ''")).as_str().unwrap_or_default().to_string()
     }
 
-    /// Wait until `check` holds for the text of element `id`; returns the text.
-    fn wait_text(&mut self, session: &str, id: &str, limit: Duration, check: impl Fn(&str) -> bool) -> String {
+    /// Wait until `check` holds for the text of element `id` (`what` says what for); returns the text.
+    fn wait_text(&mut self, session: &str, id: &str, what: &str, limit: Duration, check: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + limit;
         loop {
             let text = self.text(session, id);
             if check(&text) {
                 return text;
             }
-            assert!(Instant::now() < deadline, "#{id} reads {text:?} after {} s", limit.as_secs());
+            assert!(Instant::now() < deadline, "{what}: #{id} still reads {text:?} after {} s", limit.as_secs());
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -235,7 +235,9 @@ async fn the_console_switches_the_active_node_to_standby_and_both_pages_follow()
     let mut cluster = Cluster::hot_standby_pair(vigil_bin(), dir.path(), &spec).unwrap();
     cluster.start(0).unwrap();
     cluster.start(1).unwrap();
-    let active = cluster.wait_for(Duration::from_secs(20), exactly_one_active).await.unwrap();
+    // Settled: one node active, the other standby (neither still starting).
+    let settled = |m: &[Option<Mode>]| exactly_one_active(m).filter(|_| m.iter().all(|m| matches!(m, Some(Mode::Active | Mode::Standby))));
+    let active = cluster.wait_for(Duration::from_secs(20), settled).await.unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs(40)));
     let other = 1 - active;
     let (active_url, other_url) = (format!("{}/", cluster.nodes[active].url), format!("{}/", cluster.nodes[other].url));
     let profile = dir.path().join("chromium-profile");
@@ -250,9 +252,9 @@ async fn the_console_switches_the_active_node_to_standby_and_both_pages_follow()
             let page = chromium.open(&active_url);
             let peer_page = chromium.open(&other_url);
             let limit = Duration::from_secs(15);
-            chromium.wait_text(&page, "mode", limit, |m| m == "ACTIVE");
-            chromium.wait_text(&peer_page, "mode", limit, |m| m == "STANDBY");
-            chromium.wait_text(&page, "paths", limit, |t| t.contains(" ms"));
+            chromium.wait_text(&page, "mode", "the active node's console", limit, |m| m == "ACTIVE");
+            chromium.wait_text(&peer_page, "mode", "its peer's console", limit, |m| m == "STANDBY");
+            chromium.wait_text(&page, "paths", "the round trips", limit, |t| t.contains(" ms"));
 
             // No token: the page asks for one and sends nothing.
             chromium.click(&page, "standby");
@@ -263,7 +265,7 @@ async fn the_console_switches_the_active_node_to_standby_and_both_pages_follow()
             // A wrong token: the node refuses, and the page shows its answer.
             chromium.type_into(&page, "token", "not-the-admin-token");
             chromium.click(&page, "standby");
-            let refused = chromium.wait_text(&page, "answer", limit, |a| !a.ends_with('…'));
+            let refused = chromium.wait_text(&page, "answer", "the refusal", limit, |a| !a.ends_with('…'));
             assert!(refused.contains("401") && refused.contains("refused"), "{refused}");
 
             // Forget it, type the right one, click.
@@ -271,16 +273,16 @@ async fn the_console_switches_the_active_node_to_standby_and_both_pages_follow()
             assert_eq!(chromium.eval(&page, "document.getElementById('token').value + (sessionStorage.getItem('vigil-admin-token') ?? '')"), "");
             chromium.type_into(&page, "token", ADMIN_TOKEN);
             chromium.click(&page, "standby");
-            let accepted = chromium.wait_text(&page, "answer", limit, |a| !a.ends_with('…'));
+            let accepted = chromium.wait_text(&page, "answer", "the acceptance", limit, |a| !a.ends_with('…'));
             assert!(accepted.contains("202") && accepted.contains("\"accepted\": \"standby\""), "{accepted}");
             assert_eq!(chromium.dialogs.len(), 2, "each click asked for confirmation: {:?}", chromium.dialogs);
             assert!(chromium.dialogs[1].contains("standby"), "{:?}", chromium.dialogs);
             assert_eq!(chromium.eval(&page, "sessionStorage.getItem('vigil-admin-token')"), ADMIN_TOKEN, "kept for the tab");
 
             // Both consoles follow, on their own polling.
-            chromium.wait_text(&page, "mode", limit, |m| m == "STANDBY");
-            chromium.wait_text(&peer_page, "mode", limit, |m| m == "ACTIVE");
-            let timeline = chromium.wait_text(&page, "timeline", limit, |t| t.contains("ACTIVE") && t.contains("STANDBY"));
+            chromium.wait_text(&page, "mode", "the clicked console", limit, |m| m == "STANDBY");
+            chromium.wait_text(&peer_page, "mode", "the peer's console", limit, |m| m == "ACTIVE");
+            let timeline = chromium.wait_text(&page, "timeline", "the timeline", limit, |t| t.contains("ACTIVE") && t.contains("STANDBY"));
             assert!(timeline.contains("operator"), "the timeline says why: {timeline}");
             let segments = chromium.eval(&page, "document.querySelectorAll('#bar div').length").as_u64().unwrap_or(0);
             assert!(segments >= 3, "starting, active and standby are drawn on the bar: {segments}");
@@ -294,7 +296,9 @@ async fn the_console_switches_the_active_node_to_standby_and_both_pages_follow()
             std::fs::write(&screenshot_to, &png).expect("write the screenshot");
         })
     };
-    browser.await.unwrap();
+    if let Err(failed) = browser.await {
+        panic!("{failed}\n{}", cluster.logs(60));
+    }
     println!("console screenshot: {}", screenshot_to.display());
 
     let modes = cluster.modes().await;

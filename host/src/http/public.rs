@@ -1,4 +1,6 @@
-//! Public endpoints: unauthenticated, cheap, read-only; for load balancers and monitors.
+//! Public endpoints: unauthenticated, cheap, read-only; for load balancers and monitors. `/` is the
+//! operator console (`host/assets/index.html`): it reads `/status` and its controls call the admin
+//! endpoints with the token the operator types, so it holds no secret and grants nothing itself.
 
 use super::{status_only, text, text_static, Answer};
 use crate::model::Mode;
