@@ -134,3 +134,43 @@ async fn operator_commands_over_http_and_the_cli() {
         assert!(events.contains(needle), "{needle:?} missing from a's event log: {events}");
     }
 }
+
+/// A fault discards the plugin's decision, so the operator request of a faulting tick was never acted
+/// on (a click in the console on a loaded machine whose plugin ran past its time limit): the node
+/// delivers it again on the next tick, and drops it, saying so, after three faulting ticks.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_request_the_plugin_faulted_on_is_delivered_again_then_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let timing = Timing { interval_ms: 100, timeout_ms: 80, failures: 3, successes: 3 };
+    let mut cluster = Cluster::new(vigil_bin(), dir.path(), timing, vec![plugins_dir()]).unwrap();
+    // The plugin traps on every tick from 5 s on: after its load's dry-run tick and the node's start.
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let policy = format!("plugin = \"testkit\"\n\n[params]\nmode = \"standby\"\nfault = \"trap\"\nfault_from_ms = {}\n", now_ms + 5_000);
+    let i = cluster.add(NodeSpec::new("a", Role::Primary, &policy)).unwrap();
+    cluster.start(i).unwrap();
+    cluster.wait_for(Duration::from_secs(20), |m| m[0].map(|_| ())).await.unwrap_or_else(|e| panic!("the node answers: {e}\n{}", cluster.logs(30)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, events) = cluster.admin(i, Method::GET, "/events?limit=1000").await.unwrap();
+        if events.contains("\"kind\": \"fault\"") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the plugin never faulted:\n{events}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (code, body) = cluster.admin(i, Method::POST, "/admin/switch/active").await.unwrap();
+    assert_eq!(code, 202, "{body}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let (code, events) = cluster.admin(i, Method::GET, "/events?limit=1000").await.unwrap();
+        assert_eq!(code, 200, "{events}");
+        if events.contains("operator request active dropped") {
+            break events;
+        }
+        assert!(std::time::Instant::now() < deadline, "no drop within 10 s:\n{events}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(events.matches("operator request active: the plugin faulted on its tick (trap); delivered again").count(), 2, "{events}");
+    assert_eq!(events.matches("dropped: the plugin faulted on the 3 ticks that carried it (trap); ask again").count(), 1, "{events}");
+}

@@ -33,6 +33,8 @@ pub struct CheckResult {
     pub heartbeat: Option<Heartbeat>,
     /// Why it failed.
     pub error: Option<String>,
+    /// How long the answering attempt took, in microseconds (successful checks only).
+    pub rtt_us: Option<u64>,
 }
 
 /// One round for one remote: a result per path and per remote service.
@@ -135,7 +137,12 @@ impl Prober {
 
     /// [`check`](Self::check), failed at `until` if no attempt has answered by then.
     async fn check_until(&self, remote: &str, probe: &Probe, until: Option<Instant>) -> CheckResult {
-        let attempts = join_all((0..probe.count.max(1)).map(|_| self.attempt(remote, probe)));
+        let attempts = join_all((0..probe.count.max(1)).map(|_| async {
+            let started = Instant::now();
+            let mut result = self.attempt(remote, probe).await;
+            result.rtt_us = result.ok.then(|| u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+            result
+        }));
         let attempts = match until {
             None => attempts.await,
             Some(at) => match tokio::time::timeout_at(at, attempts).await {
@@ -162,7 +169,7 @@ impl Prober {
             // A signed refusal for our timestamp still proves the peer alive and says its mode: a
             // wrong clock makes a peer "reachable, skewed", never dead.
             ProbeKind::Vigil => match self.peer.heartbeat(remote, &probe.target, self.timeout).await {
-                Ok(hb) => CheckResult { ok: true, report: Some(hb.answer.report()), heartbeat: Some(hb), error: None },
+                Ok(hb) => CheckResult { ok: true, report: Some(hb.answer.report()), heartbeat: Some(hb), ..CheckResult::default() },
                 Err(e) => fail(e),
             },
             ProbeKind::Role => match self.http.get(&format!("{}/role", probe.target), self.timeout).await {
@@ -218,6 +225,9 @@ pub struct RemoteTrack {
     /// Why the peer refused our requests in its last answer (a clock outside its signature window):
     /// it is reachable, but acts on none of our commands or replication requests.
     pub refused: Option<String>,
+    /// Each path's round trip in its latest round, in microseconds (`None`: it failed), in the order
+    /// of `remote.paths` (the operator console shows them).
+    pub path_rtt_us: Vec<Option<u64>>,
 }
 
 /// When each remote's probes of the next round end at the latest, in monotonic ms (see the module
@@ -318,6 +328,7 @@ fn view(t: &RemoteTrack, mono_ms: u64) -> Remote {
 }
 
 fn record_remote(track: &mut RemoteTrack, round: &RemoteRound, mono_ms: u64) {
+    track.path_rtt_us = round.paths.iter().map(|r| r.rtt_us.filter(|_| r.ok)).collect();
     for (check, result) in track.remote.paths.iter_mut().zip(&round.paths) {
         check.record(result.ok);
     }
@@ -373,7 +384,10 @@ mod tests {
         let mut t = Tracker::new("a", &targets());
         let round = |a: bool, b: bool| Round { peers: vec![RemoteRound { paths: vec![result(a), result(b)], services: vec![] }], ..Round::default() };
         t.record(&round(true, true), 0);
-        t.record(&round(false, true), 100);
+        let mut slow = round(false, true);
+        slow.peers[0].paths[1].rtt_us = Some(1_500);
+        t.record(&slow, 100);
+        assert_eq!(t.peers[0].path_rtt_us, vec![None, Some(1_500)], "each path's latest round trip, none for a failed one");
         let p = &t.peers(100)[0];
         assert!(p.reachable);
         assert_eq!(p.consecutive_successes, 2);
@@ -407,10 +421,11 @@ mod tests {
         let clock = crate::clock::SystemClock::new();
         let prober = Prober::new(PeerClient::new(HttpClient::new(), "a".into(), vec![], clock), HttpClient::new(), Duration::from_millis(200));
         let probe = Probe { name: "p".into(), kind: ProbeKind::Ping, target: format!("127.0.0.1:{port}"), expect_status: 200, expect_body: None, count: 2 };
-        assert!(prober.check("b", &probe).await.ok);
+        let alive = prober.check("b", &probe).await;
+        assert!(alive.ok && alive.rtt_us.is_some(), "an answer has its round trip: {alive:?}");
         let tcp = Probe { kind: ProbeKind::Tcp, ..probe };
         let r = prober.check("b", &tcp).await;
-        assert!(!r.ok && r.error.unwrap().contains("refused"));
+        assert!(!r.ok && r.rtt_us.is_none() && r.error.unwrap().contains("refused"));
     }
 
     #[test]

@@ -131,6 +131,72 @@ pub struct Status {
     pub loop_age_ms: Option<u64>,
     /// The latest events, newest first.
     pub events: Vec<Event>,
+    /// The node's modes over the last hour (the operator console draws it).
+    pub timeline: ModeTimeline,
+}
+
+/// One mode change of the [`ModeTimeline`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModeChange {
+    /// Wall-clock time of the change (ms since the Unix epoch).
+    pub at_ms: u64,
+    pub mode: Mode,
+    pub reason: String,
+}
+
+/// The node's mode changes over the last [`window_ms`](Self::window_ms), kept in memory by the loop
+/// (a restart starts a new one): oldest first, the first one possibly older than the window (the
+/// mode the window opens with). At most [`ModeTimeline::MAX_CHANGES`]: a node flapping faster drops
+/// its oldest changes and counts them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ModeTimeline {
+    pub window_ms: u64,
+    /// When the loop last published it (ms since the Unix epoch): the window ends there.
+    pub until_ms: u64,
+    pub changes: std::collections::VecDeque<ModeChange>,
+    /// Changes dropped within the window for want of room.
+    pub dropped: u64,
+}
+
+impl ModeTimeline {
+    /// One hour.
+    pub const WINDOW_MS: u64 = 3_600_000;
+    /// Room for a change every 15 s over the hour.
+    pub const MAX_CHANGES: usize = 240;
+
+    /// A timeline whose first entry is `mode` at `at_ms`.
+    pub fn new(at_ms: u64, mode: Mode, reason: &str) -> ModeTimeline {
+        let mut timeline = ModeTimeline { window_ms: Self::WINDOW_MS, until_ms: at_ms, ..ModeTimeline::default() };
+        timeline.changes.push_back(ModeChange { at_ms, mode, reason: reason.to_string() });
+        timeline
+    }
+
+    /// Record a change to `mode` at `at_ms`, and forget what fell out of the window.
+    pub fn record(&mut self, at_ms: u64, mode: Mode, reason: &str) {
+        if self.changes.back().is_some_and(|last| last.mode == mode) {
+            return;
+        }
+        self.changes.push_back(ModeChange { at_ms, mode, reason: reason.to_string() });
+        if self.changes.len() > Self::MAX_CHANGES {
+            self.changes.pop_front();
+            self.dropped += 1;
+        }
+        self.advance(at_ms);
+    }
+
+    /// Move the window's end to `now_ms`: changes before the window go, except the last of them
+    /// (the mode the window starts in).
+    pub fn advance(&mut self, now_ms: u64) {
+        self.until_ms = self.until_ms.max(now_ms);
+        let start = self.until_ms.saturating_sub(self.window_ms);
+        while self.changes.get(1).is_some_and(|next| next.at_ms <= start) {
+            self.changes.pop_front();
+        }
+        if self.changes.front().is_some_and(|first| first.at_ms <= start) {
+            // Whatever was dropped is now out of the window too.
+            self.dropped = 0;
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -155,6 +221,9 @@ pub struct PeerStatus {
     pub last_seen_ms: Option<u64>,
     pub clock_skew_ms: Option<i64>,
     pub paths: Vec<Check>,
+    /// Each path's round trip in the latest heartbeat round, in microseconds (`None`: it failed), in
+    /// the order of `paths`.
+    pub path_rtt_us: Vec<Option<u64>>,
     pub services: Vec<Check>,
     pub last_error: Option<String>,
     /// Reachable, but refusing this node's requests, and why (clock skew beyond the signature window).
@@ -210,6 +279,7 @@ pub fn peer_statuses(tracks: &[crate::heartbeat::RemoteTrack], now_ms: u64, mono
                 last_seen_ms: t.last_seen_mono_ms.map(|seen| now_ms.saturating_sub(mono_ms.saturating_sub(seen))),
                 clock_skew_ms: t.clock_skew_ms,
                 paths: r.paths.clone(),
+                path_rtt_us: t.path_rtt_us.clone(),
                 services: r.services.clone(),
                 last_error: t.last_error.clone(),
                 refused: t.refused.clone(),
@@ -221,4 +291,36 @@ pub fn peer_statuses(tracks: &[crate::heartbeat::RemoteTrack], now_ms: u64, mono
 /// Both peer tables of `/status`.
 pub fn remote_statuses(tracker: &Tracker, now_ms: u64, mono_ms: u64) -> (Vec<PeerStatus>, Vec<PeerStatus>) {
     (peer_statuses(&tracker.peers, now_ms, mono_ms), peer_statuses(&tracker.watched, now_ms, mono_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timeline_keeps_the_last_hour_and_the_mode_it_opens_with() {
+        let hour = ModeTimeline::WINDOW_MS;
+        let mut t = ModeTimeline::new(1_000, Mode::Starting, "started");
+        t.record(2_000, Mode::Standby, "peer active");
+        t.record(2_500, Mode::Standby, "still");
+        assert_eq!(t.changes.len(), 2, "a repeated mode is no change");
+        t.record(10_000, Mode::Active, "peer failed");
+        t.advance(2_000 + hour);
+        let modes: Vec<Mode> = t.changes.iter().map(|c| c.mode).collect();
+        assert_eq!(modes, [Mode::Standby, Mode::Active], "starting fell out; standby opens the window");
+        t.advance(20_000 + hour);
+        assert_eq!(t.changes.len(), 1, "only the mode the window opens with is left");
+        assert_eq!((t.changes[0].mode, t.until_ms), (Mode::Active, 20_000 + hour));
+    }
+
+    #[test]
+    fn a_flapping_node_keeps_the_latest_changes_and_counts_the_rest() {
+        let mut t = ModeTimeline::new(0, Mode::Starting, "started");
+        for i in 1..=1_000u64 {
+            t.record(i * 100, if i % 2 == 0 { Mode::Active } else { Mode::Standby }, "flap");
+        }
+        assert_eq!(t.changes.len(), ModeTimeline::MAX_CHANGES);
+        assert_eq!(t.dropped, 1_001 - ModeTimeline::MAX_CHANGES as u64);
+        assert_eq!(t.changes.back().unwrap().at_ms, 100_000);
+    }
 }

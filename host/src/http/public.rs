@@ -1,4 +1,6 @@
-//! Public endpoints: unauthenticated, cheap, read-only; for load balancers and monitors.
+//! Public endpoints: unauthenticated, cheap, read-only; for load balancers and monitors. `/` is the
+//! operator console (`host/assets/index.html`): it reads `/status` and its controls call the admin
+//! endpoints with the token the operator types, so it holds no secret and grants nothing itself.
 
 use super::{status_only, text, text_static, Answer};
 use crate::model::Mode;
@@ -10,6 +12,12 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 const INDEX_HTML: &str = include_str!("../../assets/index.html");
+
+/// The operator console's policy: its inline script and style only, requests to this node only (an
+/// injected script could not send the admin token elsewhere), and no framing (no click-jacking of
+/// its controls).
+const CONSOLE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; \
+                           base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 pub fn handle(state: &NodeState, method: &Method, path: &str) -> Answer {
     if !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
@@ -31,6 +39,7 @@ pub fn handle(state: &NodeState, method: &Method, path: &str) -> Answer {
         "/metrics" => metrics(state),
         "/" | "/index.html" => Response::builder()
             .header(hyper::header::CONTENT_TYPE, "text/html; charset=utf-8")
+            .header(hyper::header::CONTENT_SECURITY_POLICY, CONSOLE_CSP)
             .body(Full::new(Bytes::from_static(INDEX_HTML.as_bytes())))
             .expect("valid response"),
         _ => text(StatusCode::NOT_FOUND, format!("{path}: no such endpoint")),

@@ -115,9 +115,16 @@ async fn status_metrics_and_page_are_served() {
     let (_, metrics) = get(&state, "/metrics").await;
     assert!(metrics.contains("vigil_mode{mode=\"active\"} 1"), "{metrics}");
     assert!(metrics.contains("vigil_loop_alive 1"));
-    let (status, page) = get(&state, "/").await;
+    let (status, headers, page) = call(&state, Method::GET, "/", HeaderMap::new(), b"").await;
     assert_eq!(status, StatusCode::OK);
     assert!(page.contains("<title>vigil</title>"));
+    for path in ["switch/standby", "switch/active", "switch/restore", "switch/restart-ha", "sync", "reload"] {
+        assert!(page.contains(&format!("data-path=\"/admin/{path}\"")), "the console has a control for /admin/{path}");
+    }
+    assert!(!page.contains("src=\"http") && !page.contains("href=\"http"), "no external assets");
+    let csp = headers.get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or("");
+    assert!(csp.contains("connect-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(json["timeline"]["window_ms"], 3_600_000, "the mode timeline is published: {body}");
 }
 
 fn bearer(token: &str) -> HeaderMap {
@@ -129,9 +136,11 @@ fn bearer(token: &str) -> HeaderMap {
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_calls_need_the_token() {
     let (state, _clock, _dir) = node("standby").await;
-    for headers in [HeaderMap::new(), bearer("wrong-token-0123456789"), bearer("")] {
-        let (status, _, body) = call(&state, Method::POST, "/admin/switch/active", headers, b"").await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    for path in ["/admin/switch/active", "/admin/switch/standby", "/admin/switch/restore", "/admin/switch/restart-ha", "/admin/sync", "/admin/reload"] {
+        for headers in [HeaderMap::new(), bearer("wrong-token-0123456789"), bearer("")] {
+            let (status, _, body) = call(&state, Method::POST, path, headers, b"").await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {body}");
+        }
     }
     assert!(state.inbox.lock().unwrap().operator.is_none(), "a refused call changes nothing");
     assert_eq!(call(&state, Method::GET, "/events", HeaderMap::new(), b"").await.0, StatusCode::UNAUTHORIZED);

@@ -166,6 +166,7 @@ pub async fn build(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Arc<Node
             mode_since_ms: now,
             reason: "started; the first tick decides the mode".into(),
         },
+        timeline: state::ModeTimeline::new(now, crate::model::Mode::Starting, "started"),
         ..Status::default()
     };
     let state = Arc::new(NodeState {
@@ -238,6 +239,9 @@ pub async fn node_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// How many ticks an operator request is delivered on while the plugin faults on them.
+const OPERATOR_TRIES: u32 = 3;
+
 /// What the loop keeps from tick to tick.
 struct NodeLoop {
     state: Arc<NodeState>,
@@ -251,6 +255,11 @@ struct NodeLoop {
     peer_ids: Vec<String>,
     /// The reason of the last decision written to the event log.
     last_reason: String,
+    /// The modes of the last hour, for `/status` (the operator console).
+    timeline: state::ModeTimeline,
+    /// An operator request delivered again because the plugin faulted on its tick, and on how many
+    /// ticks it has faulted so far.
+    operator_faulted: Option<(crate::model::OperatorRequest, u32)>,
     /// Service polling, directory scans, monitor probes: each on a task of its own, so that nothing
     /// slow sits in a tick. Aborted when the loop ends.
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -353,6 +362,8 @@ impl NodeLoop {
             executor,
             relay,
             last_reason: String::new(),
+            timeline: state::ModeTimeline::new(now, crate::model::Mode::Starting, "started"),
+            operator_faulted: None,
             tasks,
             state,
         }
@@ -393,6 +404,7 @@ impl NodeLoop {
             }
         }
         let Inbox { operator, commands } = std::mem::take(&mut *state.inbox.lock().expect("inbox lock"));
+        let operator_request = operator;
         let observations = Observations {
             now_ms: now,
             heartbeat: state.config.heartbeat.model(),
@@ -417,6 +429,11 @@ impl NodeLoop {
             state.record(Event::new(state.clock.wall_ms(), EventKind::Peer, note));
         }
         record_outcome(&state, &self.core, &outcome, &mut self.last_reason);
+        self.redeliver_after_fault(operator_request, &outcome);
+        if outcome.from != outcome.to {
+            self.timeline.record(now, outcome.to, &outcome.reason);
+        }
+        self.timeline.advance(now);
         if !outcome.actions.is_empty() {
             self.executor.submit(policy.clone(), outcome.actions.clone());
         }
@@ -426,6 +443,38 @@ impl NodeLoop {
             persist.send_replace(Some(Persist { mode: core.mode, since_ms: core.mode_since_ms, state: core.state.clone(), now_ms }));
         }
         state.last_loop_mono_ms.store(state.clock.mono_ms(), Ordering::Release);
+    }
+
+    /// A fault discards the plugin's decision and keeps its old state, so the operator request of that
+    /// tick was never acted on: it goes back in the inbox (unless a newer one is there) for the next
+    /// tick, up to [`OPERATOR_TRIES`] ticks, so that a request the plugin always faults on ends.
+    fn redeliver_after_fault(&mut self, request: Option<crate::model::OperatorRequest>, outcome: &Outcome) {
+        let (Some(request), Some(fault)) = (request, &outcome.fault) else {
+            self.operator_faulted = None;
+            return;
+        };
+        let tries = match self.operator_faulted {
+            Some((before, n)) if before == request => n + 1,
+            _ => 1,
+        };
+        let now = self.state.clock.wall_ms();
+        let message = {
+            let mut inbox = self.state.inbox.lock().expect("inbox lock");
+            if inbox.operator.is_some() {
+                self.operator_faulted = None;
+                return;
+            }
+            if tries < OPERATOR_TRIES {
+                inbox.operator = Some(request);
+                self.operator_faulted = Some((request, tries));
+                format!("operator request {request}: the plugin faulted on its tick ({}); delivered again on the next tick", fault.kind())
+            } else {
+                self.operator_faulted = None;
+                format!("operator request {request} dropped: the plugin faulted on the {tries} ticks that carried it ({}); ask again", fault.kind())
+            }
+        };
+        tracing::warn!("{message}");
+        self.state.record(Event::new(now, EventKind::Operator, message));
     }
 
     /// One event when a peer starts refusing this node's requests though it answers (a clock outside
@@ -498,6 +547,7 @@ impl NodeLoop {
             pending_actions: self.executor.pending(),
             loop_age_ms: None,
             events: Vec::new(),
+            timeline: self.timeline.clone(),
         };
         status.events = state.events.latest(20).unwrap_or_default();
         state.publish(status);
