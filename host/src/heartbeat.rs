@@ -33,6 +33,8 @@ pub struct CheckResult {
     pub heartbeat: Option<Heartbeat>,
     /// Why it failed.
     pub error: Option<String>,
+    /// How long the attempt that answered took (`/metrics`: the heartbeat round trip).
+    pub rtt: Option<Duration>,
 }
 
 /// One round for one remote: a result per path and per remote service.
@@ -156,13 +158,23 @@ impl Prober {
         failed
     }
 
+    /// One attempt, timed: an answer carries its round trip.
     async fn attempt(&self, remote: &str, probe: &Probe) -> CheckResult {
+        let started = Instant::now();
+        let mut result = self.attempt_untimed(remote, probe).await;
+        if result.ok {
+            result.rtt = Some(started.elapsed());
+        }
+        result
+    }
+
+    async fn attempt_untimed(&self, remote: &str, probe: &Probe) -> CheckResult {
         let fail = |error: String| CheckResult { ok: false, error: Some(error), ..CheckResult::default() };
         match probe.kind {
             // A signed refusal for our timestamp still proves the peer alive and says its mode: a
             // wrong clock makes a peer "reachable, skewed", never dead.
             ProbeKind::Vigil => match self.peer.heartbeat(remote, &probe.target, self.timeout).await {
-                Ok(hb) => CheckResult { ok: true, report: Some(hb.answer.report()), heartbeat: Some(hb), error: None },
+                Ok(hb) => CheckResult { ok: true, report: Some(hb.answer.report()), heartbeat: Some(hb), ..CheckResult::default() },
                 Err(e) => fail(e),
             },
             ProbeKind::Role => match self.http.get(&format!("{}/role", probe.target), self.timeout).await {

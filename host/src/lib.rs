@@ -36,6 +36,7 @@ pub mod executor;
 pub mod heartbeat;
 pub mod http;
 pub mod http_client;
+pub mod metrics;
 pub mod model;
 pub mod monitors;
 pub mod node;
