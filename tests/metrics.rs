@@ -201,9 +201,8 @@ async fn a_failed_over_node_exposes_valid_metrics_that_the_rules_and_dashboard_u
         .await
         .unwrap_or_else(|e| panic!("b takes over: {e}\n{}", cluster.logs(40)));
     // The takeover's actions (the service's start) finish and are counted.
-    let mut body = String::new();
     for _ in 0..50 {
-        body = scrape(b, "application/openmetrics-text; version=1.0.0,text/plain;version=0.0.4;q=0.5").1;
+        let body = scrape(b, "application/openmetrics-text; version=1.0.0,text/plain;version=0.0.4;q=0.5").1;
         if value(&body, "vigil_pending_actions", "") == Some(0.0) && body.contains("vigil_action_duration_seconds_count{action=\"start\"") {
             break;
         }

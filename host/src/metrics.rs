@@ -4,16 +4,19 @@
 //! - **recorded where they happen**, through handles made once: ticks, decide time (the policy call),
 //!   mode changes by from/to mode, heartbeat round trips per peer and path, action durations per
 //!   kind, peer-command results, replicated bytes and changes per peer, HTTP requests, refused
-//!   requests and TLS handshakes. A handle is an `Arc` of atomics: recording allocates nothing.
+//!   requests and TLS handshakes. Recording is an atomic add or a short lock, and allocates nothing.
 //! - **read at scrape time** from what the loop publishes ([`StateCollector`]): the mode, loop
 //!   liveness, peer and path reachability, clock skew, sync lag and store counts, policy reloads,
 //!   connections, the relay. A stalled loop cannot report itself stalled, so these are never pushed
 //!   by it.
 //!
+//! Never: a label value from unbounded input (peers and paths come from the configuration, actions
+//! and commands are verbs, modes are the mode set), nor anything a scrape makes the loop wait for.
+//!
 //! `/metrics` answers in the OpenMetrics text format, or in the Prometheus text format 0.0.4 when the
-//! client asks only for `text/plain` (older scrapers, `promtool check metrics`). The names, types and
-//! labels are listed in the operator guide, "Metrics"; `dist/prometheus/vigil-rules.yml` and
-//! `dist/grafana/vigil.json` use them.
+//! client asks for `text/plain` or `text/html` and not OpenMetrics (older scrapers, `promtool check
+//! metrics`, browsers). The names, types and labels are listed in the operator guide, "Metrics";
+//! `dist/prometheus/vigil-rules.yml` and `dist/grafana/vigil.json` use them.
 
 use crate::model::{Action, Mode, PeerCommand};
 use crate::state::NodeState;
@@ -214,9 +217,10 @@ pub fn action_kind(action: &Action) -> &'static str {
 }
 
 /// Whether an `Accept` header asks for the Prometheus text format rather than OpenMetrics: it names
-/// `text/plain` and not `application/openmetrics-text`. Anything else gets OpenMetrics.
+/// `text/plain` (an older scraper) or `text/html` (a browser, which shows text but would download
+/// OpenMetrics), and not `application/openmetrics-text`. Anything else gets OpenMetrics.
 pub fn wants_prometheus_text(accept: Option<&str>) -> bool {
-    accept.is_some_and(|a| a.contains("text/plain") && !a.contains("application/openmetrics-text"))
+    accept.is_some_and(|a| (a.contains("text/plain") || a.contains("text/html")) && !a.contains("application/openmetrics-text"))
 }
 
 /// The metrics read from the published status when scraped.
