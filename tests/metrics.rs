@@ -3,7 +3,8 @@
 //!
 //! - a pair on loopback fails over (the active node is killed); the survivor's scrape is valid
 //!   OpenMetrics (every family described, samples of declared families, `# EOF`), carries the
-//!   takeover, the heartbeat round trips and the decisions, and its Prometheus-text rendering passes
+//!   takeover, the heartbeat round trips, the decisions and a replicated change (counted on both
+//!   nodes), and its Prometheus-text rendering passes
 //!   `promtool check metrics` (names, help, units, counter suffixes);
 //! - every metric name that `dist/prometheus/vigil-rules.yml`, its unit tests and
 //!   `dist/grafana/vigil.json` use is one the node really exposes, and the dashboard's queries parse
@@ -183,18 +184,30 @@ async fn a_failed_over_node_exposes_valid_metrics_that_the_rules_and_dashboard_u
     cluster.start(1).unwrap();
     let active = cluster.wait_for(Duration::from_secs(20), exactly_one_active).await.expect("the pair settles");
     assert_eq!(active, 0, "the primary takes the role");
-    // b has timed a few of a's heartbeat answers before a dies.
-    let b = cluster.listen_addr(1);
-    let answered = |body: &str| round_trips(body, "a");
-    let mut seen = 0.0;
+    // A configuration value written on a replicates to b: counted on both sides. And b has timed a
+    // few of a's heartbeat answers before a dies.
+    let headers = [("authorization", format!("Bearer {}", vigil::cluster::ADMIN_TOKEN))];
+    let put = vigil::http_client::HttpClient::new()
+        .send(hyper::Method::PUT, &format!("{}/config/metrics-test", cluster.nodes[0].url), &headers, "replicated".into(), Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert_eq!(put.status, 200, "{}", String::from_utf8_lossy(&put.body));
+    let (a, b) = (cluster.listen_addr(0), cluster.listen_addr(1));
+    let sync = |body: &str, peer: &str, what: &str, direction: &str| value(body, what, &format!("peer=\"{peer}\",direction=\"{direction}\"")).unwrap_or(0.0);
+    let mut seen = String::new();
     for _ in 0..100 {
-        seen = answered(&scrape(b, OPENMETRICS).1);
-        if seen >= 3.0 {
+        seen = scrape(b, OPENMETRICS).1;
+        if round_trips(&seen, "a") >= 3.0 && sync(&seen, "a", "vigil_sync_changes_total", "in") >= 1.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(seen >= 3.0, "b times a's heartbeat answers: {seen}");
+    assert!(round_trips(&seen, "a") >= 3.0, "b times a's heartbeat answers:\n{seen}");
+    assert!(sync(&seen, "a", "vigil_sync_changes_total", "in") >= 1.0, "b counts the change it pulled from a:\n{seen}");
+    assert!(sync(&seen, "a", "vigil_sync_bytes_total", "in") > 0.0, "and the page's bytes:\n{seen}");
+    let on_a = scrape(a, OPENMETRICS).1;
+    assert!(sync(&on_a, "b", "vigil_sync_changes_total", "out") >= 1.0, "a counts the change it served to b:\n{on_a}");
+    assert!(sync(&on_a, "b", "vigil_sync_bytes_total", "out") > 0.0, "and the page's bytes:\n{on_a}");
     cluster.kill(0);
     cluster
         .wait_for(Duration::from_secs(20), |m| (m[1] == Some(Mode::Active)).then_some(()))
