@@ -385,13 +385,7 @@ impl NodeLoop {
         };
         let refused_before: Vec<Option<String>> = self.tracker.peers.iter().map(|t| t.refused.clone()).collect();
         self.tracker.record(&round, state.clock.mono_ms());
-        for (histograms, remote) in self.round_trips.iter().zip(&round.peers) {
-            for (histogram, check) in histograms.iter().zip(&remote.paths) {
-                if let Some(rtt) = check.rtt {
-                    histogram.observe(rtt.as_secs_f64());
-                }
-            }
-        }
+        self.record_round_trips(&round);
         self.note_refusals(&refused_before);
         let offsets: Vec<i64> = round.peers.iter().filter_map(|r| r.paths.iter().find_map(|p| p.heartbeat.as_ref()).map(|hb| hb.clock_skew_ms())).collect();
         state.replicator.peer_clocks(&offsets);
@@ -443,6 +437,17 @@ impl NodeLoop {
             persist.send_replace(Some(Persist { mode: core.mode, since_ms: core.mode_since_ms, state: core.state.clone(), now_ms }));
         }
         state.last_loop_mono_ms.store(state.clock.mono_ms(), Ordering::Release);
+    }
+
+    /// The round trips of the peer paths that answered, into `/metrics`.
+    fn record_round_trips(&self, round: &crate::heartbeat::Round) {
+        for (histograms, remote) in self.round_trips.iter().zip(&round.peers) {
+            for (histogram, check) in histograms.iter().zip(&remote.paths) {
+                if let Some(rtt) = check.rtt {
+                    histogram.observe(rtt.as_secs_f64());
+                }
+            }
+        }
     }
 
     /// One event when a peer starts refusing this node's requests though it answers (a clock outside
