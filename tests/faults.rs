@@ -142,7 +142,12 @@ async fn a_skewed_peer_clock_is_measured_and_reported() {
     assert!((4_000..=6_000).contains(&skew), "skew {skew} ms, expected about +5000");
 
     let metrics = http.get(&format!("{}/metrics", cluster.nodes[0].url), Duration::from_secs(2)).await.unwrap();
-    assert!(String::from_utf8_lossy(&metrics.body).contains("vigil_peer_clock_skew_ms{peer=\"b\"}"));
+    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    let skew_s: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("vigil_peer_clock_skew_seconds{peer=\"b\"} ")?.parse().ok())
+        .unwrap_or_else(|| panic!("no skew of b in {metrics}"));
+    assert!((4.0..=6.0).contains(&skew_s), "skew {skew_s} s in /metrics, expected about +5");
     let (code, events) = cluster.admin(0, hyper::Method::GET, "/events").await.unwrap();
     assert_eq!(code, 200);
     assert!(events.contains("clock skew with b is"), "an event tells the operator: {events}");

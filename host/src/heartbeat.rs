@@ -33,8 +33,8 @@ pub struct CheckResult {
     pub heartbeat: Option<Heartbeat>,
     /// Why it failed.
     pub error: Option<String>,
-    /// How long the answering attempt took, in microseconds (successful checks only).
-    pub rtt_us: Option<u64>,
+    /// How long the attempt that answered took (`/metrics`: the heartbeat round trip).
+    pub rtt: Option<Duration>,
 }
 
 /// One round for one remote: a result per path and per remote service.
@@ -137,12 +137,7 @@ impl Prober {
 
     /// [`check`](Self::check), failed at `until` if no attempt has answered by then.
     async fn check_until(&self, remote: &str, probe: &Probe, until: Option<Instant>) -> CheckResult {
-        let attempts = join_all((0..probe.count.max(1)).map(|_| async {
-            let started = Instant::now();
-            let mut result = self.attempt(remote, probe).await;
-            result.rtt_us = result.ok.then(|| u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
-            result
-        }));
+        let attempts = join_all((0..probe.count.max(1)).map(|_| self.attempt(remote, probe)));
         let attempts = match until {
             None => attempts.await,
             Some(at) => match tokio::time::timeout_at(at, attempts).await {
@@ -163,7 +158,17 @@ impl Prober {
         failed
     }
 
+    /// One attempt, timed: an answer carries its round trip.
     async fn attempt(&self, remote: &str, probe: &Probe) -> CheckResult {
+        let started = Instant::now();
+        let mut result = self.attempt_untimed(remote, probe).await;
+        if result.ok {
+            result.rtt = Some(started.elapsed());
+        }
+        result
+    }
+
+    async fn attempt_untimed(&self, remote: &str, probe: &Probe) -> CheckResult {
         let fail = |error: String| CheckResult { ok: false, error: Some(error), ..CheckResult::default() };
         match probe.kind {
             // A signed refusal for our timestamp still proves the peer alive and says its mode: a
@@ -328,7 +333,7 @@ fn view(t: &RemoteTrack, mono_ms: u64) -> Remote {
 }
 
 fn record_remote(track: &mut RemoteTrack, round: &RemoteRound, mono_ms: u64) {
-    track.path_rtt_us = round.paths.iter().map(|r| r.rtt_us.filter(|_| r.ok)).collect();
+    track.path_rtt_us = round.paths.iter().map(|r| r.rtt.filter(|_| r.ok).map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))).collect();
     for (check, result) in track.remote.paths.iter_mut().zip(&round.paths) {
         check.record(result.ok);
     }
@@ -385,7 +390,7 @@ mod tests {
         let round = |a: bool, b: bool| Round { peers: vec![RemoteRound { paths: vec![result(a), result(b)], services: vec![] }], ..Round::default() };
         t.record(&round(true, true), 0);
         let mut slow = round(false, true);
-        slow.peers[0].paths[1].rtt_us = Some(1_500);
+        slow.peers[0].paths[1].rtt = Some(Duration::from_micros(1_500));
         t.record(&slow, 100);
         assert_eq!(t.peers[0].path_rtt_us, vec![None, Some(1_500)], "each path's latest round trip, none for a failed one");
         let p = &t.peers(100)[0];
@@ -422,10 +427,10 @@ mod tests {
         let prober = Prober::new(PeerClient::new(HttpClient::new(), "a".into(), vec![], clock), HttpClient::new(), Duration::from_millis(200));
         let probe = Probe { name: "p".into(), kind: ProbeKind::Ping, target: format!("127.0.0.1:{port}"), expect_status: 200, expect_body: None, count: 2 };
         let alive = prober.check("b", &probe).await;
-        assert!(alive.ok && alive.rtt_us.is_some(), "an answer has its round trip: {alive:?}");
+        assert!(alive.ok && alive.rtt.is_some(), "an answer has its round trip: {alive:?}");
         let tcp = Probe { kind: ProbeKind::Tcp, ..probe };
         let r = prober.check("b", &tcp).await;
-        assert!(!r.ok && r.rtt_us.is_none() && r.error.unwrap().contains("refused"));
+        assert!(!r.ok && r.rtt.is_none() && r.error.unwrap().contains("refused"));
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! - [`executor`]: the ordered action queue. [`services`]: starting, stopping, watching services.
 //! - [`replication`]: the replicated configuration store and directories (HLC, last writer wins).
 //! - [`events`]: the event log in SQLite. [`state`]: what the loop publishes and the server reads.
+//!   [`metrics`]: the `/metrics` registry (OpenMetrics, `prometheus-client`).
 //! - [`relay`]: the built-in TCP relay that `route` actions move. [`vip`]: virtual IP addresses.
 //!   [`monitors`]: local checks (ports, disks, commands).
 //! - [`config`]: the node configuration. [`toml_file`]: TOML errors that name file, key and line.
@@ -36,6 +37,7 @@ pub mod executor;
 pub mod heartbeat;
 pub mod http;
 pub mod http_client;
+pub mod metrics;
 pub mod model;
 pub mod monitors;
 pub mod node;

@@ -25,18 +25,6 @@ pub struct Inbox {
     pub commands: Vec<ReceivedCommand>,
 }
 
-/// Counters for `/metrics`.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub ticks: AtomicU64,
-    pub plugin_faults: AtomicU64,
-    pub http_requests: AtomicU64,
-    pub auth_failures: AtomicU64,
-    /// TLS handshakes that failed (a certificate refused, a client without one, an old version).
-    pub tls_refused: AtomicU64,
-    pub mode_changes: AtomicU64,
-}
-
 /// What a rendering of `/status` is valid for: the publication, and the loop's age in 100 ms steps.
 pub type StatusKey = (u64, Option<u64>);
 
@@ -66,7 +54,9 @@ pub struct NodeState {
     /// Monotonic time the loop last finished a tick; `u64::MAX` before the first.
     pub last_loop_mono_ms: AtomicU64,
     pub inbox: Mutex<Inbox>,
-    pub counters: Counters,
+    /// `/metrics`: the registry and the handles the loop, the executor, replication and the HTTP
+    /// server record into.
+    pub metrics: crate::metrics::Metrics,
     /// The HTTP server's open connections.
     pub connections: Arc<crate::http::conns::Table>,
     /// `x-vigil-node` of every answer, made once (`None`: an id that is no header value).

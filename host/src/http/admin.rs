@@ -8,7 +8,6 @@ use crate::policy::reload::ReloadOutcome;
 use crate::state::NodeState;
 use bytes::Bytes;
 use hyper::{HeaderMap, Method, StatusCode};
-use std::sync::atomic::Ordering;
 
 pub async fn handle(state: &NodeState, method: &Method, path: &str, query: Option<&str>, headers: &HeaderMap, body: Bytes) -> Answer {
     let Some(expected) = &state.admin_token else {
@@ -20,7 +19,7 @@ pub async fn handle(state: &NodeState, method: &Method, path: &str, query: Optio
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if !token_matches(presented, expected) {
-        state.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+        state.metrics.auth_failures.inc();
         let mut answer = text(StatusCode::UNAUTHORIZED, "admin request refused: missing or wrong bearer token");
         answer.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("Bearer"));
         return answer;

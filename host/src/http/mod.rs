@@ -32,7 +32,6 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -128,7 +127,7 @@ pub async fn serve(listener: TcpListener, state: Arc<NodeState>, mut shutdown: w
                         Ok(Err(e)) => {
                             // A peer with a bad certificate retries every interval: logged at the 1st,
                             // 2nd, 4th, 8th… refusal; `vigil_tls_refused_total` counts them all.
-                            let refused = state.counters.tls_refused.fetch_add(1, Ordering::Relaxed) + 1;
+                            let refused = state.metrics.tls_refused.inc() + 1;
                             if refused.is_power_of_two() {
                                 tracing::warn!(from = %from, error = %e, refused, "TLS handshake refused");
                             } else {
@@ -186,7 +185,7 @@ pub fn refusal(state: &NodeState, conn: &ConnInfo, path: &str, headers: &hyper::
         ));
     }
     if admin && !conn.tls && !conn.from.is_loopback() && !state.config.security.admin_insecure_remote {
-        state.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+        state.metrics.auth_failures.inc();
         return Some(text(
             StatusCode::FORBIDDEN,
             format!(
@@ -199,7 +198,7 @@ pub fn refusal(state: &NodeState, conn: &ConnInfo, path: &str, headers: &hyper::
     if peer && state.config.tls.as_ref().is_some_and(|t| t.peer_names) {
         if let (Some(cert), Ok(signed)) = (&conn.client_cert, crate::peer::signing::SignedHeaders::from_headers(headers)) {
             if !crate::tls::cert_names(cert, &signed.node) {
-                state.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+                state.metrics.auth_failures.inc();
                 return Some(text(
                     StatusCode::FORBIDDEN,
                     format!("peer request from {:?} refused: its client certificate does not name that node (tls.peer_names)", signed.node),
@@ -217,7 +216,7 @@ fn is_admin(path: &str) -> bool {
 
 /// Route one request.
 pub async fn handle(state: &NodeState, conn: &ConnInfo, req: Request<Incoming>) -> Answer {
-    state.counters.http_requests.fetch_add(1, Ordering::Relaxed);
+    state.metrics.http_requests.inc();
     let (parts, body) = req.into_parts();
     if let Some(refused) = refusal(state, conn, parts.uri.path(), &parts.headers) {
         return finish(state, refused);
@@ -253,7 +252,7 @@ pub async fn route(
     } else if is_admin(path) {
         admin::handle(state, method, path, query, headers, body).await
     } else {
-        public::handle(state, method, path)
+        public::handle(state, method, path, headers)
     };
     finish(state, answer)
 }

@@ -11,7 +11,6 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{HeaderMap, Method, StatusCode};
-use std::sync::atomic::Ordering;
 
 /// A peer request off the wire: the signature is checked from its headers first, and only an
 /// authentic request has its body read (up to the batch limit for a pushed batch).
@@ -65,7 +64,7 @@ fn authenticate(state: &NodeState, method: &Method, path: &str, headers: &Header
 /// else is done for it.
 fn refuse(state: &NodeState, method: &Method, path: &str, refusal: Refusal) -> Answer {
     let Refusal { error, headers } = refusal;
-    state.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+    state.metrics.auth_failures.inc();
     tracing::warn!(%path, error = %error, "peer request refused");
     let reason = format!("peer request refused: {error}");
     match headers.filter(|_| error.authentic()) {
@@ -102,7 +101,7 @@ async fn answer(state: &NodeState, method: &Method, path: &str, query: Option<&s
     let answer = match (method, path) {
         (&Method::GET, HEARTBEAT_PATH) => heartbeat(state),
         (&Method::POST, COMMAND_PATH) => command(state, &signed.node, &body),
-        (&Method::GET, CHANGES_PATH) => changes(state, query),
+        (&Method::GET, CHANGES_PATH) => changes(state, &signed.node, query),
         (&Method::POST, CHANGES_PATH) => pushed(state, &signed.node, &body).await,
         _ => text(StatusCode::NOT_FOUND, format!("{method} {path}: no such peer endpoint")),
     };
@@ -128,7 +127,7 @@ fn heartbeat(state: &NodeState) -> Answer {
 }
 
 /// A page of the change feed: `?since=N&limit=M`.
-fn changes(state: &NodeState, query: Option<&str>) -> Answer {
+fn changes(state: &NodeState, from: &str, query: Option<&str>) -> Answer {
     let param = |name: &str| query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')));
     let since = match param("since").map(str::parse::<u64>) {
         Some(Ok(n)) => n,
@@ -146,12 +145,18 @@ fn changes(state: &NodeState, query: Option<&str>) -> Answer {
     };
     match store.changes_since(since, limit, PAGE_BYTES) {
         // Compact JSON: a page is megabytes, and only a machine reads it.
-        Ok((changes, next)) => hyper::Response::builder()
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(http_body_util::Full::new(Bytes::from(
-                serde_json::to_vec(&Page { changes, next: next.max(since), latest, incarnation: store.incarnation() }).expect("serializes"),
-            )))
-            .expect("valid response"),
+        Ok((changes, next)) => {
+            let count = changes.len() as u64;
+            let body = serde_json::to_vec(&Page { changes, next: next.max(since), latest, incarnation: store.incarnation() }).expect("serializes");
+            if let Some(m) = state.replicator.metrics().peer(from) {
+                m.bytes_out.inc_by(body.len() as u64);
+                m.changes_out.inc_by(count);
+            }
+            hyper::Response::builder()
+                .header(hyper::header::CONTENT_TYPE, "application/json")
+                .body(http_body_util::Full::new(Bytes::from(body)))
+                .expect("valid response")
+        }
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -162,6 +167,9 @@ fn changes(state: &NodeState, query: Option<&str>) -> Answer {
 async fn pushed(state: &NodeState, from: &str, body: &[u8]) -> Answer {
     if !state.config.peers.iter().any(|p| p.id == from) {
         return text(StatusCode::FORBIDDEN, format!("{from:?} is not a peer of this node"));
+    }
+    if let Some(m) = state.replicator.metrics().peer(from) {
+        m.bytes_in.inc_by(body.len() as u64);
     }
     let batch: Batch = match serde_json::from_slice(body) {
         Ok(b) => b,

@@ -8,7 +8,6 @@ use crate::state::NodeState;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Response, StatusCode};
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 const INDEX_HTML: &str = include_str!("../../assets/index.html");
@@ -19,7 +18,7 @@ const INDEX_HTML: &str = include_str!("../../assets/index.html");
 const CONSOLE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; \
                            base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-pub fn handle(state: &NodeState, method: &Method, path: &str) -> Answer {
+pub fn handle(state: &NodeState, method: &Method, path: &str, headers: &hyper::HeaderMap) -> Answer {
     if !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
         return text(StatusCode::METHOD_NOT_ALLOWED, format!("{path}: use GET, HEAD or OPTIONS"));
     }
@@ -36,7 +35,7 @@ pub fn handle(state: &NodeState, method: &Method, path: &str) -> Answer {
             }
         }
         "/status" => status(state),
-        "/metrics" => metrics(state),
+        "/metrics" => metrics(state, headers),
         "/" | "/index.html" => Response::builder()
             .header(hyper::header::CONTENT_TYPE, "text/html; charset=utf-8")
             .header(hyper::header::CONTENT_SECURITY_POLICY, CONSOLE_CSP)
@@ -100,63 +99,14 @@ fn role_answer(status: StatusCode, mode: Mode) -> Answer {
     text_static(status, line)
 }
 
-/// Prometheus text format.
-fn metrics(state: &NodeState) -> Answer {
-    let s = state.snapshot();
-    let c = &state.counters;
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, lines: Vec<(String, String)>| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in lines {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
-    let one = |v: u64| vec![(String::new(), v.to_string())];
-    metric(
-        "vigil_mode",
-        "gauge",
-        "1 for the node's current mode.",
-        Mode::ALL.iter().map(|m| (format!("{{mode=\"{m}\"}}"), u64::from(*m == s.node.mode).to_string())).collect(),
-    );
-    metric("vigil_loop_alive", "gauge", "1 while the node loop ran within two heartbeat intervals.", one(u64::from(state.loop_alive())));
-    metric("vigil_ticks_total", "counter", "Ticks decided.", one(c.ticks.load(Ordering::Relaxed)));
-    metric("vigil_mode_changes_total", "counter", "Mode changes.", one(c.mode_changes.load(Ordering::Relaxed)));
-    metric("vigil_plugin_faults_total", "counter", "Plugin faults (time, memory, trap, invalid decision).", one(s.policy.faults));
-    metric("vigil_policy_reloads_total", "counter", "Successful policy reloads.", one(s.policy.reloads));
-    metric("vigil_policy_reload_failures_total", "counter", "Failed policy reloads.", one(s.policy.reload_failures));
-    metric("vigil_http_requests_total", "counter", "HTTP requests served.", one(c.http_requests.load(Ordering::Relaxed)));
-    metric("vigil_auth_failures_total", "counter", "Refused admin and peer requests.", one(c.auth_failures.load(Ordering::Relaxed)));
-    metric("vigil_tls_refused_total", "counter", "Failed TLS handshakes (certificate refused, none shown, old version).", one(c.tls_refused.load(Ordering::Relaxed)));
-    if let Some(tls) = &state.tls {
-        metric("vigil_tls_certificate_reloads_total", "counter", "Times the TLS certificate and key were read again after their files changed.", one(tls.identity.reloads()));
-    }
-    metric("vigil_http_connections", "gauge", "Open HTTP connections.", one(state.connections.len() as u64));
-    metric(
-        "vigil_http_connections_evicted_total",
-        "counter",
-        "HTTP connections closed to make room for new clients, or for being idle or stalled.",
-        one(state.connections.evicted.load(Ordering::Relaxed)),
-    );
-    metric("vigil_pending_actions", "gauge", "Actions queued or running.", one(u64::from(s.pending_actions)));
-    metric("vigil_app_healthy", "gauge", "1 while every app-check service runs.", one(u64::from(s.app_healthy)));
-    let peer_lines = |f: &dyn Fn(&crate::state::PeerStatus) -> Option<String>| {
-        s.peers.iter().filter_map(|p| f(p).map(|v| (format!("{{peer=\"{}\"}}", p.id), v))).collect::<Vec<_>>()
-    };
-    metric("vigil_peer_reachable", "gauge", "1 while the peer answers on at least one path.", peer_lines(&|p| Some(u8::from(p.reachable).to_string())));
-    metric("vigil_peer_consecutive_failures", "gauge", "Consecutive failed heartbeat checks.", peer_lines(&|p| Some(p.consecutive_failures.to_string())));
-    metric("vigil_peer_clock_skew_ms", "gauge", "The peer's clock minus this node's, from heartbeats.", peer_lines(&|p| p.clock_skew_ms.map(|v| v.to_string())));
-    if let Some(r) = &s.relay {
-        let target = |v: u64| vec![(format!("{{target=\"{}\"}}", r.target), v.to_string())];
-        metric("vigil_relay_accepted_total", "counter", "Client connections accepted by the relay.", target(r.accepted));
-        metric("vigil_relay_open_connections", "gauge", "Connections the relay splices now.", target(r.open));
-        metric("vigil_relay_failed_total", "counter", "Connections closed because the target did not answer.", target(r.failed));
-    }
-    metric("vigil_sync_items", "gauge", "Live entries in the replicated store.", one(s.sync.items));
-    metric("vigil_sync_consecutive_failures", "gauge", "Failed sync attempts in a row.", one(u64::from(s.sync.consecutive_failures)));
-    metric("vigil_sync_pending_files", "gauge", "File changes in the store not yet written to disk (retried).", one(s.sync.pending_files));
-    metric("vigil_sync_held_directories", "gauge", "Replicated directories whose scan is held (see /status).", one(s.sync.held.len() as u64));
+/// `/metrics`: the node's registry, in OpenMetrics, or in the Prometheus text format 0.0.4 for a
+/// client that asks only for `text/plain` (see [`crate::metrics`]).
+fn metrics(state: &NodeState, headers: &hyper::HeaderMap) -> Answer {
+    let accept = headers.get(hyper::header::ACCEPT).and_then(|v| v.to_str().ok());
+    let openmetrics = !crate::metrics::wants_prometheus_text(accept);
+    let content_type = if openmetrics { crate::metrics::OPENMETRICS } else { crate::metrics::PROMETHEUS_TEXT };
     Response::builder()
-        .header(hyper::header::CONTENT_TYPE, "text/plain; version=0.0.4")
-        .body(Full::new(Bytes::from(out)))
+        .header(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type))
+        .body(Full::new(Bytes::from(state.metrics.encode(openmetrics))))
         .expect("valid response")
 }

@@ -115,6 +115,7 @@ async fn status_metrics_and_page_are_served() {
     let (_, metrics) = get(&state, "/metrics").await;
     assert!(metrics.contains("vigil_mode{mode=\"active\"} 1"), "{metrics}");
     assert!(metrics.contains("vigil_loop_alive 1"));
+    assert!(metrics.ends_with("# EOF\n"), "OpenMetrics ends with EOF: {metrics}");
     let (status, headers, page) = call(&state, Method::GET, "/", HeaderMap::new(), b"").await;
     assert_eq!(status, StatusCode::OK);
     assert!(page.contains("<title>vigil</title>"));
@@ -125,6 +126,45 @@ async fn status_metrics_and_page_are_served() {
     let csp = headers.get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or("");
     assert!(csp.contains("connect-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
     assert_eq!(json["timeline"]["window_ms"], 3_600_000, "the mode timeline is published: {body}");
+}
+
+/// `/metrics` speaks OpenMetrics (and the Prometheus text format to a client asking for `text/plain`
+/// alone), from the registry the node records into.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_are_openmetrics_from_the_registry() {
+    let (state, clock, _dir) = node("active").await;
+    loop_ran(&state, &clock, Mode::Active);
+    state.metrics.mode_changed(Mode::Standby, Mode::Active);
+    state.metrics.decide.observe(0.002);
+    state.metrics.action_finished(&crate::model::Action::ClaimVip, true, 0.03);
+    state.metrics.peer_command(PeerCommand::GoStandby, false);
+    state.metrics.heartbeat_path("b", "main").observe(0.0007);
+    state.metrics.sync.peer("b").expect("a configured peer has sync counters").bytes_in.inc_by(512);
+
+    let (status, headers, body) = call(&state, Method::GET, "/metrics", HeaderMap::new(), b"").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "application/openmetrics-text; version=1.0.0; charset=utf-8");
+    for line in [
+        "vigil_mode_changes_total{from=\"standby\",to=\"active\"} 1",
+        "vigil_decide_duration_seconds_count 1",
+        "vigil_action_duration_seconds_bucket{le=\"0.05\",action=\"claim-vip\",result=\"ok\"} 1",
+        "vigil_peer_commands_total{command=\"go-standby\",result=\"failed\"} 1",
+        "vigil_heartbeat_round_trip_seconds_count{peer=\"b\",path=\"main\"} 1",
+        "vigil_sync_bytes_total{peer=\"b\",direction=\"in\"} 512",
+        "vigil_sync_changes_total{peer=\"b\",direction=\"out\"} 0",
+        "vigil_ticks_total 0",
+        "# TYPE vigil_peer_clock_skew_seconds gauge",
+        "# UNIT vigil_decide_duration_seconds seconds",
+    ] {
+        assert!(body.lines().any(|l| l == line), "missing {line:?} in:\n{body}");
+    }
+
+    let mut accept = HeaderMap::new();
+    accept.insert("accept", "text/plain; version=0.0.4".parse().unwrap());
+    let (_, headers, text) = call(&state, Method::GET, "/metrics", accept, b"").await;
+    assert_eq!(headers["content-type"], "text/plain; version=0.0.4; charset=utf-8");
+    assert!(text.lines().any(|l| l == "# TYPE vigil_ticks_total counter"), "{text}");
+    assert!(!text.contains("# EOF"), "{text}");
 }
 
 fn bearer(token: &str) -> HeaderMap {

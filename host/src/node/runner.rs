@@ -156,8 +156,10 @@ pub async fn build(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Arc<Node
     };
     let now = clock.wall_ms();
     let peer_client = PeerClient::new(HttpClient::with_tls(client_tls.as_ref()), config.node.id.clone(), keys.clone(), clock.clone());
-    let replicator = Replicator::open(&config, &loaded.file.local_only, peer_client, clock.clone())
+    let metrics = crate::metrics::Metrics::new(&config.peers.iter().map(|p| p.id.clone()).collect::<Vec<_>>());
+    let mut replicator = Replicator::open(&config, &loaded.file.local_only, peer_client, clock.clone())
         .map_err(|e| StartError::Other(anyhow::anyhow!("{}: key `node.data_dir`: {e}", config.path.display())))?;
+    replicator.set_metrics(metrics.sync.clone());
     let status = Status {
         node: state::NodeStatus {
             id: config.node.id.clone(),
@@ -184,13 +186,14 @@ pub async fn build(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Arc<Node
         status: RwLock::new(status),
         last_loop_mono_ms: u64::MAX.into(),
         inbox: Mutex::new(Inbox::default()),
-        counters: Default::default(),
+        metrics,
         status_json: Mutex::new(None),
         generation: AtomicU64::new(0),
         connections: crate::http::conns::Table::new(crate::http::conns::MAX_CONNECTIONS, crate::http::conns::MAX_PER_ADDRESS),
         node_header: config.node.id.parse().ok(),
         config,
     });
+    state.metrics.bind(&state);
     let p = state.policy.current();
     state.record(Event::new(
         now,
@@ -253,6 +256,8 @@ struct NodeLoop {
     executor: Executor,
     relay: Arc<crate::relay::RelayHost>,
     peer_ids: Vec<String>,
+    /// `/metrics` round-trip histograms, per peer and path of `targets` (made once).
+    round_trips: Vec<Vec<prometheus_client::metrics::histogram::Histogram>>,
     /// The reason of the last decision written to the event log.
     last_reason: String,
     /// The modes of the last hour, for `/status` (the operator console).
@@ -321,6 +326,7 @@ impl NodeLoop {
             );
             event.detail = serde_json::json!({ "action": result.action, "ok": result.ok, "duration_ms": result.duration_ms });
             observer_state.record(event);
+            observer_state.metrics.action_finished(&result.action, result.ok, f64::from(result.duration_ms) / 1000.0);
         }));
         let monitors = Arc::new(crate::monitors::Monitors::new());
         let tasks = vec![
@@ -348,7 +354,9 @@ impl NodeLoop {
             tracing::info!("{note}");
             state.record(Event::new(now, EventKind::Startup, note));
         }
+        let round_trips = targets.peers.iter().map(|(id, paths, _)| paths.iter().map(|p| state.metrics.heartbeat_path(id, &p.name)).collect()).collect();
         NodeLoop {
+            round_trips,
             core: NodeCore::new(&config.node.id, config.node.role, now)
                 .with_startup_grace(u64::from(config.heartbeat.startup_grace_ms))
                 .with_restart(start.info()),
@@ -388,6 +396,7 @@ impl NodeLoop {
         };
         let refused_before: Vec<Option<String>> = self.tracker.peers.iter().map(|t| t.refused.clone()).collect();
         self.tracker.record(&round, state.clock.mono_ms());
+        self.record_round_trips(&round);
         self.note_refusals(&refused_before);
         let offsets: Vec<i64> = round.peers.iter().filter_map(|r| r.paths.iter().find_map(|p| p.heartbeat.as_ref()).map(|hb| hb.clock_skew_ms())).collect();
         state.replicator.peer_clocks(&offsets);
@@ -422,9 +431,11 @@ impl NodeLoop {
             pending_actions: self.executor.pending(),
         };
         // The plugin call is bounded by its time limit, but it is CPU work: keep it off the I/O threads.
+        let started = std::time::Instant::now();
         let outcome = tokio::task::block_in_place(|| self.core.step(&policy, observations, &self.peer_ids));
+        state.metrics.decide.observe(started.elapsed().as_secs_f64());
 
-        state.counters.ticks.fetch_add(1, Ordering::Relaxed);
+        state.metrics.ticks.inc();
         for note in state.replicator.take_notes() {
             state.record(Event::new(state.clock.wall_ms(), EventKind::Peer, note));
         }
@@ -475,6 +486,17 @@ impl NodeLoop {
         };
         tracing::warn!("{message}");
         self.state.record(Event::new(now, EventKind::Operator, message));
+    }
+
+    /// The round trips of the peer paths that answered, into `/metrics`.
+    fn record_round_trips(&self, round: &crate::heartbeat::Round) {
+        for (histograms, remote) in self.round_trips.iter().zip(&round.peers) {
+            for (histogram, check) in histograms.iter().zip(&remote.paths) {
+                if let Some(rtt) = check.rtt {
+                    histogram.observe(rtt.as_secs_f64());
+                }
+            }
+        }
     }
 
     /// One event when a peer starts refusing this node's requests though it answers (a clock outside
@@ -629,11 +651,11 @@ async fn scan_directories(state: Arc<NodeState>, interval: Duration, stop: watch
 /// log without a line for every identical tick.
 fn record_outcome(state: &NodeState, core: &NodeCore, outcome: &Outcome, last_reason: &mut String) {
     if outcome.from != outcome.to {
-        state.counters.mode_changes.fetch_add(1, Ordering::Relaxed);
+        state.metrics.mode_changed(outcome.from, outcome.to);
         tracing::info!(node = %core.id, from = %outcome.from, to = %outcome.to, reason = %outcome.reason, "mode changed");
     }
     if let Some(fault) = &outcome.fault {
-        state.counters.plugin_faults.fetch_add(1, Ordering::Relaxed);
+        state.metrics.plugin_faults.inc();
         let mut event = Event::new(state.clock.wall_ms(), EventKind::Fault, outcome.reason.clone());
         event.mode = Some(outcome.to);
         event.detail = serde_json::json!({ "fault": fault.kind(), "consecutive": core.consecutive_faults });
@@ -712,6 +734,7 @@ impl HostDelegate {
                     Err(e) => errors.push(e),
                 }
             }
+            self.state.metrics.peer_command(command, delivered);
             if !delivered && errors.is_empty() {
                 errors.push(format!("{id}: no vigil heartbeat path to send on"));
             }

@@ -157,6 +157,8 @@ pub struct Replicator {
     max_skew_ms: u64,
     tombstone_ms: u64,
     state: Mutex<State>,
+    /// `/metrics`: bytes and changes per peer, in and out.
+    metrics: crate::metrics::SyncMetrics,
 }
 
 impl Replicator {
@@ -213,7 +215,18 @@ impl Replicator {
             max_skew_ms: s.max_clock_skew_ms,
             tombstone_ms: s.tombstone_days * 24 * 3600 * 1000,
             state: Mutex::new(state),
+            metrics: crate::metrics::SyncMetrics::default(),
         })
+    }
+
+    /// Count replicated bytes and changes into the node's registry.
+    pub fn set_metrics(&mut self, metrics: crate::metrics::SyncMetrics) {
+        self.metrics = metrics;
+    }
+
+    /// The node's replication counters (the HTTP server counts the pages it serves).
+    pub fn metrics(&self) -> &crate::metrics::SyncMetrics {
+        &self.metrics
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -391,6 +404,9 @@ impl Replicator {
                 let path = path.clone();
                 async move { self.client.get_signed(&link.id, &url, &path, PAGE_TIMEOUT).await }
             }).await?;
+            if let Some(m) = self.metrics.peer(peer) {
+                m.bytes_in.inc_by(body.len() as u64);
+            }
             let page: Page = serde_json::from_slice(&body).map_err(|e| format!("{peer}: malformed change page: {e}"))?;
             let known = {
                 let mut st = self.lock();
@@ -464,6 +480,9 @@ impl Replicator {
         .await
         .map_err(|e| e.to_string())??;
         self.note_writes(outcomes);
+        if let Some(m) = self.metrics.peer(from) {
+            m.changes_in.inc_by(written as u64);
+        }
         if !refused.is_empty() {
             let mut st = self.lock();
             st.status.refused_changes += refused.len() as u64;
@@ -541,12 +560,17 @@ impl Replicator {
                 return Ok(total);
             }
             total += changes.len();
+            let count = changes.len() as u64;
             let body = bytes::Bytes::from(serde_json::to_vec(&Batch { changes }).expect("serializes"));
             self.on_any_path(link, |url| {
                 let body = body.clone();
                 async move { self.client.post_signed(&link.id, &url, CHANGES_PATH, body, PAGE_TIMEOUT).await }
             })
             .await?;
+            if let Some(m) = self.metrics.peer(peer) {
+                m.bytes_out.inc_by(body.len() as u64);
+                m.changes_out.inc_by(count);
+            }
             since = next;
         }
     }
