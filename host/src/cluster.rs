@@ -68,7 +68,7 @@ pub struct NodeSpec {
     pub security_extra: String,
     /// Extra lines of the `[heartbeat]` table (e.g. `udp_listen`, `http_interval_ms`).
     pub heartbeat_extra: String,
-    /// A udp fast path to a peer of `peers`: `(peer id, the address its datagrams go to)`.
+    /// A udp fast path to a peer (of `peers` or `peer_paths`): `(peer id, the address its datagrams go to)`.
     pub udp_paths: Vec<(String, String)>,
 }
 
@@ -238,7 +238,10 @@ impl Cluster {
             heartbeat_extra = spec.heartbeat_extra,
         );
         for (peer, paths) in &spec.peer_paths {
-            let paths: Vec<String> = paths.iter().map(|(name, url)| format!("{{ name = \"{name}\", url = \"{url}\" }}")).collect();
+            let mut paths: Vec<String> = paths.iter().map(|(name, url)| format!("{{ name = \"{name}\", url = \"{url}\" }}")).collect();
+            if let Some((_, address)) = spec.udp_paths.iter().find(|(id, _)| id == peer) {
+                paths.push(format!("{{ name = \"fast\", kind = \"udp\", address = \"{address}\" }}"));
+            }
             config.push_str(&format!("\n[[peer]]\nid = \"{peer}\"\npaths = [{}]\n", paths.join(", ")));
         }
         for peer in spec.peers.iter().filter(|p| !spec.peer_paths.iter().any(|(id, _)| id == *p)) {
