@@ -173,3 +173,37 @@ async fn a_cut_http_heartbeat_does_not_fail_over_a_peer_whose_datagrams_arrive()
     assert!(paths[0]["consecutive_failures"].as_u64().unwrap() >= 3, "the HTTP path failed: {paths}");
     assert_eq!(paths[1]["ok"], true, "the udp path is fine: {paths}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_node_sees_its_peers_datagrams_before_it_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let udp = udp_ports();
+    let mut cluster = pair(dir.path(), udp, udp[1]);
+    cluster.start(0).unwrap();
+    cluster.start(1).unwrap();
+    settled_on(&cluster, 0, Duration::from_secs(20)).await;
+    let state = cluster.nodes[0].dir.join("data/node-state.json");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&state).unwrap_or_default().contains("\"active\"") {
+        assert!(Instant::now() < deadline, "a persisted ACTIVE");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // a is killed, b takes the role; a comes back within max_downtime_ms, persisted ACTIVE. Its first
+    // tick must see b's datagrams (b ACTIVE) and not resume.
+    cluster.kill(0);
+    settled_on(&cluster, 1, Duration::from_secs(10)).await;
+    cluster.start(0).unwrap();
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut seen = Vec::new();
+    while Instant::now() < until {
+        let modes = cluster.modes().await;
+        assert_ne!(modes[0], Some(Mode::Active), "the restarted node resumed ACTIVE over its peer's role: {seen:?}\n{}", cluster.logs(20));
+        if seen.last() != Some(&modes[0]) {
+            seen.push(modes[0]);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(seen.last(), Some(&Some(Mode::Standby)), "{seen:?}");
+    let (_, events) = cluster.admin(0, hyper::Method::GET, "/events?limit=50").await.unwrap();
+    assert!(events.contains("reports ACTIVE: not resuming"), "its event log says why: {events}");
+}

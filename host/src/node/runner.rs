@@ -388,6 +388,15 @@ impl NodeLoop {
         }
     }
 
+    /// Every peer with udp paths has been heard on one of them.
+    fn udp_heard_from_every_peer(&self) -> bool {
+        let Some(fast) = &self.fast else { return true };
+        self.targets.peers.iter().all(|(id, paths, _)| {
+            let udp = paths.iter().filter(|p| p.kind == crate::config::ProbeKind::Udp).collect::<Vec<_>>();
+            udp.is_empty() || udp.iter().any(|p| fast.board.heard(id, &p.target).last_mono_ms.is_some())
+        })
+    }
+
     /// See [`Tracker::udp_deadline`].
     fn udp_deadline(&self) -> Option<u64> {
         self.fast.as_ref()?;
@@ -398,10 +407,24 @@ impl NodeLoop {
     /// udp paths now, merged with the last paced round of everything else if one finished since the
     /// last tick; that round runs on a task of its own, so a slow or silent HTTP peer never holds a
     /// tick (nor the udp detection) for its timeout.
+    ///
+    /// The first tick (STARTING) waits for everything, and for a datagram from every udp peer up to
+    /// the detection time: a restarted node must see its peer's mode before it decides to resume.
     async fn round(&mut self, deadlines: &crate::heartbeat::Deadlines, mono: u64) -> crate::heartbeat::Round {
         use crate::heartbeat::{Probes, Round};
-        let Some(pace) = self.paced else {
-            return self.prober.round(&self.targets, deadlines, mono, Probes::All).await;
+        let starting = self.core.mode == crate::model::Mode::Starting;
+        if starting && self.fast.is_some() {
+            let h = &self.state.config.heartbeat;
+            let limit = u64::from(h.failures.max(1)) * u64::from(h.interval_ms) + udp_slack_ms(h);
+            let until = tokio::time::Instant::now() + Duration::from_millis(limit);
+            while tokio::time::Instant::now() < until && !self.udp_heard_from_every_peer() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        let mono = if starting { self.state.clock.mono_ms() } else { mono };
+        let pace = match self.paced {
+            Some(pace) if !starting => pace,
+            _ => return self.prober.round(&self.targets, deadlines, mono, Probes::All).await,
         };
         let mut slow = None;
         if self.slow_round.as_ref().is_some_and(|task| task.is_finished()) {
