@@ -1,6 +1,6 @@
 //! Every parser of outside input, fed thousands of mutants of real inputs: node configurations (the
 //! operator guide's full example), every policy in `policies/`, every scenario file, signed peer
-//! headers, change batches (parsed, checked and applied to a real SQLite store), CIDRs, `HH:MM` times
+//! headers, UDP heartbeats, change batches (parsed, checked and applied to a real SQLite store), CIDRs, `HH:MM` times
 //! and `ip addr` output.
 //!
 //! Properties: no parser panics; a refusal names the file it is about, says what was wrong and points
@@ -224,6 +224,60 @@ fn signed_peer_headers() {
             assert!(text.contains("x-vigil-"), "the refusal names no header: {text}");
         }
     }
+}
+
+/// UDP heartbeats: random flips, cuts and growth of a real datagram, unsigned (refused at the MAC)
+/// and re-signed (so the parser behind the signature sees them). Nothing panics; a refusal says what
+/// was wrong; what parses is re-encoded to the same bytes.
+#[test]
+fn udp_datagrams() {
+    use vigil::udp::{decode, encode, seal, Datagram};
+    let seed = seed();
+    let mut rng = Rng::new(seed);
+    let key = b"fuzz-key-0123456789abcdef".to_vec();
+    let good = Datagram {
+        from: "b".into(),
+        to: "a".into(),
+        boot: "0123456789abcdef".into(),
+        seq: 42,
+        wall_ms: 1_763_780_000_000,
+        report: vigil::model::Report { mode: vigil::model::Mode::Active, configured_role: Some(vigil::model::Role::Secondary), app_healthy: Some(true), mode_since_ms: Some(5) },
+    };
+    let bytes = encode(&good, &key).unwrap();
+    assert_eq!(decode(&bytes, std::slice::from_ref(&key)).unwrap(), good);
+    let body = &bytes[..bytes.len() - 32];
+    let (mut parsed, mut refused) = (0, 0);
+    for _ in 0..20_000 * rounds() {
+        let mut m = body.to_vec();
+        for _ in 0..1 + rng.below(4) {
+            match rng.below(4) {
+                0 if !m.is_empty() => {
+                    let i = rng.below(m.len());
+                    m[i] = rng.next_u64() as u8;
+                }
+                1 if !m.is_empty() => m.truncate(rng.below(m.len())),
+                2 => m.extend((0..rng.below(300)).map(|_| rng.next_u64() as u8)),
+                _ => {
+                    let i = rng.below(m.len() + 1);
+                    m.insert(i, [0u8, 1, 2, 255, b'a'][rng.below(5)]);
+                }
+            }
+        }
+        let shown = format!("{m:?}");
+        let unsigned = no_panic("udp::decode", seed, &shown, || decode(&[m.as_slice(), &[0u8; 32]].concat(), std::slice::from_ref(&key)));
+        assert!(unsigned.is_err(), "a datagram without its MAC was taken: {shown}");
+        match no_panic("udp::decode", seed, &shown, || decode(&seal(&m, &key), std::slice::from_ref(&key))) {
+            Ok(d) => {
+                parsed += 1;
+                assert_eq!(decode(&encode(&d, &key).unwrap(), std::slice::from_ref(&key)).unwrap(), d, "{shown}");
+            }
+            Err(e) => {
+                refused += 1;
+                assert!(!e.to_string().is_empty());
+            }
+        }
+    }
+    assert!(parsed > 0 && refused > 0, "the mutants reach both outcomes ({parsed} parsed, {refused} refused)");
 }
 
 /// Change batches as `POST /peer/changes` receives them: parsed, checked whole, and applied to a real

@@ -26,11 +26,11 @@ mod relay;
 mod tls;
 mod vip;
 
-const USAGE: &str = "usage: vigil-bench [tick|reload|relay|failover|sync|vip|http|tls|all]";
+const USAGE: &str = "usage: vigil-bench [tick|reload|relay|failover|sync|vip|idle|http|tls|all]";
 
 fn main() -> anyhow::Result<()> {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
-    if !matches!(what.as_str(), "tick" | "reload" | "relay" | "failover" | "sync" | "vip" | "http" | "tls" | "all") {
+    if !matches!(what.as_str(), "tick" | "reload" | "relay" | "failover" | "sync" | "vip" | "idle" | "http" | "tls" | "all") {
         anyhow::bail!(USAGE);
     }
     let wants = |name: &str| what == name || what == "all";
@@ -54,6 +54,9 @@ fn main() -> anyhow::Result<()> {
     }
     if wants("vip") {
         vip::run(&cluster::exe()?, 20)?;
+    }
+    if wants("idle") {
+        vip::idle(&cluster::exe()?, 600)?;
     }
     if wants("tls") {
         rt.block_on(tls::run(20))?;

@@ -32,6 +32,7 @@ use vigil_tests::netns::{ip, ArpCounter, Namespaces};
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 100);
 const SERVICE_PORT: u16 = 9000;
 const VIGIL_PORT: u16 = 7400;
+const UDP_PORT: u16 = 7402;
 const PROBE_EVERY: Duration = Duration::from_millis(10);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(50);
 
@@ -222,7 +223,8 @@ struct Vigil {
 }
 
 impl Vigil {
-    fn start(lan: &Lan, dir: &Path, exe: &Path, interval_ms: u64) -> anyhow::Result<Vigil> {
+    /// With `udp`, the fast path at `interval_ms` and the HTTP heartbeat every 200 ms.
+    fn start(lan: &Lan, dir: &Path, exe: &Path, interval_ms: u64, udp: bool) -> anyhow::Result<Vigil> {
         let timing = Timing { interval_ms, timeout_ms: interval_ms, failures: 3, successes: 3 };
         let mut cluster = Cluster::new(exe, dir, timing, vec![vigil_tests::plugins_dir()])?;
         let policy = format!(
@@ -236,6 +238,10 @@ impl Vigil {
             spec.listen = Some(([0, 0, 0, 0], VIGIL_PORT).into());
             spec.prefix = vec!["ip".into(), "netns".into(), "exec".into(), lan.name(i).to_string()];
             spec.peer_paths = vec![(peer.into(), vec![("lan".into(), format!("http://10.88.0.{other}:{VIGIL_PORT}"))])];
+            if udp {
+                spec.heartbeat_extra = format!("udp_listen = \"0.0.0.0:{UDP_PORT}\"\nhttp_interval_ms = 200");
+                spec.udp_paths = vec![(peer.into(), format!("10.88.0.{other}:{UDP_PORT}"))];
+            }
             cluster.add(spec)?;
         }
         cluster.start(0)?;
@@ -324,7 +330,8 @@ pub(crate) fn install(program: &str, package: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// keepalived at `advert_int` 0.1 and vigil at interval 100 ms, `runs` failovers each, taking turns.
+/// keepalived at `advert_int` 0.1 and vigil at interval 100 ms (HTTP heartbeat), then keepalived at
+/// 0.02 and vigil's udp fast path at 20 ms: `runs` failovers each, taking turns.
 pub fn run(exe: &Path, runs: usize) -> anyhow::Result<()> {
     anyhow::ensure!(vigil_tests::netns::runs_as_root("the VIP benchmark"), "the VIP benchmark needs root (network namespaces)");
     install("keepalived", "keepalived")?;
@@ -332,9 +339,70 @@ pub fn run(exe: &Path, runs: usize) -> anyhow::Result<()> {
     let (mut k, mut v) = (Vec::new(), Vec::new());
     for i in 0..runs {
         k.push(once(&format!("k{i}"), |lan, dir| Ok(Box::new(Keepalived::start(lan, dir, 100)?)))?);
-        v.push(once(&format!("v{i}"), |lan, dir| Ok(Box::new(Vigil::start(lan, dir, exe, 100)?)))?);
+        v.push(once(&format!("v{i}"), |lan, dir| Ok(Box::new(Vigil::start(lan, dir, exe, 100, false)?)))?);
     }
     summary("VIP failover, keepalived 2.2 VRRPv3, advert_int 0.1 (kill -9 + link down)", &k);
     summary("VIP failover, vigil, interval 100 ms, 3 failures, HTTP heartbeat (kill -9 + link down)", &v);
+    let (mut k, mut v) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        k.push(once(&format!("kf{i}"), |lan, dir| Ok(Box::new(Keepalived::start(lan, dir, 20)?)))?);
+        v.push(once(&format!("vf{i}"), |lan, dir| Ok(Box::new(Vigil::start(lan, dir, exe, 20, true)?)))?);
+    }
+    summary("VIP failover, keepalived 2.2 VRRPv3, advert_int 0.02 (kill -9 + link down)", &k);
+    summary("VIP failover, vigil, udp fast path 20 ms, 3 failures, HTTP heartbeat 200 ms (kill -9 + link down)", &v);
+    Ok(())
+}
+
+/// Both cores busy for `seconds` (one spinning thread per core, as long as the run): a vigil pair
+/// on the udp fast path at 20 ms and a keepalived pair at `advert_int` 0.02, side by side on two
+/// LANs of their own, idle otherwise. A false failover is the backup taking the VIP (or the
+/// active role) while the master lives: counted from vigil's event log and keepalived's log.
+pub fn idle(exe: &Path, seconds: u64) -> anyhow::Result<()> {
+    anyhow::ensure!(vigil_tests::netns::runs_as_root("the idle benchmark"), "the idle benchmark needs root (network namespaces)");
+    install("keepalived", "keepalived")?;
+    let seconds = std::env::var("VIGIL_BENCH_IDLE_S").ok().and_then(|r| r.parse().ok()).unwrap_or(seconds);
+    let keep = tempfile::tempdir()?;
+    let (kdir, vdir) = (keep.path().join("keepalived"), keep.path().join("vigil"));
+    std::fs::create_dir_all(&kdir)?;
+    std::fs::create_dir_all(&vdir)?;
+    let (klan, vlan) = (Lan::create("ik"), Lan::create("iv"));
+    let keepalived = Keepalived::start(&klan, &kdir, 20)?;
+    let vigil = Vigil::start(&vlan, &vdir, exe, 20, true)?;
+    klan.until_served_by("a", Duration::from_millis(500), Duration::from_secs(20))?;
+    vlan.until_served_by("a", Duration::from_millis(500), Duration::from_secs(20))?;
+    let burning = Arc::new(AtomicBool::new(true));
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let burners: Vec<_> = (0..cores)
+        .map(|_| {
+            let burning = burning.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while burning.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(seconds));
+    burning.store(false, Ordering::Relaxed);
+    for b in burners {
+        let _ = b.join();
+    }
+    // The client's view: every probe after the start that was not answered by a.
+    let misses = |lan: &Lan| lan.probes.lock().expect("probes").iter().filter(|(t, who)| *t > started && who.as_deref() != Some("a")).count();
+    let (kmiss, vmiss) = (misses(&klan), misses(&vlan));
+    let k_masters = std::fs::read_to_string(kdir.join("keepalived-b.log")).unwrap_or_default().matches("Entering MASTER STATE").count();
+    let v_log = std::fs::read_to_string(vigil.cluster.nodes[1].log.clone()).unwrap_or_default();
+    let v_actives = v_log.lines().filter(|l| l.contains("mode changed") && l.contains("to=active")).count();
+    drop((keepalived, vigil));
+    crate::row(
+        &format!("idle {seconds} s, both cores busy: keepalived advert_int 0.02"),
+        format!("backup became MASTER {k_masters} times; client probes not answered by the master: {kmiss}"),
+    );
+    crate::row(
+        &format!("idle {seconds} s, both cores busy: vigil udp fast path 20 ms, 3 failures"),
+        format!("standby became ACTIVE {v_actives} times; client probes not answered by the active: {vmiss}"),
+    );
     Ok(())
 }

@@ -66,6 +66,10 @@ pub struct NodeSpec {
     pub env: Vec<(String, String)>,
     /// Extra lines of the `[security]` table (e.g. `admin_insecure_remote = true`).
     pub security_extra: String,
+    /// Extra lines of the `[heartbeat]` table (e.g. `udp_listen`, `http_interval_ms`).
+    pub heartbeat_extra: String,
+    /// A udp fast path to a peer (of `peers` or `peer_paths`): `(peer id, the address its datagrams go to)`.
+    pub udp_paths: Vec<(String, String)>,
 }
 
 impl NodeSpec {
@@ -83,6 +87,8 @@ impl NodeSpec {
             extra_config: String::new(),
             env: Vec::new(),
             security_extra: String::new(),
+            heartbeat_extra: String::new(),
+            udp_paths: Vec::new(),
         }
     }
 }
@@ -214,7 +220,7 @@ impl Cluster {
         let plugin_dirs: Vec<String> = self.plugin_dirs.iter().map(|d| quoted(d)).collect();
         let mut config = format!(
             "[node]\nid = \"{id}\"\nrole = \"{role}\"\nlisten = \"{listen}\"\ndata_dir = {data}\npolicy = {policy}\nplugin_dirs = [{dirs}]\n\n\
-             [heartbeat]\ninterval_ms = {}\ntimeout_ms = {}\nfailures = {}\nsuccesses = {}\n\n\
+             [heartbeat]\ninterval_ms = {}\ntimeout_ms = {}\nfailures = {}\nsuccesses = {}\n{heartbeat_extra}\n\n\
              [security]\npeer_keys = [{key}]\nadmin_token_file = {token}\n{security_extra}\n",
             t.interval_ms,
             t.timeout_ms,
@@ -229,13 +235,20 @@ impl Cluster {
             key = quoted(&self.dir.join("peer.key")),
             token = quoted(&self.dir.join("admin.token")),
             security_extra = spec.security_extra,
+            heartbeat_extra = spec.heartbeat_extra,
         );
         for (peer, paths) in &spec.peer_paths {
-            let paths: Vec<String> = paths.iter().map(|(name, url)| format!("{{ name = \"{name}\", url = \"{url}\" }}")).collect();
+            let mut paths: Vec<String> = paths.iter().map(|(name, url)| format!("{{ name = \"{name}\", url = \"{url}\" }}")).collect();
+            if let Some((_, address)) = spec.udp_paths.iter().find(|(id, _)| id == peer) {
+                paths.push(format!("{{ name = \"fast\", kind = \"udp\", address = \"{address}\" }}"));
+            }
             config.push_str(&format!("\n[[peer]]\nid = \"{peer}\"\npaths = [{}]\n", paths.join(", ")));
         }
         for peer in spec.peers.iter().filter(|p| !spec.peer_paths.iter().any(|(id, _)| id == *p)) {
             config.push_str(&format!("\n[[peer]]\nid = \"{peer}\"\nurl = \"{}\"\n", self.url_of(peer)));
+            if let Some((_, address)) = spec.udp_paths.iter().find(|(id, _)| id == peer) {
+                config.push_str(&format!("paths = [{{ name = \"fast\", kind = \"udp\", address = \"{address}\" }}]\n"));
+            }
         }
         for (id, url) in &spec.watched {
             config.push_str(&format!("\n[[watch]]\nid = \"{id}\"\nurl = \"{}\"\n", self.url_of(url)));

@@ -15,6 +15,9 @@
 //! failures = 3                    # consecutive failed checks to switch
 //! successes = 3                   # consecutive good checks to switch back
 //! startup_grace_ms = 5000         # after a start, no ACTIVE before every peer answered or this passed
+//! udp_listen = "0.0.0.0:7402"     # the UDP fast path's socket (needed with `kind = "udp"` paths)
+//! http_interval_ms = 200          # pace of the other probes (HTTP heartbeat, services, watched, LAN,
+//!                                 # VIP) when interval_ms is a fast UDP pace; default: interval_ms
 //!
 //! [[peer]]                        # the pair peer(s)
 //! id = "b"
@@ -22,6 +25,7 @@
 //! paths = [                       # or several paths (links), each a probe
 //!   { name = "lan", url = "http://10.0.0.2:7400" },
 //!   { name = "crossover", url = "http://192.168.99.2:7400" },
+//!   { name = "fast", kind = "udp", address = "10.0.0.2:7402" },   # see `udp_listen`
 //! ]
 //! services = [ { name = "smtp", kind = "tcp", address = "10.0.0.2:25" } ]  # remote services as heartbeat
 //!
@@ -79,7 +83,10 @@
 //! answers ACTIVE/STANDBY/…), `http` (GET `url`, `expect_status`, optional `expect_body` substring),
 //! `tcp` (connect to `address`) or `ping` (a TCP "ping" of `address`: any answer, even a refused
 //! connection, proves the host is up; needs no privileges). `count` probes make one check, which
-//! fails only when every one of them fails.
+//! fails only when every one of them fails. A peer path may also be `udp` (the fast path, see
+//! `udp`): signed datagrams sent every `interval_ms` to the peer's `udp_listen` at `address`; a
+//! peer with udp paths is judged reachable on those alone, and still needs a `url` (the HTTP
+//! heartbeat: clock, replication, commands, at `http_interval_ms`).
 //!
 //! Every field has a default except `node.id` and, when there are peers, `security.peer_keys`;
 //! unknown keys are errors.
@@ -161,6 +168,10 @@ pub struct HeartbeatSection {
     /// active: a peer started a little later (a slower disk, a cold plugin compile) gets the time to
     /// answer before it is counted as dead.
     pub startup_grace_ms: u32,
+    /// The UDP fast path's socket (`kind = "udp"` peer paths send to the peers' ones).
+    pub udp_listen: Option<SocketAddr>,
+    /// How often the probes other than udp paths go out; `None`: every round.
+    pub http_interval_ms: Option<u32>,
 }
 
 /// Default of `heartbeat.startup_grace_ms`.
@@ -175,6 +186,8 @@ impl Default for HeartbeatSection {
             failures: h.failures,
             successes: h.successes,
             startup_grace_ms: DEFAULT_STARTUP_GRACE_MS,
+            udp_listen: None,
+            http_interval_ms: None,
         }
     }
 }
@@ -201,6 +214,8 @@ pub enum ProbeKind {
     Tcp,
     /// TCP "ping": any answer, even a refusal, means the host is up.
     Ping,
+    /// The UDP fast path: signed one-way datagrams (peer paths only).
+    Udp,
 }
 
 /// One probe.
@@ -471,10 +486,20 @@ impl NodeConfig {
         if !(10..=3_600_000).contains(&h.interval_ms) {
             return Err(self.err("heartbeat.interval_ms", format!("expected 10 to 3600000, got {}", h.interval_ms)));
         }
-        if h.timeout_ms == 0 || h.timeout_ms > h.interval_ms {
+        if let Some(http) = h.http_interval_ms {
+            if http < h.interval_ms || http > 3_600_000 {
+                return Err(self.err(
+                    "heartbeat.http_interval_ms",
+                    format!("expected interval_ms ({}) to 3600000, got {http}", h.interval_ms),
+                ));
+            }
+        }
+        let pace = h.http_interval_ms.unwrap_or(h.interval_ms);
+        if h.timeout_ms == 0 || h.timeout_ms > pace {
+            let which = if h.http_interval_ms.is_some() { "http_interval_ms" } else { "interval_ms" };
             return Err(self.err(
                 "heartbeat.timeout_ms",
-                format!("expected 1 to interval_ms ({}), got {}: a check must end before the next begins", h.interval_ms, h.timeout_ms),
+                format!("expected 1 to {which} ({pace}), got {}: a check must end before the next begins", h.timeout_ms),
             ));
         }
         if h.failures == 0 {
@@ -501,7 +526,21 @@ impl NodeConfig {
             if p.url.is_none() && p.paths.is_empty() {
                 return Err(self.err(format!("peer[{i}]"), "expected `url` or `paths` (at least one heartbeat path)"));
             }
-            self.peer_paths(i)?;
+            let paths = self.peer_paths(i)?;
+            if paths.iter().any(|p| p.kind == ProbeKind::Udp) {
+                if h.udp_listen.is_none() {
+                    return Err(self.err("heartbeat.udp_listen", format!("peer[{i}] has a udp path: expected the address to receive udp heartbeats on")));
+                }
+                if !paths.iter().any(|p| p.kind == ProbeKind::Vigil) {
+                    return Err(self.err(
+                        format!("peer[{i}]"),
+                        "a peer with udp paths also needs a vigil `url` (or vigil path): its clock, replication and commands go over HTTP",
+                    ));
+                }
+                if p.id.len() > 255 || self.node.id.len() > 255 {
+                    return Err(self.err(format!("peer[{i}].id"), "node ids of udp peers are at most 255 bytes"));
+                }
+            }
             for (j, s) in p.services.iter().enumerate() {
                 self.probe(&format!("peer[{i}].services[{j}]"), s, ProbeKind::Tcp)?;
             }
@@ -713,6 +752,16 @@ impl NodeConfig {
                 check_url(&url).map_err(|e| self.err(format!("{key}.url"), e))?;
                 url.trim_end_matches('/').to_string()
             }
+            ProbeKind::Udp => {
+                if !key.contains(".paths[") {
+                    return Err(self.err(format!("{key}.kind"), "udp is a peer path kind (`[[peer]].paths`), not a probe"));
+                }
+                let address = c.address.clone().ok_or_else(|| self.err(format!("{key}.address"), "a udp path needs the peer's udp_listen address (ip:port)"))?;
+                let parsed: SocketAddr = address
+                    .parse()
+                    .map_err(|_| self.err(format!("{key}.address"), format!("expected ip:port (a literal address), got {address:?}")))?;
+                parsed.to_string()
+            }
             ProbeKind::Tcp | ProbeKind::Ping => {
                 let address = c.address.clone().ok_or_else(|| {
                     self.err(format!("{key}.address"), format!("a {kind:?} probe needs an address (host:port, or host for ping)"))
@@ -864,6 +913,10 @@ peer_keys = ["k"]
 
     #[test]
     fn mistakes_name_their_key() {
+        // A node with a heartbeat section `h` and one peer `b` described by `peer`.
+        fn udp(h: &str, peer: &str) -> &'static str {
+            format!("[node]\nid = \"a\"\n[heartbeat]\n{h}\n[[peer]]\nid = \"b\"\n{peer}\n[security]\npeer_keys=[\"k\"]").leak()
+        }
         let cases = [
             ("[node]\nid = \"a\"\nrole = \"leader\"", "node.role"),
             ("[node]\nid = \"a\"\n[restart]\nmax_downtime_ms = 90000000", "restart.max_downtime_ms"),
@@ -880,6 +933,12 @@ peer_keys = ["k"]
             ("[node]\nid = \"a\"\n[tls]\ncert = \"c\"\nkey = \"k\"\nkey_file = \"k\"", "tls.key_file"),
             ("[node]\nid = \"a\"\n[[peer]]\nid = \"b\"\nurl = \"https://x:1\"\n[security]\npeer_keys=[\"k\"]", "peer[0].url"),
             ("[node]\nid = \"a\"\n[[watch]]\nid = \"w\"\nurl = \"https://x:1\"\n[tls]\ncert = \"c\"\nkey = \"k\"", "watch[0].url"),
+            (udp("udp_listen = \"127.0.0.1:7402\"", "url = \"http://x:1\"\npaths = [{ kind = \"udp\", address = \"peer-b:7402\" }]"), "peer[0].paths[0].address"),
+            (udp("", "url = \"http://x:1\"\npaths = [{ kind = \"udp\", address = \"10.0.0.2:7402\" }]"), "heartbeat.udp_listen"),
+            (udp("udp_listen = \"127.0.0.1:7402\"", "paths = [{ kind = \"udp\", address = \"10.0.0.2:7402\" }]"), "peer[0]"),
+            (udp("udp_listen = \"127.0.0.1:7402\"", "url = \"http://x:1\"\nservices = [{ kind = \"udp\", address = \"10.0.0.2:7402\" }]"), "peer[0].services[0].kind"),
+            (udp("interval_ms = 20\nhttp_interval_ms = 10", "url = \"http://x:1\""), "heartbeat.http_interval_ms"),
+            (udp("interval_ms = 20\nhttp_interval_ms = 200\ntimeout_ms = 300", "url = \"http://x:1\""), "heartbeat.timeout_ms"),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err();

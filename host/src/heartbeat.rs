@@ -35,6 +35,19 @@ pub struct CheckResult {
     pub error: Option<String>,
     /// How long the attempt that answered took (`/metrics`: the heartbeat round trip).
     pub rtt: Option<Duration>,
+    /// Not probed this round (a probe paced by `heartbeat.http_interval_ms` between its runs):
+    /// counts for nothing.
+    pub skipped: bool,
+    /// A udp path: how many datagrams it has missed since its last one (0: on time), and when that
+    /// one came (monotonic ms; `None`: never).
+    pub udp: Option<(u32, Option<u64>)>,
+}
+
+impl CheckResult {
+    /// The result of a probe that did not run this round.
+    pub fn skipped() -> CheckResult {
+        CheckResult { skipped: true, ..CheckResult::default() }
+    }
 }
 
 /// One round for one remote: a result per path and per remote service.
@@ -78,17 +91,65 @@ impl Targets {
     }
 }
 
+impl Round {
+    /// This round's udp path results over a round of everything else (`slow`, or nothing probed).
+    pub fn merge(udp: Round, slow: Option<Round>) -> Round {
+        let Some(mut slow) = slow else { return udp };
+        for (s, u) in slow.peers.iter_mut().zip(udp.peers) {
+            for (s, u) in s.paths.iter_mut().zip(u.paths) {
+                if u.udp.is_some() {
+                    *s = u;
+                }
+            }
+        }
+        slow
+    }
+}
+
+/// What [`Prober::round`] probes: everything, only the udp paths (a fast round between paced
+/// ones), or everything but them (a paced round running beside the fast ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probes {
+    All,
+    UdpOnly,
+    AllButUdp,
+}
+
 /// Runs probes.
 #[derive(Debug, Clone)]
 pub struct Prober {
     peer: PeerClient,
     http: HttpClient,
     timeout: Duration,
+    /// The udp fast path's receiver, and the datagram interval and lateness allowed (ms).
+    udp: Option<(std::sync::Arc<crate::udp::Board>, u64, u64)>,
 }
 
 impl Prober {
     pub fn new(peer: PeerClient, http: HttpClient, timeout: Duration) -> Prober {
-        Prober { peer, http, timeout }
+        Prober { peer, http, timeout, udp: None }
+    }
+
+    /// Read udp paths from `board`, datagrams due every `interval_ms`, each `slack_ms` late at most.
+    pub fn with_udp(mut self, board: std::sync::Arc<crate::udp::Board>, interval_ms: u64, slack_ms: u64) -> Prober {
+        self.udp = Some((board, interval_ms, slack_ms));
+        self
+    }
+
+    /// A udp path now (no I/O: what the receiver took).
+    fn udp_check(&self, remote: &str, probe: &Probe, mono_ms: u64) -> CheckResult {
+        let Some((board, interval, slack)) = &self.udp else {
+            return CheckResult { ok: false, error: Some("no udp_listen: the udp path is not running".into()), udp: Some((0, None)), ..CheckResult::default() };
+        };
+        let heard = board.heard(remote, &probe.target);
+        match heard.last_mono_ms {
+            None => CheckResult { ok: false, error: Some(format!("{}: no udp heartbeat taken yet", probe.target)), udp: Some((0, None)), ..CheckResult::default() },
+            Some(at) => {
+                let missed = crate::udp::missed(mono_ms.saturating_sub(at), *interval, *slack);
+                let error = (missed > 0).then(|| format!("{}: {missed} udp heartbeats missed", probe.target));
+                CheckResult { ok: missed == 0, report: heard.report, error, udp: Some((missed, Some(at))), ..CheckResult::default() }
+            }
+        }
     }
 
     /// The signed client, for peer commands.
@@ -98,13 +159,22 @@ impl Prober {
 
     /// Probe everything once, concurrently. A remote's paths end at its deadline, if it has one
     /// (`deadlines` in monotonic ms of the clock that read `mono_ms`, now).
-    pub async fn round(&self, targets: &Targets, deadlines: &Deadlines, mono_ms: u64) -> Round {
+    pub async fn round(&self, targets: &Targets, deadlines: &Deadlines, mono_ms: u64, which: Probes) -> Round {
+        if which == Probes::UdpOnly {
+            return self.udp_round(targets, mono_ms);
+        }
         let start = Instant::now();
         let cut = |at: Option<u64>| at.map(|at| start + Duration::from_millis(at.saturating_sub(mono_ms)));
         let peers = join_all(targets.peers.iter().enumerate().map(|(i, (id, paths, services))| async move {
             let until = cut(deadlines.peers.get(i).copied().flatten());
             let (paths, services) = tokio::join!(
-                join_all(paths.iter().map(|p| self.check_until(id, p, until))),
+                join_all(paths.iter().map(|p| async move {
+                    match (p.kind, which) {
+                        (ProbeKind::Udp, Probes::AllButUdp) => CheckResult::skipped(),
+                        (ProbeKind::Udp, _) => self.udp_check(id, p, mono_ms),
+                        _ => self.check_until(id, p, until).await,
+                    }
+                })),
                 join_all(services.iter().map(|p| self.check(id, p)))
             );
             RemoteRound { paths, services }
@@ -127,6 +197,24 @@ impl Prober {
         };
         let (peers, watched, lan, vip) = tokio::join!(peers, watched, lan, vip);
         Round { peers, watched, lan, vip }
+    }
+
+    /// The udp paths only; every other probe skipped.
+    fn udp_round(&self, targets: &Targets, mono_ms: u64) -> Round {
+        let skip = |n: usize| vec![CheckResult::skipped(); n];
+        Round {
+            peers: targets
+                .peers
+                .iter()
+                .map(|(id, paths, services)| RemoteRound {
+                    paths: paths.iter().map(|p| if p.kind == ProbeKind::Udp { self.udp_check(id, p, mono_ms) } else { CheckResult::skipped() }).collect(),
+                    services: skip(services.len()),
+                })
+                .collect(),
+            watched: targets.watched.iter().map(|_| RemoteRound { paths: skip(1), services: Vec::new() }).collect(),
+            lan: None,
+            vip: None,
+        }
     }
 
     /// One check of remote `remote`: `count` attempts at once; it fails only if every attempt fails.
@@ -200,6 +288,7 @@ impl Prober {
                 Ok(Err(e)) => fail(format!("{}: {e}", probe.target)),
                 Err(_) => fail(format!("{}: no answer within {} ms", probe.target, self.timeout.as_millis())),
             },
+            ProbeKind::Udp => fail(format!("{}: a udp path is read from the receiver, not probed", probe.target)),
             ProbeKind::Ping => {
                 // A TCP "ping": a SYN to a port; an accept or a refusal both prove the host answered.
                 let address = if probe.target.contains(':') { probe.target.clone() } else { format!("{}:7", probe.target) };
@@ -233,6 +322,8 @@ pub struct RemoteTrack {
     /// Each path's round trip in its latest round, in microseconds (`None`: it failed), in the order
     /// of `remote.paths` (the operator console shows them).
     pub path_rtt_us: Vec<Option<u64>>,
+    /// The remote has udp paths: its reachability is theirs alone (see `udp`).
+    pub by_udp: bool,
 }
 
 /// When each remote's probes of the next round end at the latest, in monotonic ms (see the module
@@ -262,6 +353,7 @@ impl Tracker {
                 services: services.iter().map(|p| Check { name: p.name.clone(), ..Check::default() }).collect(),
                 ..Remote::default()
             },
+            by_udp: paths.iter().any(|p| p.kind == ProbeKind::Udp),
             ..RemoteTrack::default()
         };
         Tracker {
@@ -304,6 +396,9 @@ impl Tracker {
     pub fn deadlines(&self, mono_ms: u64, heartbeat: &model::Heartbeat) -> Deadlines {
         let grace = (u64::from(heartbeat.timeout_ms) / 10).max(1);
         let deadline = |t: &RemoteTrack| {
+            if t.by_udp {
+                return None; // its udp paths decide; its HTTP heartbeat keeps its whole timeout
+            }
             let seen = t.last_seen_mono_ms?;
             let nth = t.remote.consecutive_failures.saturating_add(1);
             if nth < heartbeat.failures.max(1) {
@@ -313,6 +408,19 @@ impl Tracker {
             Some(at.max(mono_ms.saturating_add(grace)))
         };
         Deadlines { peers: self.peers.iter().map(deadline).collect(), watched: self.watched.iter().map(deadline).collect() }
+    }
+
+    /// When the next udp-judged peer that is still reachable will have missed `failures`
+    /// datagrams if none comes (monotonic ms): the loop runs a round then, so that detection is not
+    /// late by up to an interval. `None`: no such peer.
+    pub fn udp_deadline(&self, heartbeat: &model::Heartbeat, slack_ms: u64) -> Option<u64> {
+        let span = u64::from(heartbeat.failures.max(1)) * u64::from(heartbeat.interval_ms);
+        self.peers
+            .iter()
+            .filter(|t| t.by_udp && t.remote.consecutive_failures < heartbeat.failures.max(1))
+            .filter_map(|t| t.last_seen_mono_ms)
+            .map(|seen| seen + slack_ms + span)
+            .min()
     }
 
     /// The peers as the plugin sees them now.
@@ -332,13 +440,62 @@ fn view(t: &RemoteTrack, mono_ms: u64) -> Remote {
     r
 }
 
+/// Count one result: a udp path's failures are the datagrams it missed, so that a round run at its
+/// deadline sees all of them (rounds need not line up with the sender's schedule).
+fn record_check(check: &mut Check, result: &CheckResult) {
+    match result.udp {
+        _ if result.skipped => {}
+        Some((missed, Some(_))) if missed > 0 => {
+            check.ok = false;
+            check.consecutive_successes = 0;
+            check.consecutive_failures = check.consecutive_failures.max(missed);
+        }
+        _ => check.record(result.ok),
+    }
+}
+
 fn record_remote(track: &mut RemoteTrack, round: &RemoteRound, mono_ms: u64) {
-    track.path_rtt_us = round.paths.iter().map(|r| r.rtt.filter(|_| r.ok).map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))).collect();
+    track.path_rtt_us.resize(round.paths.len(), None);
+    for (rtt, r) in track.path_rtt_us.iter_mut().zip(&round.paths).filter(|(_, r)| !r.skipped) {
+        *rtt = r.rtt.filter(|_| r.ok).map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+    }
     for (check, result) in track.remote.paths.iter_mut().zip(&round.paths) {
-        check.record(result.ok);
+        record_check(check, result);
     }
     for (check, result) in track.remote.services.iter_mut().zip(&round.services) {
-        check.record(result.ok);
+        record_check(check, result);
+    }
+    // The HTTP heartbeat of a udp-judged remote still brings its clock and refusals.
+    for hb in round.paths.iter().filter(|r| r.ok).filter_map(|r| r.heartbeat.as_ref()) {
+        track.clock_skew_ms = Some(hb.clock_skew_ms());
+        track.refused = hb.refused.clone();
+    }
+    if track.by_udp {
+        let udp: Vec<&CheckResult> = round.paths.iter().filter(|r| r.udp.is_some()).collect();
+        match udp.iter().find(|r| r.ok) {
+            Some(result) => {
+                track.remote.record(true);
+                track.last_seen_mono_ms = result.udp.and_then(|(_, at)| at).or(Some(mono_ms));
+                track.last_error = None;
+                track.remote.report = result.report.clone().or(track.remote.report.take());
+            }
+            None => {
+                // As many failures as the best path missed datagrams (never less than one a round).
+                let missed = udp.iter().filter_map(|r| r.udp.filter(|(_, at)| at.is_some()).map(|(m, _)| m)).min();
+                track.remote.record(false);
+                if let Some(missed) = missed {
+                    track.remote.consecutive_failures = track.remote.consecutive_failures.max(missed);
+                }
+                if let Some(at) = udp.iter().filter_map(|r| r.udp.and_then(|(_, at)| at)).max() {
+                    track.last_seen_mono_ms = Some(at);
+                }
+                track.last_error = udp.iter().find_map(|r| r.error.clone());
+            }
+        }
+        return;
+    }
+    if round.paths.iter().all(|r| r.skipped) {
+        return; // a fast round: nothing was asked of this remote
     }
     let answered = round.paths.iter().find(|r| r.ok);
     track.remote.record(answered.is_some());
@@ -348,10 +505,6 @@ fn record_remote(track: &mut RemoteTrack, round: &RemoteRound, mono_ms: u64) {
             track.last_error = None;
             if let Some(report) = &result.report {
                 track.remote.report = Some(report.clone());
-            }
-            if let Some(hb) = &result.heartbeat {
-                track.clock_skew_ms = Some(hb.clock_skew_ms());
-                track.refused = hb.refused.clone();
             }
         }
         None => track.last_error = round.paths.iter().find_map(|r| r.error.clone()),
@@ -453,6 +606,48 @@ mod tests {
         assert_eq!(t.deadlines(1100, &hb).peers, vec![None], "an answer starts over");
     }
 
+    #[test]
+    fn a_udp_peer_fails_by_missed_datagrams_and_ignores_its_paced_http_path() {
+        let hb = model::Heartbeat { interval_ms: 20, timeout_ms: 20, failures: 3, successes: 3 };
+        let udp = Probe { name: "fast".into(), kind: ProbeKind::Udp, target: "127.0.0.1:7402".into(), expect_status: 200, expect_body: None, count: 1 };
+        let http = Probe { name: "main".into(), kind: ProbeKind::Vigil, ..udp.clone() };
+        let targets = Targets { peers: vec![("b".into(), vec![http, udp], vec![])], watched: vec![], lan: None, vip_url: None };
+        let mut t = Tracker::new("a", &targets);
+        let heard = |missed: u32, at: u64| CheckResult {
+            ok: missed == 0,
+            udp: Some((missed, Some(at))),
+            report: Some(Report { mode: Mode::Active, ..Report::default() }),
+            ..CheckResult::default()
+        };
+        let round = |http: CheckResult, udp: CheckResult| Round { peers: vec![RemoteRound { paths: vec![http, udp], services: vec![] }], ..Round::default() };
+        t.record(&round(result(true), heard(0, 100)), 105);
+        assert!(t.peers(105)[0].reachable);
+        assert_eq!(t.udp_deadline(&hb, 10), Some(100 + 10 + 60), "the third datagram overdue");
+        // The datagrams stop; the HTTP heartbeat (paced) still answers: the udp path alone decides.
+        t.record(&round(CheckResult::skipped(), heard(1, 100)), 130);
+        t.record(&round(result(true), heard(3, 100)), 170);
+        let p = &t.peers(170)[0];
+        assert!(!p.reachable);
+        assert_eq!(p.consecutive_failures, 3, "three datagrams missed, though only two rounds ran");
+        assert_eq!(p.paths[0].consecutive_successes, 2, "the HTTP path's own count");
+        assert_eq!(p.paths[1].consecutive_failures, 3);
+        assert_eq!(p.last_seen_ago_ms, Some(70));
+        assert_eq!(t.udp_deadline(&hb, 10), None, "already failed");
+        assert_eq!(t.deadlines(170, &hb).peers, vec![None], "its HTTP probe is never cut short");
+        t.record(&round(CheckResult::skipped(), heard(0, 180)), 181);
+        assert!(t.peers(181)[0].reachable);
+    }
+
+    #[test]
+    fn a_round_with_nothing_probed_counts_nothing() {
+        let mut t = Tracker::new("a", &targets());
+        t.record(&Round { peers: vec![RemoteRound { paths: vec![result(true), result(true)], services: vec![] }], ..Round::default() }, 0);
+        let skipped = Round { peers: vec![RemoteRound { paths: vec![CheckResult::skipped(), CheckResult::skipped()], services: vec![] }], ..Round::default() };
+        t.record(&skipped, 50);
+        let p = &t.peers(50)[0];
+        assert_eq!((p.consecutive_successes, p.paths[0].consecutive_successes), (1, 1));
+    }
+
     #[tokio::test]
     async fn a_probe_waiting_at_its_deadline_fails_then_not_at_its_timeout() {
         // A peer that accepts connections and never answers: a check waits out its timeout (10 s
@@ -465,7 +660,7 @@ mod tests {
         let targets = Targets { peers: vec![("b".into(), vec![probe], vec![])], watched: vec![], lan: None, vip_url: None };
         let round = tokio::time::timeout(
             Duration::from_secs(5),
-            prober.round(&targets, &Deadlines { peers: vec![Some(1_050)], watched: vec![] }, 1_000),
+            prober.round(&targets, &Deadlines { peers: vec![Some(1_050)], watched: vec![] }, 1_000, Probes::All),
         )
         .await
         .expect("the round ends at the deadline, not at the 10 s timeout");

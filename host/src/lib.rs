@@ -51,4 +51,5 @@ pub mod state;
 pub mod systemd;
 pub mod tls;
 pub mod toml_file;
+pub mod udp;
 pub mod vip;

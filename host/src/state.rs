@@ -61,6 +61,8 @@ pub struct NodeState {
     pub connections: Arc<crate::http::conns::Table>,
     /// `x-vigil-node` of every answer, made once (`None`: an id that is no header value).
     pub node_header: Option<hyper::header::HeaderValue>,
+    /// The udp fast path's socket (`heartbeat.udp_listen`), bound at start, until the loop takes it.
+    pub udp_socket: Mutex<Option<std::net::UdpSocket>>,
 }
 
 impl NodeState {
@@ -111,6 +113,9 @@ pub struct Status {
     pub vip: Option<VipView>,
     /// The traffic relay, when the policy has one.
     pub relay: Option<RelayStatus>,
+    /// The udp fast path's receiver: datagrams taken and refused (with the last reason).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub udp: Option<crate::udp::BoardCounts>,
     pub policy: PolicyStatus,
     pub services: Vec<ServiceStatus>,
     pub app_healthy: bool,

@@ -104,7 +104,7 @@ fn main() -> ExitCode {
             run(cargo().current_dir(&root).args(["build", "--release", "-p", "vigil"]))?;
             run(cargo().current_dir(&root).args(["run", "--release", "-p", "vigil-bench", "--"]).args(&args[1..]))
         }),
-        _ => Err("usage: cargo xtask plugins | demo [DEPLOYMENT] | test [CARGO TEST ARGS] | bench [tick|reload|relay|failover|sync|vip|http|tls|all]".into()),
+        _ => Err("usage: cargo xtask plugins | demo [DEPLOYMENT] | test [CARGO TEST ARGS] | bench [tick|reload|relay|failover|sync|vip|idle|http|tls|all]".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

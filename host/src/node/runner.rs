@@ -154,6 +154,12 @@ pub async fn build(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Arc<Node
             .map_err(|e| StartError::Other(e.into()))?
             .map_err(|e| cfg_err(e.into()))?
     };
+    let udp_socket = match config.heartbeat.udp_listen {
+        Some(addr) => Some(std::net::UdpSocket::bind(addr).map_err(|e| {
+            StartError::Other(anyhow::anyhow!("{}: key `heartbeat.udp_listen`: cannot bind {addr}: {e}", config.path.display()))
+        })?),
+        None => None,
+    };
     let now = clock.wall_ms();
     let peer_client = PeerClient::new(HttpClient::with_tls(client_tls.as_ref()), config.node.id.clone(), keys.clone(), clock.clone());
     let metrics = crate::metrics::Metrics::new(&config.peers.iter().map(|p| p.id.clone()).collect::<Vec<_>>());
@@ -191,6 +197,7 @@ pub async fn build(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Arc<Node
         generation: AtomicU64::new(0),
         connections: crate::http::conns::Table::new(crate::http::conns::MAX_CONNECTIONS, crate::http::conns::MAX_PER_ADDRESS),
         node_header: config.node.id.parse().ok(),
+        udp_socket: Mutex::new(udp_socket),
         config,
     });
     state.metrics.bind(&state);
@@ -222,8 +229,15 @@ pub async fn node_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // A udp-judged peer is counted failed the moment its `failures`-th datagram is overdue, not
+        // at the next tick after that (see `udp`).
+        let udp_deadline = node.udp_deadline().map(|at| {
+            let now = node.state.clock.mono_ms();
+            tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now))
+        });
         tokio::select! {
             _ = ticker.tick() => {}
+            _ = tokio::time::sleep_until(udp_deadline.unwrap_or_else(tokio::time::Instant::now)), if udp_deadline.is_some() => {}
             _ = stop.changed() => break,
         }
         node.tick().await;
@@ -272,6 +286,13 @@ struct NodeLoop {
     /// loop never waits for the disk. Taken at the end, so the writer finishes before a clean stop.
     persist: Option<watch::Sender<Option<Persist>>>,
     writer: Option<tokio::task::JoinHandle<()>>,
+    /// The udp fast path (`heartbeat.udp_listen`): its threads stop when it is dropped.
+    fast: Option<crate::udp::FastPath>,
+    /// With `heartbeat.http_interval_ms`: the pace of every probe but the udp paths, the round of
+    /// them running beside the fast rounds, and when the next one is due (monotonic ms).
+    paced: Option<u64>,
+    slow_round: Option<tokio::task::JoinHandle<crate::heartbeat::Round>>,
+    next_slow_mono_ms: u64,
 }
 
 /// What the loop hands the `node-state.json` writer after a tick.
@@ -309,7 +330,12 @@ impl NodeLoop {
     fn start(state: Arc<NodeState>, interval: Duration, stop: &watch::Receiver<bool>) -> NodeLoop {
         let config = &state.config;
         let targets = Targets::from_config(config);
-        let prober = prober_for(config, state.replicator.peer_client().clone(), HttpClient::with_tls(state.client_tls.as_ref()));
+        let mut prober = prober_for(config, state.replicator.peer_client().clone(), HttpClient::with_tls(state.client_tls.as_ref()));
+        let fast = start_fast_path(&state, &targets);
+        if let Some(fast) = &fast {
+            let h = &config.heartbeat;
+            prober = prober.with_udp(fast.board.clone(), u64::from(h.interval_ms), udp_slack_ms(h));
+        }
         // The traffic relay of the policy's `[relay]`: started on the first tick, kept in line with reloads.
         let relay = Arc::new(crate::relay::RelayHost::with_memory(config.node.data_dir.join("route-target")));
         // The policy's `[[vip]]` addresses; what `set` replaced survives a restart in the data directory.
@@ -373,8 +399,62 @@ impl NodeLoop {
             timeline: state::ModeTimeline::new(now, crate::model::Mode::Starting, "started"),
             operator_faulted: None,
             tasks,
+            fast,
+            paced: config.heartbeat.http_interval_ms.map(u64::from),
+            slow_round: None,
+            next_slow_mono_ms: 0,
             state,
         }
+    }
+
+    /// Every peer with udp paths has been heard on one of them.
+    fn udp_heard_from_every_peer(&self) -> bool {
+        let Some(fast) = &self.fast else { return true };
+        self.targets.peers.iter().all(|(id, paths, _)| {
+            let udp = paths.iter().filter(|p| p.kind == crate::config::ProbeKind::Udp).collect::<Vec<_>>();
+            udp.is_empty() || udp.iter().any(|p| fast.board.heard(id, &p.target).last_mono_ms.is_some())
+        })
+    }
+
+    /// See [`Tracker::udp_deadline`].
+    fn udp_deadline(&self) -> Option<u64> {
+        self.fast.as_ref()?;
+        self.tracker.udp_deadline(&self.state.config.heartbeat.model(), udp_slack_ms(&self.state.config.heartbeat))
+    }
+
+    /// This tick's heartbeat round. Without `http_interval_ms`, every probe, awaited. With it, the
+    /// udp paths now, merged with the last paced round of everything else if one finished since the
+    /// last tick; that round runs on a task of its own, so a slow or silent HTTP peer never holds a
+    /// tick (nor the udp detection) for its timeout.
+    ///
+    /// The first tick (STARTING) waits for everything, and for a datagram from every udp peer up to
+    /// the detection time: a restarted node must see its peer's mode before it decides to resume.
+    async fn round(&mut self, deadlines: &crate::heartbeat::Deadlines, mono: u64) -> crate::heartbeat::Round {
+        use crate::heartbeat::{Probes, Round};
+        let starting = self.core.mode == crate::model::Mode::Starting;
+        if starting && self.fast.is_some() {
+            let h = &self.state.config.heartbeat;
+            let limit = u64::from(h.failures.max(1)) * u64::from(h.interval_ms) + udp_slack_ms(h);
+            let until = tokio::time::Instant::now() + Duration::from_millis(limit);
+            while tokio::time::Instant::now() < until && !self.udp_heard_from_every_peer() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        let mono = if starting { self.state.clock.mono_ms() } else { mono };
+        let pace = match self.paced {
+            Some(pace) if !starting => pace,
+            _ => return self.prober.round(&self.targets, deadlines, mono, Probes::All).await,
+        };
+        let mut slow = None;
+        if self.slow_round.as_ref().is_some_and(|task| task.is_finished()) {
+            slow = self.slow_round.take().expect("checked").await.ok();
+        }
+        if self.slow_round.is_none() && mono >= self.next_slow_mono_ms {
+            self.next_slow_mono_ms = mono + pace;
+            let (prober, targets, deadlines) = (self.prober.clone(), self.targets.clone(), deadlines.clone());
+            self.slow_round = Some(tokio::spawn(async move { prober.round(&targets, &deadlines, mono, Probes::AllButUdp).await }));
+        }
+        Round::merge(self.prober.round(&self.targets, deadlines, mono, Probes::UdpOnly).await, slow)
     }
 
     /// One tick: observe, decide, hand over the actions, publish.
@@ -389,10 +469,10 @@ impl NodeLoop {
             // One poll of every service beside the first round: a restarted daemon's plugin must see
             // the services that kept running, not "stopped" for want of a look.
             let policy = state.policy.current();
-            let (round, ()) = tokio::join!(self.prober.round(&self.targets, &deadlines, mono), state.services.poll(&policy.file.services));
+            let (round, ()) = tokio::join!(self.round(&deadlines, mono), state.services.poll(&policy.file.services));
             round
         } else {
-            self.prober.round(&self.targets, &deadlines, mono).await
+            self.round(&deadlines, mono).await
         };
         let refused_before: Vec<Option<String>> = self.tracker.peers.iter().map(|t| t.refused.clone()).collect();
         self.tracker.record(&round, state.clock.mono_ms());
@@ -549,6 +629,7 @@ impl NodeLoop {
             lan: self.tracker.lan.clone(),
             vip: self.tracker.vip.clone(),
             relay,
+            udp: self.fast.as_ref().map(|f| f.board.counts()),
             policy: PolicyStatus {
                 name: policy.name(),
                 path: policy.path.display().to_string(),
@@ -581,6 +662,67 @@ impl Drop for NodeLoop {
     fn drop(&mut self) {
         for task in &self.tasks {
             task.abort();
+        }
+        if let Some(task) = &self.slow_round {
+            task.abort();
+        }
+    }
+}
+
+/// How late a udp datagram may come and still be on time: half the heartbeat timeout.
+fn udp_slack_ms(h: &crate::config::HeartbeatSection) -> u64 {
+    u64::from(h.timeout_ms) / 2
+}
+
+/// Start the udp fast path on the socket `build` bound, if there is one.
+fn start_fast_path(state: &Arc<NodeState>, targets: &Targets) -> Option<crate::udp::FastPath> {
+    let socket = state.udp_socket.lock().expect("udp socket lock").take()?;
+    let config = &state.config;
+    let paths: Vec<(String, Vec<(String, std::net::SocketAddr)>)> = targets
+        .peers
+        .iter()
+        .map(|(id, paths, _)| {
+            let udp = paths.iter().filter(|p| p.kind == crate::config::ProbeKind::Udp).filter_map(|p| Some((p.name.clone(), p.target.parse().ok()?)));
+            (id.clone(), udp.collect())
+        })
+        .collect();
+    let board = Arc::new(crate::udp::Board::new(&config.node.id, SIGNATURE_WINDOW_MS, &paths));
+    let interval = Duration::from_millis(u64::from(config.heartbeat.interval_ms));
+    // Silent when the loop stopped ticking for a second (or five intervals): a wedged daemon must
+    // not keep its peer standing by.
+    let silent_after = 1_000.max(5 * u64::from(config.heartbeat.interval_ms));
+    let reporter = state.clone();
+    let sending = crate::udp::Sending {
+        me: config.node.id.clone(),
+        boot: state.verifier.boot().to_string(),
+        key: state.verifier.signing_key().unwrap_or_default().to_vec(),
+        targets: paths.iter().flat_map(|(id, p)| p.iter().map(|(_, a)| (id.clone(), *a))).collect(),
+        interval,
+        report: Box::new(move || {
+            if reporter.loop_age_ms()? > silent_after {
+                return None;
+            }
+            let status = reporter.status.read().expect("status lock");
+            Some(crate::model::Report {
+                mode: status.node.mode,
+                configured_role: Some(status.node.configured_role),
+                app_healthy: Some(status.app_healthy),
+                mode_since_ms: Some(status.node.mode_since_ms),
+            })
+        }),
+    };
+    let client = state.replicator.peer_client().clone();
+    let known_boot = Arc::new(move |peer: &str| client.known_boot(peer));
+    match crate::udp::FastPath::start(socket, board, state.verifier.keys().to_vec(), state.clock.clone(), known_boot, sending) {
+        Ok(fast) => {
+            tracing::info!(listen = %fast.local, interval_ms = config.heartbeat.interval_ms, "udp fast path running");
+            Some(fast)
+        }
+        Err(e) => {
+            let message = format!("the udp fast path cannot start: {e}; its paths count as failed");
+            tracing::error!("{message}");
+            state.record(Event::new(state.clock.wall_ms(), EventKind::Startup, message));
+            None
         }
     }
 }

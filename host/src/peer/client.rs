@@ -57,6 +57,11 @@ impl PeerClient {
         PeerClient { http, node_id, keys: Arc::new(keys), clock, boots: Arc::default() }
     }
 
+    /// Peer `to`'s run, as its latest signed heartbeat answer named it.
+    pub fn known_boot(&self, to: &str) -> Option<String> {
+        self.boots.lock().expect("boots lock").get(to).cloned()
+    }
+
     /// A signed `GET base + path` to node `to` (the path may carry a query; it is signed whole).
     pub async fn get_signed(&self, to: &str, base: &str, path: &str, timeout: Duration) -> Result<Bytes, String> {
         self.signed(Method::GET, to, base, path, Bytes::new(), timeout).await.and_then(ok_body)
