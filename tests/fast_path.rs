@@ -138,6 +138,8 @@ async fn a_killed_active_is_replaced_though_its_recorded_datagrams_are_played_ba
     assert!(b["udp"]["refused"].as_u64().unwrap() > 0, "the replays were seen and refused: {}", b["udp"]);
     let why = b["udp"]["last_refusal"].as_str().unwrap_or_default();
     assert!(why.contains("replayed"), "{why}");
+    let (_, metrics) = cluster.admin(1, hyper::Method::GET, "/metrics").await.unwrap();
+    assert!(metrics.lines().any(|l| l.starts_with("vigil_udp_datagrams_total{result=\"refused\"} ") && !l.ends_with(" 0")), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

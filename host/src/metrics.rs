@@ -308,6 +308,11 @@ impl Collector for StateCollector {
             ConstGauge::new(r.open as i64).encode(e.encode_descriptor("vigil_relay_open_connections", "Connections the relay splices now", None, MetricType::Gauge)?.encode_family(&target)?)?;
             ConstCounter::new(r.failed).encode(e.encode_descriptor("vigil_relay_failed", "Connections closed because the target did not answer", None, MetricType::Counter)?.encode_family(&target)?)?;
         }
+        if let Some(u) = &s.udp {
+            let mut m = e.encode_descriptor("vigil_udp_datagrams", "UDP heartbeats received, by whether they were taken", None, MetricType::Counter)?;
+            ConstCounter::new(u.taken).encode(m.encode_family(&[("result", "taken")])?)?;
+            ConstCounter::new(u.refused).encode(m.encode_family(&[("result", "refused")])?)?;
+        }
         gauge(&mut e, "vigil_sync_items", "Live entries in the replicated store", s.sync.items as i64)?;
         gauge(&mut e, "vigil_sync_consecutive_failures", "Failed sync attempts in a row", i64::from(s.sync.consecutive_failures))?;
         gauge(&mut e, "vigil_sync_pending_files", "File changes in the store not yet written to disk (retried)", s.sync.pending_files as i64)?;
