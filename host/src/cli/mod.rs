@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 2 bad usage or bad configuration (the message names the file, key and line
 //! where known); 1 any other failure. User errors print one message, never a backtrace.
 
+mod assets;
 pub mod client;
 mod demo;
 mod policy_cmd;
@@ -78,6 +79,13 @@ pub enum Command {
     /// Check and test policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Write the man pages and shell completions to DIR/man and DIR/completions (`cargo xtask package`).
+    #[command(hide = true)]
+    GenerateAssets {
+        /// The output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,6 +166,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Policy(PolicyCommand::Test { policy, scenarios, plugin_dirs, verbose }) => {
             policy_cmd::test(&policy, &scenarios, plugin_dirs, verbose)
         }
+        Command::GenerateAssets { out } => assets::generate(&out),
     }
 }
 
