@@ -3,6 +3,7 @@
 //! Exit codes: 0 success; 2 bad usage or bad configuration (the message names the file, key and line
 //! where known); 1 any other failure. User errors print one message, never a backtrace.
 
+mod assets;
 pub mod client;
 mod demo;
 mod init;
@@ -103,6 +104,13 @@ pub enum Command {
         #[arg(long = "plugin-dir", value_name = "DIR")]
         plugin_dirs: Vec<PathBuf>,
     },
+    /// Write the man pages and shell completions to DIR/man and DIR/completions (`cargo xtask package`).
+    #[command(hide = true)]
+    GenerateAssets {
+        /// The output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,6 +194,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Init { deployment, nodes, out, force, data_dir, plugin_dirs } => {
             init::run(&init::InitArgs { deployment, nodes, out, force, data_dir, plugin_dirs })
         }
+        Command::GenerateAssets { out } => assets::generate(&out),
     }
 }
 
