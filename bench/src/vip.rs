@@ -361,8 +361,12 @@ pub fn idle(exe: &Path, seconds: u64) -> anyhow::Result<()> {
     anyhow::ensure!(vigil_tests::netns::runs_as_root("the idle benchmark"), "the idle benchmark needs root (network namespaces)");
     install("keepalived", "keepalived")?;
     let seconds = std::env::var("VIGIL_BENCH_IDLE_S").ok().and_then(|r| r.parse().ok()).unwrap_or(seconds);
-    let keep = tempfile::tempdir()?;
-    let (kdir, vdir) = (keep.path().join("keepalived"), keep.path().join("vigil"));
+    let root = tempfile::tempdir()?.keep();
+    if std::env::var_os("VIGIL_BENCH_KEEP").is_some() {
+        eprintln!("idle: files in {}", root.display());
+    }
+    let _remove = RemoveUnlessKept(root.clone());
+    let (kdir, vdir) = (root.join("keepalived"), root.join("vigil"));
     std::fs::create_dir_all(&kdir)?;
     std::fs::create_dir_all(&vdir)?;
     let (klan, vlan) = (Lan::create("ik"), Lan::create("iv"));

@@ -23,8 +23,9 @@
 //! within the signature window of this node's clock; one of an older run is refused.
 //!
 //! Codec and acceptance are pure ([`encode`], [`decode`], [`Board::accept`]); [`FastPath`] owns the
-//! socket and the two threads (sender, receiver), threads of their own so that a busy runtime never
-//! delays a heartbeat.
+//! socket, a sending thread of its own (a busy runtime never delays a heartbeat) and a receiving task
+//! on the node loop's runtime, which the loop also drains before it judges the udp paths: a
+//! datagram that has arrived counts, however late the receiver got to it.
 
 use crate::clock::Clock;
 use crate::model::{Mode, Report, Role};
@@ -334,17 +335,42 @@ pub struct Sending {
     pub report: Box<dyn Fn() -> Option<Report> + Send>,
 }
 
-/// The fast path's socket and threads; stopped when dropped.
+/// The fast path: its socket, the sending thread and the receiving task; stopped when dropped.
 pub struct FastPath {
     pub board: Arc<Board>,
     pub local: SocketAddr,
+    receiver: Arc<Receiver>,
+    receiving: tokio::task::JoinHandle<()>,
     stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    sender: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What takes datagrams in: the socket (non-blocking, on the node loop's runtime) and what checking
+/// them needs.
+struct Receiver {
+    socket: tokio::net::UdpSocket,
+    board: Arc<Board>,
+    keys: Vec<Vec<u8>>,
+    clock: Arc<dyn Clock>,
+    known_boot: KnownBoot,
+}
+
+impl Receiver {
+    fn take(&self, bytes: &[u8], source: SocketAddr) {
+        let result = if bytes.len() > MAX_DATAGRAM {
+            Err(Refused::Malformed("too long"))
+        } else {
+            decode(bytes, &self.keys)
+                .and_then(|d| self.board.accept(&d, source.ip(), self.clock.mono_ms(), self.clock.wall_ms(), (self.known_boot)(&d.from).as_deref()))
+        };
+        self.board.count(&result);
+    }
 }
 
 impl FastPath {
-    /// Start sending and receiving on `socket` (bound to `heartbeat.udp_listen`). `known_boot(peer)`: the peer's run as its
-    /// signed HTTP heartbeat last named it.
+    /// Start sending and receiving on `socket` (bound to `heartbeat.udp_listen`); needs a tokio
+    /// runtime (the node loop's). `known_boot(peer)`: the peer's run as its signed HTTP heartbeat
+    /// last named it.
     pub fn start(
         socket: UdpSocket,
         board: Arc<Board>,
@@ -354,48 +380,54 @@ impl FastPath {
         sending: Sending,
     ) -> std::io::Result<FastPath> {
         let local = socket.local_addr()?;
-        socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+        // The sender shares the socket (datagrams leave from udp_listen's port); a send that would
+        // block (a full buffer) drops that datagram, as a lost one.
         let sender = socket.try_clone()?;
+        socket.set_nonblocking(true)?;
+        let receiver = Arc::new(Receiver { socket: tokio::net::UdpSocket::from_std(socket)?, board: board.clone(), keys, clock, known_boot });
+        let receiving = tokio::spawn({
+            let receiver = receiver.clone();
+            async move {
+                let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+                loop {
+                    match receiver.socket.recv_from(&mut buf).await {
+                        Ok((n, source)) => receiver.take(&buf[..n], source),
+                        // ICMP errors of earlier sends (a peer not listening yet) surface here on Linux.
+                        Err(e) => tracing::debug!(error = %e, "udp heartbeat socket"),
+                    }
+                }
+            }
+        });
         let stop = Arc::new(AtomicBool::new(false));
-        let receive = {
-            let (board, stop) = (board.clone(), stop.clone());
-            std::thread::Builder::new().name("vigil-udp-rx".into()).spawn(move || receive_loop(&socket, &board, &keys, &*clock, &known_boot, &stop))?
-        };
         let send = {
             let stop = stop.clone();
             std::thread::Builder::new().name("vigil-udp-tx".into()).spawn(move || send_loop(&sender, &sending, &stop))?
         };
-        Ok(FastPath { board, local, stop, threads: vec![receive, send] })
+        Ok(FastPath { board, local, receiver, receiving, stop, sender: Some(send) })
+    }
+
+    /// Take every datagram already queued on the socket. The loop calls it before it judges the udp
+    /// paths: a datagram that arrived but was not read yet (the receiving task waiting behind a
+    /// tick on a busy machine) must not count as missed.
+    pub fn drain(&self) {
+        let mut buf = [0u8; MAX_DATAGRAM + 1];
+        loop {
+            match self.receiver.socket.try_recv_from(&mut buf) {
+                Ok((n, source)) => self.receiver.take(&buf[..n], source),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => tracing::debug!(error = %e, "udp heartbeat socket"),
+            }
+        }
     }
 }
 
 impl Drop for FastPath {
     fn drop(&mut self) {
+        self.receiving.abort();
         self.stop.store(true, Ordering::Release);
-        for t in self.threads.drain(..) {
+        if let Some(t) = self.sender.take() {
             let _ = t.join();
         }
-    }
-}
-
-fn receive_loop(socket: &UdpSocket, board: &Board, keys: &[Vec<u8>], clock: &dyn Clock, known_boot: &KnownBoot, stop: &AtomicBool) {
-    let mut buf = [0u8; MAX_DATAGRAM + 1];
-    while !stop.load(Ordering::Acquire) {
-        let (n, source) = match socket.recv_from(&mut buf) {
-            Ok(got) => got,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) => continue,
-            Err(e) => {
-                // ICMP errors of earlier sends (a peer not listening yet) surface here on Linux.
-                tracing::debug!(error = %e, "udp heartbeat socket");
-                continue;
-            }
-        };
-        let result = if n > MAX_DATAGRAM {
-            Err(Refused::Malformed("too long"))
-        } else {
-            decode(&buf[..n], keys).and_then(|d| board.accept(&d, source.ip(), clock.mono_ms(), clock.wall_ms(), known_boot(&d.from).as_deref()))
-        };
-        board.count(&result);
     }
 }
 

@@ -440,7 +440,14 @@ impl NodeLoop {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
-        let mono = if starting { self.state.clock.mono_ms() } else { mono };
+        let mono = match &self.fast {
+            Some(fast) => {
+                fast.drain();
+                self.state.clock.mono_ms()
+            }
+            None if starting => self.state.clock.mono_ms(),
+            None => mono,
+        };
         let pace = match self.paced {
             Some(pace) if !starting => pace,
             _ => return self.prober.round(&self.targets, deadlines, mono, Probes::All).await,
