@@ -9,7 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use vigil::cluster::{Cluster, LinkProxy, PairSpec, Timing};
+use vigil::model::Mode;
 use vigil_tests::{plugins_dir, vigil_bin};
+
+/// `Some(())` once a node answers with a decided mode: its first tick ran and published its status
+/// (a STARTING node's `/status` has no sync section yet).
+fn decided(mode: Option<Mode>) -> Option<()> {
+    mode.filter(|m| *m != Mode::Starting).map(|_| ())
+}
 
 /// A started hot-standby pair replicating the directory `shared` of each node (scanned every 200 ms).
 async fn pair(dir: &Path, extra: &str) -> (Cluster, [LinkProxy; 2]) {
@@ -150,7 +157,7 @@ async fn a_node_whose_directory_is_missing_at_start_wipes_nothing() {
     let away = dir.path().join("b-shared-away");
     std::fs::rename(shared(&c, 1), &away).unwrap();
     c.start(1).unwrap();
-    c.wait_for(Duration::from_secs(15), |m| m[1].is_some().then_some(())).await.unwrap();
+    c.wait_for(Duration::from_secs(15), |m| decided(m[1])).await.unwrap();
     // Several scan and sync intervals: nothing may be deleted anywhere.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(tree(&shared(&c, 0)), expected, "a keeps all its files");
@@ -370,7 +377,7 @@ async fn a_peer_whose_store_was_reset_is_pulled_from_zero() {
         let _ = std::fs::remove_file(c.nodes[0].dir.join("data").join(f));
     }
     c.start(0).unwrap();
-    c.wait_for(Duration::from_secs(15), |m| m[0].is_some().then_some(())).await.unwrap();
+    c.wait_for(Duration::from_secs(15), |m| decided(m[0])).await.unwrap();
     put(&c, 0, "fresh1", "new").await;
     put(&c, 0, "fresh2", "new").await;
     links.iter().for_each(LinkProxy::heal);
@@ -510,10 +517,10 @@ async fn a_node_that_ran_15_minutes_fast_replicates_its_next_write_once_its_cloc
     c.stop(1);
     c.spec_mut(0).env = fast;
     c.start(0).unwrap();
-    c.wait_for(Duration::from_secs(15), |m| m[0].is_some().then_some(())).await.unwrap();
+    c.wait_for(Duration::from_secs(15), |m| decided(m[0])).await.unwrap();
     put(&c, 0, "setting", "a's value from the fast clock").await;
     c.start(1).unwrap();
-    c.wait_for(Duration::from_secs(15), |m| m[1].is_some().then_some(())).await.unwrap();
+    c.wait_for(Duration::from_secs(15), |m| decided(m[1])).await.unwrap();
     // b refuses a's requests (their timestamps are 15 minutes away), and says so for a.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -530,7 +537,7 @@ async fn a_node_that_ran_15_minutes_fast_replicates_its_next_write_once_its_cloc
     c.stop(0);
     c.spec_mut(0).env = Vec::new();
     c.start(0).unwrap();
-    c.wait_for(Duration::from_secs(15), |m| m[0].is_some().then_some(())).await.unwrap();
+    c.wait_for(Duration::from_secs(15), |m| decided(m[0])).await.unwrap();
     let future = status(&c, 0).await["sync"]["future_entries"].to_string();
     assert!(future.contains("ahead of this node's clock"), "a says it holds future versions: {future}");
     until_event(&c, 0, "ahead of this node's clock").await;
@@ -565,7 +572,7 @@ async fn a_node_20_s_fast_dates_its_writes_by_its_peers_clock() {
     c.stop(0);
     c.spec_mut(0).env = fast;
     c.start(0).unwrap();
-    c.wait_for(Duration::from_secs(15), |m| m[0].is_some().then_some(())).await.unwrap();
+    c.wait_for(Duration::from_secs(15), |m| decided(m[0])).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let held = status(&c, 0).await["sync"]["clock_held_back_ms"].as_u64().unwrap_or(0);
