@@ -44,6 +44,8 @@ const DOMAIN: &[u8] = b"vigil-udp-v1\n";
 const MAC_LEN: usize = 32;
 /// Larger than any datagram we send (ids and boots are short): reads of more are refused.
 pub const MAX_DATAGRAM: usize = 1024;
+/// The most datagrams one [`FastPath::drain`] reads.
+const DRAIN_MAX: usize = 256;
 
 /// What one datagram says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -411,7 +413,8 @@ impl FastPath {
     /// tick on a busy machine) must not count as missed.
     pub fn drain(&self) {
         let mut buf = [0u8; MAX_DATAGRAM + 1];
-        loop {
+        // Bounded: a flood (or an error that repeats) costs a tick at most this many reads.
+        for _ in 0..DRAIN_MAX {
             match self.receiver.socket.try_recv_from(&mut buf) {
                 Ok((n, source)) => self.receiver.take(&buf[..n], source),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
