@@ -160,7 +160,11 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         assert_eq!(probe(&MonitorSpec::Tcp { address: address.clone() }, T).await, Ok(()));
-        drop(listener);
+        // A port bound but not listening refuses, and stays ours while the probe runs (a port merely
+        // closed could be taken by another test's listener in between).
+        let held = tokio::net::TcpSocket::new_v4().unwrap();
+        held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = held.local_addr().unwrap().to_string();
         let err = probe(&MonitorSpec::Tcp { address: address.clone() }, T).await.unwrap_err();
         assert!(err.starts_with(&format!("connect {address}:")), "{err}");
     }
