@@ -475,6 +475,22 @@ pub struct ActionResult {
     pub duration_ms: u32,
 }
 
+/// What the group's arbiter (a lease-bound role key in etcd) says, as this node last saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArbiterView {
+    /// At least one arbiter endpoint answered within the current lease period.
+    pub reachable: bool,
+    /// The node holding the role key, if any.
+    pub holder: Option<String>,
+    /// This node holds the role key, on a lease it still keeps alive.
+    pub held: bool,
+    /// Time left on this node's lease, in milliseconds (0 without a lease).
+    pub lease_left_ms: u64,
+    /// The role key's modification revision (0 when the key is absent).
+    pub revision: i64,
+}
+
 /// Everything the host observed for one decision.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -490,6 +506,10 @@ pub struct Tick {
     pub route: Option<String>,
     pub services: Vec<Service>,
     pub sync: SyncView,
+    /// The group's arbiter, when one is configured (`[arbiter]`); plugins of interfaces before the
+    /// arbiter's do not see it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arbiter: Option<ArbiterView>,
     pub operator: Option<OperatorRequest>,
     pub commands: Vec<ReceivedCommand>,
     pub results: Vec<ActionResult>,

@@ -626,6 +626,7 @@ impl<'p, W: World> Sim<'p, W> {
                     })
                     .collect(),
                 sync: n.sync.view.clone(),
+                arbiter: None,
                 operator: n.operator.take(),
                 commands: std::mem::take(&mut n.inbox),
                 results: std::mem::take(&mut n.results),

@@ -17,7 +17,7 @@ pub mod persist;
 pub mod runner;
 
 use crate::model::{
-    Action, ActionResult, Check, Decision, Heartbeat, LocalNode, Mode, OperatorRequest, ReceivedCommand, Remote, RestartInfo,
+    Action, ArbiterView, ActionResult, Check, Decision, Heartbeat, LocalNode, Mode, OperatorRequest, ReceivedCommand, Remote, RestartInfo,
     Role, Service, SyncView, Tick, VipView,
 };
 use crate::policy::file::FallbackMode;
@@ -36,6 +36,7 @@ pub struct Observations {
     pub route: Option<String>,
     pub services: Vec<Service>,
     pub sync: SyncView,
+    pub arbiter: Option<ArbiterView>,
     pub operator: Option<OperatorRequest>,
     pub commands: Vec<ReceivedCommand>,
     pub results: Vec<ActionResult>,
@@ -174,6 +175,7 @@ impl NodeCore {
             route: o.route,
             services: o.services,
             sync: o.sync,
+            arbiter: o.arbiter,
             operator: o.operator,
             commands: o.commands,
             results: o.results,

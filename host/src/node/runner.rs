@@ -512,6 +512,7 @@ impl NodeLoop {
             route: self.relay.current(),
             services: state.services.view(&policy.file.services, now),
             sync: state.replicator.view(),
+            arbiter: None,
             operator,
             commands,
             results: self.executor.take_results(),
