@@ -56,6 +56,9 @@ pub struct Outcome {
     pub fault: Option<Fault>,
     /// True when the fallback (not the plugin) set the mode.
     pub fallback_applied: bool,
+    /// The policy asked for the active role this tick (granted or not): with an arbiter, the node
+    /// campaigns for the role key while this holds and it does not hold the key.
+    pub wants_active: bool,
 }
 
 impl Outcome {
@@ -91,6 +94,8 @@ pub struct NodeCore {
     pub startup_grace_ms: u64,
     /// What the node was before its daemon restarted, shown to the plugin while the node is starting.
     pub restart: Option<RestartInfo>,
+    /// With an arbiter (`[arbiter] fencing`): no active mode without holding the role key.
+    pub fencing: bool,
 }
 
 impl NodeCore {
@@ -110,6 +115,7 @@ impl NodeCore {
             last_fault: None,
             startup_grace_ms: 0,
             restart: None,
+            fencing: false,
         }
     }
 
@@ -201,7 +207,7 @@ impl NodeCore {
         let from = self.mode;
         self.tick_count += 1;
         let to = self.leave_starting(from, now_ms, &reason);
-        Outcome { from, to, actions: Vec::new(), reason, fault: None, fallback_applied: false }
+        Outcome { from, to, actions: Vec::new(), reason, fault: None, fallback_applied: false, wants_active: false }
     }
 
     /// The first tick ends [`Mode::Starting`]: a node still in it after the decision is standby.
@@ -219,6 +225,7 @@ impl NodeCore {
     pub fn apply(&mut self, now_ms: u64, result: Result<Decision, Fault>, fallback: FallbackMode, after: u32) -> Outcome {
         let from = self.mode;
         self.tick_count += 1;
+        let wants_active = matches!(&result, Ok(d) if d.mode == Some(Mode::Active) || d.mode.is_none() && from == Mode::Active);
         let (to, actions, reason, fault, fallback_applied) = match result {
             Ok(decision) => {
                 self.consecutive_faults = 0;
@@ -262,7 +269,7 @@ impl NodeCore {
             self.mode_since_ms = since;
             self.reason = reason.clone();
         }
-        Outcome { from, to, actions, reason, fault, fallback_applied }
+        Outcome { from, to, actions, reason, fault, fallback_applied, wants_active }
     }
 }
 
