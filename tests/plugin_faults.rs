@@ -263,7 +263,39 @@ fn plugin_cannot_see_the_world() {
     assert_eq!(probe["env_vars"], 0, "{probe}");
     assert_eq!(probe["fs_root"], false, "{probe}");
     assert_eq!(probe["net"], false, "{probe}");
+    assert_eq!(probe["instance_calls"], 1, "a fresh instance per call: {probe}");
     std::thread::sleep(Duration::from_millis(5));
     let second = policy.decide(&t, &[]).unwrap();
     assert_eq!(first, second, "same tick, same decision (randomness included)");
+}
+
+/// Instances come from a pool of reused slots (`policy::runtime::Pool`): every call must still see
+/// the plugin's initial memory, whatever the calls before it did in the same slot (decided, trapped,
+/// ran out of memory), and calls from several threads at once each get their own clean instance.
+#[test]
+fn every_call_sees_a_fresh_instance_in_a_reused_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime();
+    assert!(runtime.pool().is_some(), "this machine reserves the instance pool");
+    let probing = load(&runtime, &testkit_policy(dir.path(), "probe.toml", "mode = \"standby\"\nprobe = true", "")).unwrap();
+    let trapping = faulty(&runtime, dir.path(), "trap", "");
+    let hungry = faulty(&runtime, dir.path(), "alloc", "[limits]\nmemory_mib = 8");
+    let calls = |policy: &LoadedPolicy| state_json(&policy.decide(&tick(AFTER_WINDOW_MS, Vec::new()), &[]).unwrap().state)["probe"]["instance_calls"].clone();
+    for round in 0..200 {
+        assert_eq!(calls(&probing), 1, "round {round}: a call saw a global left by an earlier call");
+        if round % 10 == 0 {
+            assert!(matches!(fault_of(&trapping).0, Fault::Trap(_)));
+            assert!(matches!(fault_of(&hungry).0, Fault::Memory { .. }));
+        }
+    }
+    std::thread::scope(|scope| {
+        for thread in 0..4 {
+            let (probing, calls) = (&probing, &calls);
+            scope.spawn(move || {
+                for round in 0..100 {
+                    assert_eq!(calls(probing), 1, "thread {thread}, round {round}");
+                }
+            });
+        }
+    });
 }

@@ -95,7 +95,13 @@ struct Probe {
     net: bool,
     /// A hash keyed by std's random seed: identical on every call when randomness is fixed.
     random: u64,
+    /// Calls this instance has served, counted in a global of its linear memory: 1 when every call
+    /// gets a fresh instance whose memory was reset to the plugin's initial image.
+    instance_calls: u32,
 }
+
+/// Counts `probe` calls in this instance (a global in linear memory).
+static INSTANCE_CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 fn probe() -> Probe {
     use std::hash::BuildHasher;
@@ -108,6 +114,7 @@ fn probe() -> Probe {
         fs_root: std::fs::read_dir("/").is_ok(),
         net: std::net::TcpStream::connect(("127.0.0.1", 22)).is_ok(),
         random: std::collections::hash_map::RandomState::new().hash_one(0u8),
+        instance_calls: INSTANCE_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1,
     }
 }
 
