@@ -274,10 +274,12 @@ impl Board {
 
     /// What was heard from `peer` on its UDP path to `address` (the probe's target).
     pub fn heard(&self, peer: &str, address: &str) -> Heard {
+        // Parsed once, before the lock: no allocation per path on the tick's path.
+        let Ok(address) = address.parse::<std::net::SocketAddr>() else { return Heard::default() };
         let peers = self.peers.lock().expect("board lock");
         peers
             .get(peer)
-            .and_then(|slot| slot.paths.iter().position(|(_, a)| a.to_string() == address || address.parse() == Ok(*a)).map(|i| slot.heard[i].clone()))
+            .and_then(|slot| slot.paths.iter().position(|(_, a)| *a == address).map(|i| slot.heard[i].clone()))
             .unwrap_or_default()
     }
 
