@@ -5,7 +5,7 @@
 //! - `demo [DEPLOYMENT]`: build the plugins and the host, then run `vigil demo` (`cargo demo`).
 //! - `test`: build the plugins, then run every test of the workspace, scenario suites included.
 //! - `bench`: build the plugins and run the benchmarks in `bench/` (release build).
-//! - `package [--profile PROFILE]`: build the Debian package with `cargo-deb` (installed when missing):
+//! - `package [--profile PROFILE] [--host-binary PATH]`: build the Debian package with `cargo-deb` (installed when missing):
 //!   the release host (or PROFILE's), the deployment plugins, the example policies, the systemd unit,
 //!   man pages and shell completions; prints the `.deb` path. `dist/deb/check.sh DEB` tests it.
 //!
@@ -110,7 +110,7 @@ fn main() -> ExitCode {
             run(cargo().current_dir(&root).args(["run", "--release", "-p", "vigil-bench", "--"]).args(&args[1..]))
         }),
         Some("package") => package::build(&root, &args[1..]),
-        _ => Err("usage: cargo xtask plugins | demo [DEPLOYMENT] | test [CARGO TEST ARGS] | bench [tick|reload|relay|failover|sync|vip|idle|http|tls|all] | package [--profile PROFILE]".into()),
+        _ => Err("usage: cargo xtask plugins | demo [DEPLOYMENT] | test [CARGO TEST ARGS] | bench [tick|reload|relay|failover|sync|vip|idle|http|tls|all] | package [--profile PROFILE] [--host-binary PATH]".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,7 +1,8 @@
 //! `cargo xtask package [--profile PROFILE]`: the Debian package, built with `cargo-deb` from the
 //! `[package.metadata.deb]` of `host/Cargo.toml`.
 //!
-//! 1. builds the plugins (`target/plugins/`) and the host with PROFILE (`release` by default);
+//! 1. builds the plugins (`target/plugins/`) and the host with PROFILE (`release` by default), or
+//!    takes the host binary already built at `--host-binary PATH` (CI: the test run's dev build);
 //! 2. stages what is not a Cargo artifact in `target/PROFILE_DIR/deb/`, where the metadata's
 //!    `target/release/deb/...` assets point (cargo-deb maps `target/release/` to the profile's
 //!    directory): the deployment plugins (every plugin crate except those marked
@@ -15,15 +16,22 @@ use crate::{build_plugins, cargo, run};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+const USAGE: &str = "usage: cargo xtask package [--profile PROFILE] [--host-binary PATH]";
+
 /// The cargo-deb release series the metadata is written for.
 const CARGO_DEB_VERSION: &str = "^3.8";
 
 pub fn build(root: &Path, args: &[String]) -> Result<(), String> {
-    let profile = match args {
-        [] => "release".to_string(),
-        [flag, profile] if flag == "--profile" => profile.clone(),
-        _ => return Err(format!("package: unexpected arguments {args:?}; usage: cargo xtask package [--profile PROFILE]")),
-    };
+    let (mut profile, mut prebuilt) = ("release".to_string(), None);
+    let mut rest = args.iter();
+    while let Some(flag) = rest.next() {
+        let value = rest.next().ok_or_else(|| format!("package: {flag} needs a value; {USAGE}"))?;
+        match flag.as_str() {
+            "--profile" => profile = value.clone(),
+            "--host-binary" => prebuilt = Some(root.join(value)),
+            _ => return Err(format!("package: unexpected argument {flag:?}; {USAGE}")),
+        }
+    }
     // Cargo's `dev` profile builds in target/debug, which cargo-deb refuses; any other profile works.
     if profile == "dev" || profile == "debug" {
         return Err("package: the dev profile cannot be packaged (cargo-deb refuses it); use release or a profile inheriting it".into());
@@ -31,8 +39,19 @@ pub fn build(root: &Path, args: &[String]) -> Result<(), String> {
     let profile_dir = root.join("target").join(&profile);
 
     let plugins = build_plugins(root)?;
-    eprintln!("xtask: building vigil (profile {profile})");
-    run(cargo().current_dir(root).args(["build", "-p", "vigil", "--profile", &profile]))?;
+    match prebuilt {
+        // CI's test run has just built the host (dev profile): package that binary rather than
+        // building the whole dependency tree a second time with another profile. cargo-deb strips it.
+        Some(binary) => {
+            eprintln!("xtask: packaging the host binary {}", binary.display());
+            std::fs::create_dir_all(&profile_dir).map_err(|e| format!("{}: {e}", profile_dir.display()))?;
+            std::fs::copy(&binary, profile_dir.join("vigil")).map_err(|e| format!("{}: {e} (build it first)", binary.display()))?;
+        }
+        None => {
+            eprintln!("xtask: building vigil (profile {profile})");
+            run(cargo().current_dir(root).args(["build", "-p", "vigil", "--profile", &profile]))?;
+        }
+    }
 
     let stage = profile_dir.join("deb");
     if stage.exists() {
