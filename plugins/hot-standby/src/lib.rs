@@ -851,15 +851,23 @@ fn rollback_progress(cx: &Cx, state: &State, d: Decision) -> Decision {
 /// "a mechanism forces the primary server to run and the backup to idle"; who claims when is
 /// [`vigil_sdk::handover::nobody_active_wait`].
 fn nobody_active(cx: &Cx, state: &State, peers: &[&str]) -> Option<Decision> {
-    let fast = cx.is_primary() && !state.yielded;
-    let needed = vigil_sdk::handover::nobody_active_wait(cx.is_primary(), state.yielded, cx.n.failures);
+    // With an arbiter the first node of the priority order that can serve leads, as the primary
+    // does in a pair; the others never claim (they are held back).
+    let held = held_back(cx, state);
+    let leads = if cx.tick.arbiter.is_some() { held.is_none() } else { cx.is_primary() };
+    let fast = leads && !state.yielded;
+    let needed = vigil_sdk::handover::nobody_active_wait(leads, state.yielded, cx.n.failures);
     if state.idle < needed {
         return None;
     }
-    if let Some(why) = held_back(cx, state) {
+    if let Some(why) = held {
         return Some(stop_leftovers(cx, Decision::because(format!("no node ACTIVE for {needed}/{needed} checks ({}): {why}", peer_modes(cx)))));
     }
-    let who = if fast { "the primary runs" } else { "the primary did not take the role" };
+    let who = match (fast, cx.tick.arbiter.is_some()) {
+        (true, true) => "this node comes first in the priority order",
+        (true, false) => "the primary runs",
+        (false, _) => "the primary did not take the role",
+    };
     Some(go_active(
         cx,
         format!("no node ACTIVE for {needed}/{needed} checks ({}; {who}): switch this node ({}) to ACTIVE", peer_modes(cx), cx.me()),
