@@ -725,6 +725,9 @@ fn standby_rules(cx: &Cx, state: &mut State) -> Decision {
         return stop_leftovers(cx, Decision::because(format!("STANDBY: LAN check failing, no failover; {}", peer_modes(cx))));
     }
     let peers = cx.peer_ids();
+    if let Some(d) = granted(cx, &peers) {
+        return d;
+    }
     let n = cx.n.failures;
     let failing = cx.peers.iter().any(|(p, _)| state.peer_failures.get(&p.id).copied().unwrap_or(0) > 0);
     let all_failed = cx.peers.iter().all(|(p, _)| failed_for(state, p) >= n);
@@ -757,6 +760,18 @@ fn standby_rules(cx: &Cx, state: &mut State) -> Decision {
         status = format!("{status}; {}", arbiter::describe(cx.tick));
     }
     stop_leftovers(cx, rollback_progress(cx, state, Decision::because(status)))
+}
+
+/// With an arbiter: a standby node holding the role key asked for the role on an earlier tick (it
+/// resigns the key whenever it stops asking), and the host's fencing held it back until the key was
+/// its own: ask again, unless a peer serves.
+fn granted(cx: &Cx, peers: &[&str]) -> Option<Decision> {
+    let a = cx.tick.arbiter.as_ref().filter(|a| a.held)?;
+    if cx.tick.node.mode != Mode::Standby || cx.peers.iter().any(|(p, _)| reports_active(p)) {
+        return None;
+    }
+    let why = format!("the arbiter granted this node the role key ({} ms of lease left): switch this node ({}) to ACTIVE", a.lease_left_ms, cx.me());
+    Some(go_active(cx, why, peers))
 }
 
 /// Consecutive failed checks of `peer`, as this plugin counts them.

@@ -997,6 +997,9 @@ fn standby_rules(cx: &Cx, state: &mut State) -> Decision {
         }
     }
     let peers = cx.peer_ids();
+    if let Some(d) = granted(cx, &peers) {
+        return d;
+    }
     if let Some(d) = failover(cx, &peers) {
         return d;
     }
@@ -1041,6 +1044,18 @@ fn failover(cx: &Cx, peers: &[&str]) -> Option<Decision> {
         return Some(take_over(cx, format!("{what}: {detail}: switch this node ({}) to ACTIVE, claiming the VIPs", cx.me()), peers));
     }
     None
+}
+
+/// With the arbiter: a standby node holding the role key asked for the role on an earlier tick (it
+/// resigns the key whenever it stops asking), and the host's fencing held it back until the key was
+/// its own: ask again, unless a peer serves.
+fn granted(cx: &Cx, peers: &[&str]) -> Option<Decision> {
+    let a = cx.arbiter().filter(|a| a.held)?;
+    if cx.tick.node.mode != Mode::Standby || cx.active_peer().is_some() {
+        return None;
+    }
+    let why = format!("the arbiter granted this node the role key ({} ms of lease left): switch this node ({}) to ACTIVE", a.lease_left_ms, cx.me());
+    Some(go_active(cx, why, peers))
 }
 
 /// With the arbiter: failover in a group of any size. Once no peer serves — each is lost for the
