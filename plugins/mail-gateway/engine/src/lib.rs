@@ -1270,6 +1270,8 @@ mod tests {
         assert!(bad.validate().unwrap_err().starts_with("planned_reboot_hold_ms:"));
         let bad = Config { start_order: vec!["a".into(), "a".into()], ..Config::default() };
         assert!(bad.validate().unwrap_err().contains("listed twice"));
+        let bad = Config { arbiter: true, priority: vec!["b".into(), "b".into()], ..Config::default() };
+        assert_eq!(bad.validate().unwrap_err(), "priority: \"b\" is listed twice");
         assert!(Config::default().validate().is_ok());
     }
 }
