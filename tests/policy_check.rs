@@ -211,3 +211,27 @@ fn plugin_names_resolve_in_vigil_plugin_dir() {
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("plugin renamed-kit"), "{}", describe(&out));
 }
+
+/// The arbiter's `priority` parameter of hot-standby and mail-gateway: a repeated or empty id, or a
+/// priority in a config-only group, is refused with the parameter's name.
+#[test]
+fn bad_priority_is_refused() {
+    let dir = temp();
+    let root = vigil_tests::root();
+    let cases = [
+        ("hot-standby", "priority = [\"cti1\", \"cti2\", \"cti1\"]", "priority: \"cti1\" is listed twice"),
+        ("hot-standby", "priority = [\"cti1\", \" \"]", "priority: expected names, got an empty one"),
+        ("mail-primary", "priority = [\"a\", \"a\"]", "priority: \"a\" is listed twice"),
+        ("mail-config-only", "priority = [\"a\", \"b\"]", "priority: a config-only group has no active role to order"),
+    ];
+    for (name, line, needle) in cases {
+        let text = std::fs::read_to_string(root.join("policies").join(format!("{name}.toml"))).unwrap();
+        let text = text.replacen("[params]\n", &format!("[params]\n{line}\n"), 1);
+        let policy = write_file(dir.path(), &format!("{name}.toml"), text);
+        let out = check(&policy);
+        assert_refused(&policy, &out, &["key `params`", needle]);
+    }
+    // A good order loads, and the group's example policy too.
+    let out = check(&root.join("policies/hot-standby-group.toml"));
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+}

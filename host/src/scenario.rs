@@ -11,6 +11,8 @@
 //!   the step sets the counters itself;
 //! - the VIP view counts whether the VIP `reaches` this node;
 //! - operator requests and peer commands are delivered once;
+//! - a step's `unset` (dotted paths) sets fields back to their default after its `set`: TOML has no
+//!   null, so this is how an optional field becomes `none` again (`unset = ["arbiter.holder"]`);
 //! - the previous decision's actions are executed in simulation: they succeed (services start and
 //!   stop, routes move) unless listed in `[simulate] fail`, and their results arrive on the next tick;
 //! - a node in `starting` (a daemon's first tick; with `node.restart` after a restart) leaves it on its
@@ -81,6 +83,9 @@ struct Step {
     advance_ms: Option<u64>,
     /// A partial tick merged into the previous one.
     set: toml::Table,
+    /// Dotted paths of tick fields set back to their default after `set` (TOML has no null: this is
+    /// how an optional field becomes `none` again, e.g. `unset = ["arbiter.holder"]`).
+    unset: Vec<String>,
     /// Run this step this many times (the expectations are checked on the last).
     repeat: Option<u32>,
     expect: Expect,
@@ -250,9 +255,12 @@ fn next_tick(prev: &Tick, first: bool, decision: Option<&Decision>, step: &Step,
     }
 
     let patch = serde_json::to_value(&step.set).map_err(|e| e.to_string())?;
-    if !step.set.is_empty() {
+    if !step.set.is_empty() || !step.unset.is_empty() {
         let mut value = serde_json::to_value(&tick).map_err(|e| e.to_string())?;
         merge(&mut value, &patch);
+        for path in &step.unset {
+            unset(&mut value, path)?;
+        }
         tick = serde_json::from_value(value).map_err(|e| format!("set: {e}"))?;
     }
     advance_counters(&mut tick, &patch);
@@ -262,6 +270,29 @@ fn next_tick(prev: &Tick, first: bool, decision: Option<&Decision>, step: &Step,
 fn set_service(tick: &mut Tick, name: &str, state: ServiceState) {
     if let Some(s) = tick.services.iter_mut().find(|s| s.name == name) {
         s.state = state;
+    }
+}
+
+/// Remove the field at the dotted `path`, so that it reads as its default. A missing field is already
+/// its default; a path through something that is not a table is an error naming it.
+fn unset(value: &mut Value, path: &str) -> Result<(), String> {
+    let mut parts: Vec<&str> = path.split('.').collect();
+    let last = parts.pop().filter(|l| !l.is_empty()).ok_or_else(|| format!("unset: {path:?} is not a field path"))?;
+    let mut v = value;
+    for (i, part) in parts.iter().enumerate() {
+        match v.get_mut(*part) {
+            Some(next) if next.is_object() => v = next,
+            Some(next) if next.is_null() => return Ok(()),
+            Some(_) => return Err(format!("unset: {path:?}: {} is not a table", parts[..=i].join("."))),
+            None => return Ok(()),
+        }
+    }
+    match v.as_object_mut() {
+        Some(o) => {
+            o.remove(last);
+            Ok(())
+        }
+        None => Err(format!("unset: {path:?} is not a field path")),
     }
 }
 
@@ -450,6 +481,16 @@ fn is_subset(want: &Value, got: &Value) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn unset_returns_a_field_to_its_default() {
+        let mut v = json!({"arbiter": {"holder": "a", "held": false}, "n": 1});
+        unset(&mut v, "arbiter.holder").unwrap();
+        unset(&mut v, "vip.reaches").unwrap();
+        assert_eq!(v, json!({"arbiter": {"held": false}, "n": 1}));
+        assert!(unset(&mut v, "n.x").unwrap_err().contains("n is not a table"));
+        assert!(unset(&mut v, "arbiter.").is_err());
+    }
 
     #[test]
     fn merge_by_id_and_replace_scalars() {

@@ -83,3 +83,110 @@ impl Deployment for HotStandby {
         Ok(())
     }
 }
+
+/// hot-standby with an etcd arbiter (issue 11): a pair (`policies/hot-standby.toml`, nodes a and b)
+/// or a group of three (`policies/hot-standby-group.toml`, nodes cti1 — the configured primary —,
+/// cti2 and cti3, `priority = ["cti2", "cti1", "cti3"]`), every node linked to every other by one
+/// heartbeat link, and the model arbiter of `sim.rs` (lease 4 s at a 1 s interval, safety margin
+/// 1.5 s); the nodes run with fencing.
+///
+/// Faults: heartbeat links cut and healed, partitions between a node and the arbiter, daemons
+/// killed (services left running, their lease left to expire) and restarted, operator requests,
+/// peer commands lost, slow actions, services that fail to start, failed initial syncs.
+///
+/// The property is stricter than the pairs': **never two actives at any instant**, partitions and
+/// killed daemons included (`observe`) — the arbiter grants the role to one node at a time, the host
+/// refuses the active role without the key and demotes a node whose lease runs out, and the plugin
+/// asks for the role only when no other node holds the key. That last, plugin-level part is checked
+/// on its own too: a node that is not active never asks for the role while the key it read is
+/// another node's. Settled: exactly one active, running `cti-server`, holding the key.
+pub struct HotStandbyArbiter<const N: usize> {
+    policy: LoadedPolicy,
+}
+
+impl<const N: usize> HotStandbyArbiter<N> {
+    pub fn load() -> HotStandbyArbiter<N> {
+        let runtime = vigil_tests::runtime();
+        let name = if N == 2 { "hot-standby" } else { "hot-standby-group" };
+        HotStandbyArbiter { policy: crate::policy(&runtime, name, &[]) }
+    }
+
+    fn ids() -> &'static [&'static str] {
+        if N == 2 {
+            &["a", "b"]
+        } else {
+            &["cti1", "cti2", "cti3"]
+        }
+    }
+}
+
+impl<const N: usize> Deployment for HotStandbyArbiter<N> {
+    type W = ();
+    const NAME: &'static str = if N == 2 { "hot-standby pair with an arbiter" } else { "hot-standby group of three with an arbiter" };
+    const SETTLE_WITHIN: u64 = 20;
+
+    fn schedules(&self) -> u64 {
+        200
+    }
+
+    /// Never two actives while whole either (and `observe` checks it at every instant).
+    fn groups(&self) -> Vec<Group> {
+        vec![Group { name: "hot-standby", nodes: (0..N).collect(), bound: 0 }]
+    }
+
+    fn build(&self, _rng: &mut Rng, trace: bool) -> Sim<'_, ()> {
+        let heartbeat = Heartbeat { interval_ms: 1000, timeout_ms: 500, failures: 3, successes: 3 };
+        let mut sim = Sim::new(vec![&self.policy], heartbeat, (), trace);
+        let ids = Self::ids();
+        let nodes: Vec<usize> = ids.iter().enumerate().map(|(k, id)| sim.node(id, if k == 0 { Role::Primary } else { Role::Secondary }, 0)).collect();
+        for x in 0..N {
+            for y in x + 1..N {
+                let link = sim.link(&format!("{}-{}", ids[x], ids[y]));
+                sim.nodes[nodes[x]].peers.push(PeerSpec::new(nodes[y], &[link], How::Vigil));
+                sim.nodes[nodes[y]].peers.push(PeerSpec::new(nodes[x], &[link], How::Vigil));
+            }
+        }
+        sim.start();
+        sim.with_arbiter(4000, 1500);
+        sim.faults = Faults { command_loss: 10, slow_action: 10, hook_failure: 0, start_failure: 5, sync_failure: 20 };
+        sim
+    }
+
+    fn inject(&self, sim: &mut Sim<'_, ()>, rng: &mut Rng) {
+        sim.flip_links(rng, 8);
+        sim.flip_arbiter(rng, 5);
+        for i in 0..N {
+            sim.crash_or_restart(rng, i, 3);
+            if rng.chance(2) {
+                let requests = [OperatorRequest::Standby, OperatorRequest::Active, OperatorRequest::Restore];
+                sim.operator(i, requests[rng.below(3)]);
+            }
+        }
+    }
+
+    fn calm(&self, sim: &mut Sim<'_, ()>) {
+        sim.heal();
+    }
+
+    fn observe(&self, sim: &mut Sim<'_, ()>) -> Result<u64, String> {
+        // The plugin's part, whatever the host does: never ask for the role against another holder.
+        if let Some(breach) = sim.arbiter.as_ref().and_then(|a| a.breaches.first()) {
+            return Err(breach.clone());
+        }
+        let active: Vec<&str> = (0..N).filter(|i| sim.active(*i)).map(|i| sim.nodes[i].id.as_str()).collect();
+        if active.len() >= 2 {
+            return Err(format!("two actives {active:?} (the arbiter grants the role to one node at a time)"));
+        }
+        Ok(sim.arbiter.as_ref().map_or(0, |a| a.grants))
+    }
+
+    fn settled(&self, sim: &Sim<'_, ()>) -> Result<(), String> {
+        let group: Vec<usize> = (0..N).collect();
+        let active = sim.one_active(&group)?;
+        sim.runs(active, &["cti-server"])?;
+        match sim.arbiter.as_ref().and_then(|a| a.holder()) {
+            Some(h) if h == active => Ok(()),
+            other => Err(format!("{} is active but the key is held by {:?}", sim.nodes[active].id, other.map(|h| &sim.nodes[h].id))),
+        }
+    }
+}

@@ -27,6 +27,7 @@
 //! | test | plugin(s) | group: active means | bound (ticks) | why |
 //! |---|---|---|---|---|
 //! | hot-standby | hot-standby | a/b: daemon up, mode ACTIVE (the load balancer follows `/active`) | 7 | the backup gives way after `failures` (3) checks of the other active, seen one tick late, and says STANDBY once its stops are done (1 tick, 3 when slow) |
+//! | hot-standby with an arbiter (pair; group of three) | hot-standby | a/b; cti1/cti2/cti3: daemon up, ACTIVE | 0, at every instant | one role key in the model arbiter, fencing in the node core: never two actives, partitions and killed daemons included (200 schedules each, about 15 CPU-seconds each) |
 //! | xivo site | xivo | main/standby: daemon up, ACTIVE (telephony) | 9 | the standby hands back after `failback_after` answers (1, or 5 with hysteresis), one tick late, STANDBY once stopped (1–3) |
 //! | xivo site | xivo-cc | the two CCs: daemon up, ACTIVE | 10 | the XiVO's bound plus one tick to read `/role` |
 //! | xivo site | xds | the two xds nodes: ACTIVE; no MDS registered with both XiVOs | 10; 11 | as xivo-cc; plus one tick for the hook |
@@ -82,6 +83,17 @@ pub fn policy(runtime: &Runtime, name: &str, edits: &[(&str, &str)]) -> LoadedPo
 #[test]
 fn hot_standby_pairs_keep_one_active_node() {
     sim::run_all(&hot_standby::HotStandby::load());
+}
+
+/// With an arbiter the property is "never two actives", partitions included (`hot_standby.rs`).
+#[test]
+fn hot_standby_pairs_with_an_arbiter_never_have_two_actives() {
+    sim::run_all(&hot_standby::HotStandbyArbiter::<2>::load());
+}
+
+#[test]
+fn hot_standby_groups_of_three_with_an_arbiter_never_have_two_actives() {
+    sim::run_all(&hot_standby::HotStandbyArbiter::<3>::load());
 }
 
 #[test]

@@ -19,6 +19,13 @@
 //!   ends on the next tick, `done` when the link and the peer are up and the schedule does not fail
 //!   it, else `failed` (retried from an active peer, or on a `sync` action).
 //!
+//! - the arbiter (deployments that have one, [`ArbiterModel`]): one role key and one lease per
+//!   daemon that expires in simulated time unless renewed; a node reaches it or not (a partition
+//!   between the node and the arbiter); before deciding, a node that reaches it renews its lease and
+//!   reads the key; after deciding, it campaigns (create-if-absent, bound to its lease) when its
+//!   outcome wants the active role, and resigns when it no longer does. Its nodes run with
+//!   `NodeCore.fencing`.
+//!
 //! Never: a clock, a socket, a sleep, a thread. The same seed gives the same run.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -26,7 +33,7 @@ use std::fmt::Write as _;
 use vigil::config::{Probe, ProbeKind};
 use vigil::heartbeat::{CheckResult, RemoteRound, Round, Targets, Tracker};
 use vigil::model::{
-    Action, ActionResult, Check, Heartbeat, InitialSync, Mode, OperatorRequest, PeerCommand, ReceivedCommand, Report, RestartInfo, Role,
+    Action, ActionResult, ArbiterView, Check, Heartbeat, InitialSync, Mode, OperatorRequest, PeerCommand, ReceivedCommand, Report, RestartInfo, Role,
     Service, ServiceState, SyncView,
 };
 use vigil::node::{NodeCore, Observations};
@@ -109,6 +116,128 @@ pub struct Faults {
     pub start_failure: u64,
     /// An initial sync pull fails.
     pub sync_failure: u64,
+}
+
+/// A model of the group's arbiter: etcd with one role key bound to a lease. Each daemon has its own
+/// lease (a restarted daemon gets a new one); a lease not renewed for `ttl_ms` expires and deletes the
+/// key bound to it. A node knows what it read the last time it reached the arbiter, and its own lease
+/// from its last renewal: `held` is "the key was mine at my last read, and my lease has more than
+/// `margin_ms` left", as the host computes it.
+#[derive(Debug, Clone)]
+pub struct ArbiterModel {
+    pub ttl_ms: u64,
+    pub margin_ms: u64,
+    /// Per node: the node reaches the arbiter (no partition between them).
+    pub reach: Vec<bool>,
+    /// Every lease granted: id → expiry (ms). A killed daemon's lease stays until it expires.
+    leases: BTreeMap<u64, u64>,
+    /// Per node: its current daemon's lease, once granted.
+    current: Vec<Option<u64>>,
+    /// The role key: the node holding it and the lease it is bound to.
+    key: Option<(usize, u64)>,
+    revision: i64,
+    /// Per node: what it read last (holder, the key was on its own lease, revision).
+    read: Vec<(Option<usize>, bool, i64)>,
+    /// Keys granted so far (campaigns won), for the figures.
+    pub grants: u64,
+    /// Plugin-level breaches of the arbiter: a node that was not active asked for the role while the
+    /// key it had read was another node's (`tick t: node: …`).
+    pub breaches: Vec<String>,
+}
+
+impl ArbiterModel {
+    /// An arbiter for `nodes` nodes, every one reaching it, no lease yet.
+    pub fn new(nodes: usize, ttl_ms: u64, margin_ms: u64) -> ArbiterModel {
+        ArbiterModel {
+            ttl_ms,
+            margin_ms,
+            reach: vec![true; nodes],
+            leases: BTreeMap::new(),
+            current: vec![None; nodes],
+            key: None,
+            revision: 0,
+            read: vec![(None, false, 0); nodes],
+            grants: 0,
+            breaches: Vec::new(),
+        }
+    }
+
+    fn alive(&self, lease: u64, now: u64) -> bool {
+        self.leases.get(&lease).is_some_and(|expiry| *expiry > now)
+    }
+
+    /// The key goes with its lease's expiry.
+    fn expire(&mut self, now: u64) {
+        if let Some((_, lease)) = self.key {
+            if !self.alive(lease, now) {
+                self.key = None;
+                self.revision += 1;
+            }
+        }
+    }
+
+    /// Node `i` (daemon up) before it decides: renew (or get a lease) and read the key when it
+    /// reaches the arbiter; the view its tick carries either way.
+    fn view(&mut self, i: usize, now: u64, ids: &[String]) -> ArbiterView {
+        self.expire(now);
+        if self.reach[i] {
+            let lease = match self.current[i].filter(|l| self.alive(*l, now)) {
+                Some(l) => l,
+                None => {
+                    let l = self.leases.len() as u64 + 1;
+                    self.current[i] = Some(l);
+                    l
+                }
+            };
+            self.leases.insert(lease, now + self.ttl_ms);
+            let mine = self.key == Some((i, lease));
+            self.read[i] = (self.key.map(|(n, _)| n), mine, self.revision);
+        }
+        let (holder, mine, revision) = self.read[i];
+        let lease_left_ms = self.current[i].and_then(|l| self.leases.get(&l)).map_or(0, |expiry| expiry.saturating_sub(now));
+        ArbiterView {
+            reachable: self.reach[i],
+            holder: holder.map(|h| ids[h].clone()),
+            held: mine && lease_left_ms > self.margin_ms,
+            lease_left_ms,
+            revision,
+        }
+    }
+
+    /// Node `i` decided: campaign (create-if-absent, bound to its lease) when it wants the active
+    /// role, resign (delete the key on its own lease) when it does not. Only when it reaches the
+    /// arbiter and its lease is alive.
+    fn after(&mut self, i: usize, wants_active: bool, now: u64) {
+        if !self.reach[i] {
+            return;
+        }
+        self.expire(now);
+        let Some(lease) = self.current[i].filter(|l| self.alive(*l, now)) else { return };
+        match self.key {
+            None if wants_active => {
+                self.key = Some((i, lease));
+                self.revision += 1;
+                self.grants += 1;
+            }
+            Some(k) if k == (i, lease) && !wants_active => {
+                self.key = None;
+                self.revision += 1;
+            }
+            _ => {}
+        }
+    }
+
+    /// A new daemon on node `i`: it gets a new lease on its first contact and has read nothing yet.
+    /// The killed daemon's lease (and a key bound to it) runs out by itself.
+    fn restarted(&mut self, i: usize) {
+        self.read[i] = (None, false, 0);
+        self.current[i] = None;
+    }
+
+    /// The node holding the key now, if any.
+    pub fn holder(&self) -> Option<usize> {
+        self.key.map(|(n, _)| n)
+    }
 }
 
 /// The initial configuration sync as the host's replicator tracks it.
@@ -274,6 +403,8 @@ pub struct Sim<'p, W: World> {
     /// Write a timeline (only when a failing seed is replayed: formatting costs time).
     pub trace: bool,
     pub timeline: String,
+    /// The group's arbiter, when the deployment has one (its nodes then run with fencing).
+    pub arbiter: Option<ArbiterModel>,
 }
 
 impl<'p, W: World> Sim<'p, W> {
@@ -291,6 +422,35 @@ impl<'p, W: World> Sim<'p, W> {
             actions_run: 0,
             trace,
             timeline: String::new(),
+            arbiter: None,
+        }
+    }
+
+    /// Give the group an arbiter (after the nodes are added): every node runs with fencing.
+    pub fn with_arbiter(&mut self, ttl_ms: u64, margin_ms: u64) {
+        self.arbiter = Some(ArbiterModel::new(self.nodes.len(), ttl_ms, margin_ms));
+        for n in &mut self.nodes {
+            n.core.fencing = true;
+        }
+    }
+
+    /// Cut or heal the partition between node `i` and the arbiter.
+    pub fn set_arbiter_reach(&mut self, i: usize, reach: bool) {
+        let Some(a) = self.arbiter.as_mut() else { return };
+        if a.reach[i] != reach {
+            a.reach[i] = reach;
+            let id = self.nodes[i].id.clone();
+            self.note(|| format!("{id} {} the arbiter", if reach { "reaches" } else { "CUT from" }));
+        }
+    }
+
+    /// Fault helper: each node's reach of the arbiter flips with `percent` chance.
+    pub fn flip_arbiter(&mut self, rng: &mut Rng, percent: u64) {
+        for i in 0..self.nodes.len() {
+            if self.arbiter.is_some() && rng.chance(percent) {
+                let reach = !self.arbiter.as_ref().is_some_and(|a| a.reach[i]);
+                self.set_arbiter_reach(i, reach);
+            }
         }
     }
 
@@ -370,6 +530,10 @@ impl<'p, W: World> Sim<'p, W> {
             (info.downtime_ms <= MAX_DOWNTIME_MS).then_some(info)
         });
         n.core = NodeCore::new(&n.id, n.role, now).with_startup_grace(STARTUP_GRACE_MS).with_restart(restart);
+        if let Some(a) = self.arbiter.as_mut() {
+            n.core.fencing = true;
+            a.restarted(i);
+        }
         n.tracker = Tracker::new(&n.id, &n.targets(&ids));
         for c in &mut n.monitor_checks {
             *c = Check { name: c.name.clone(), ..Check::default() };
@@ -462,6 +626,7 @@ impl<'p, W: World> Sim<'p, W> {
             self.set_link(l, true);
         }
         for i in 0..self.nodes.len() {
+            self.set_arbiter_reach(i, true);
             self.restart(i);
             for healthy in self.nodes[i].monitors.values_mut() {
                 *healthy = true;
@@ -596,13 +761,16 @@ impl<'p, W: World> Sim<'p, W> {
         self.now += u64::from(self.heartbeat.interval_ms);
         let s = self.snapshot();
         let peer_ids: Vec<Vec<String>> = self.nodes.iter().map(|n| n.peers.iter().map(|p| self.nodes[p.node].id.clone()).collect()).collect();
+        let ids: Vec<String> = self.nodes.iter().map(|n| n.id.clone()).collect();
         for (i, peers) in peer_ids.iter().enumerate() {
             if !self.nodes[i].up {
                 continue;
             }
+            let now = self.now;
+            let arbiter = self.arbiter.as_mut().map(|a| a.view(i, now, &ids));
+            let arbiter_seen = arbiter.clone();
             let round = self.round(i, &s);
             self.sync(i, &round, &s, rng);
-            let now = self.now;
             let heartbeat = self.heartbeat;
             let policy = self.policies[self.nodes[i].policy];
             let n = &mut self.nodes[i];
@@ -626,7 +794,7 @@ impl<'p, W: World> Sim<'p, W> {
                     })
                     .collect(),
                 sync: n.sync.view.clone(),
-                arbiter: None,
+                arbiter,
                 operator: n.operator.take(),
                 commands: std::mem::take(&mut n.inbox),
                 results: std::mem::take(&mut n.results),
@@ -653,6 +821,14 @@ impl<'p, W: World> Sim<'p, W> {
             if let Some(fault) = &outcome.fault {
                 return Err(Faulted(format!("tick {}: node {} faulted: {fault}", self.t, n.id)));
             }
+            if let (Some(a), Some(view)) = (self.arbiter.as_mut(), arbiter_seen) {
+                let holder = view.holder.as_deref().filter(|h| *h != ids[i]);
+                if let Some(holder) = holder.filter(|_| outcome.wants_active && outcome.from != Mode::Active) {
+                    a.breaches.push(format!("tick {}: {} asked for the active role while its arbiter view said {holder} holds the key", self.t, ids[i]));
+                }
+                a.after(i, outcome.wants_active, now);
+            }
+            let n = &mut self.nodes[i];
             let t = self.t;
             for action in &outcome.actions {
                 let delay = if rng.chance(self.faults.slow_action) { 1 + rng.below(2) as u64 } else { 0 };
@@ -689,6 +865,14 @@ impl<'p, W: World> Sim<'p, W> {
             if !up {
                 let _ = write!(line, "{name}:CUT ");
             }
+        }
+        if let Some(a) = &self.arbiter {
+            for (i, reach) in a.reach.iter().enumerate() {
+                if !reach {
+                    let _ = write!(line, "{}-arbiter:CUT ", self.nodes[i].id);
+                }
+            }
+            let _ = write!(line, "key={} ", a.holder().map_or("-", |h| self.nodes[h].id.as_str()));
         }
         for n in &self.nodes {
             let services = n.services.values().filter(|r| **r).count();

@@ -17,9 +17,10 @@ pub fn check(path: &Path, plugin_dirs: Vec<PathBuf>) -> Result<(), CliError> {
     let loaded = policy::load(&runtime, &PluginDirs::standard(plugin_dirs), path)
         .map_err(|e| CliError::Config(e.into()))?;
     println!(
-        "ok: {} — plugin {} ({} bytes, sha256 {}), {} service(s), {} hook(s), limits {} ms / {} MiB, loaded in {} ms",
+        "ok: {} — plugin {} (vigil:policy@{}, {} bytes, sha256 {}), {} service(s), {} hook(s), limits {} ms / {} MiB, loaded in {} ms",
         path.display(),
         loaded.plugin.name(),
+        loaded.plugin.interface_version(),
         loaded.plugin.size(),
         &loaded.plugin.sha256()[..16],
         loaded.file.services.len(),

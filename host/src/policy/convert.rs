@@ -1,9 +1,10 @@
 //! Translation between the host's model (`crate::model`) and the generated WIT bindings, one module
-//! per interface version the host loads ([`v0_2`], the current one, and [`v0_1`]).
+//! per interface version the host loads ([`v0_3`], the current one, [`v0_2`] and [`v0_1`]).
 //!
 //! Mechanical on purpose: one function per type, field by field, so the compiler points here whenever
-//! the WIT file and the model drift apart. The two versions share every conversion (the macro
-//! [`conversions`]) but the mode, the report and the local node, which 0.2.0 extended.
+//! the WIT file and the model drift apart. The versions share every conversion (the macro
+//! [`conversions`]) but the mode, the report and the local node, which 0.2.0 extended, and the tick's
+//! fields a version added (0.3.0: the arbiter), which the macro takes as `field: function(&tick)`.
 
 use crate::model as m;
 
@@ -20,10 +21,10 @@ macro_rules! map_enum {
     };
 }
 
-/// The conversions both interface versions share; expects `wit`, `mode_from`, `report_to` and
-/// `local_node_to` in scope.
+/// The conversions the interface versions share; expects `wit`, `mode_from`, `report_to` and
+/// `local_node_to` in scope. `field: function` pairs fill the tick's fields only some versions have.
 macro_rules! conversions {
-    () => {
+    ($($field:ident: $conv:path),* $(,)?) => {
 map_enum!(role_to, role_from, m::Role, wit::Role, [Primary, Secondary]);
         map_enum!(level_to, level_from, m::Level, wit::Level, [Trace, Debug, Info, Warn, Error]);
         map_enum!(service_state_to, service_state_from, m::ServiceState, wit::ServiceState, [Running, Stopped, Unknown]);
@@ -144,6 +145,7 @@ map_enum!(role_to, role_from, m::Role, wit::Role, [Primary, Secondary]);
                     .collect(),
                 pending_actions: t.pending_actions,
                 state: t.state.clone(),
+                $($field: $conv(t),)*
             }
         }
         
@@ -159,10 +161,56 @@ map_enum!(role_to, role_from, m::Role, wit::Role, [Primary, Secondary]);
     };
 }
 
-/// `vigil:policy@0.2.0`: the model one to one.
-pub mod v0_2 {
+/// `vigil:policy@0.3.0`: the model one to one.
+pub mod v0_3 {
     use super::m;
     use crate::policy::runtime::bindings::vigil::policy::types as wit;
+
+    map_enum!(mode_to, mode_from, m::Mode, wit::Mode, [Active, Standby, Off, Failed, HoldOff, Starting]);
+
+    fn report_to(p: &m::Report) -> Option<wit::Report> {
+        Some(wit::Report {
+            mode: mode_to(p.mode),
+            configured_role: p.configured_role.map(role_to),
+            app_healthy: p.app_healthy,
+            mode_since_ms: p.mode_since_ms,
+        })
+    }
+
+    fn local_node_to(n: &m::LocalNode) -> wit::LocalNode {
+        wit::LocalNode {
+            id: n.id.clone(),
+            configured_role: role_to(n.configured_role),
+            mode: mode_to(n.mode),
+            mode_since_ms: n.mode_since_ms,
+            started_ms: n.started_ms,
+            tick_count: n.tick_count,
+            restart: n.restart.as_ref().map(|r| wit::RestartInfo {
+                downtime_ms: r.downtime_ms,
+                mode: mode_to(r.mode),
+                mode_since_ms: r.mode_since_ms,
+                state: r.state.clone(),
+            }),
+        }
+    }
+
+    fn arbiter_to(t: &m::Tick) -> Option<wit::ArbiterView> {
+        t.arbiter.as_ref().map(|a| wit::ArbiterView {
+            reachable: a.reachable,
+            holder: a.holder.clone(),
+            held: a.held,
+            lease_left_ms: a.lease_left_ms,
+            revision: a.revision,
+        })
+    }
+
+    conversions!(arbiter: arbiter_to);
+}
+
+/// `vigil:policy@0.2.0`, for plugins built before 0.3.0: the model without the arbiter.
+pub mod v0_2 {
+    use super::m;
+    use crate::policy::runtime::bindings_v0_2::vigil::policy::types as wit;
 
     map_enum!(mode_to, mode_from, m::Mode, wit::Mode, [Active, Standby, Off, Failed, HoldOff, Starting]);
 

@@ -36,10 +36,19 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-/// Generated bindings of the `vigil:policy@0.2.0` world (the current interface, `wit/policy.wit`).
+/// Generated bindings of the `vigil:policy@0.3.0` world (the current interface, `wit/policy.wit`).
 pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
+        world: "policy",
+    });
+}
+
+/// Generated bindings of `vigil:policy@0.2.0` (`wit/v0.2.0/policy.wit`): plugins built before 0.3.0
+/// still load and decide (without the arbiter).
+pub(crate) mod bindings_v0_2 {
+    wasmtime::component::bindgen!({
+        path: "../wit/v0.2.0",
         world: "policy",
     });
 }
@@ -54,7 +63,7 @@ pub(crate) mod bindings_v0_1 {
 }
 
 /// The interface versions the host loads, newest first.
-pub const INTERFACE_VERSIONS: &[&str] = &["0.2.0", "0.1.0"];
+pub const INTERFACE_VERSIONS: &[&str] = &["0.3.0", "0.2.0", "0.1.0"];
 
 /// How often the epoch advances: the granularity of call deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -75,7 +84,7 @@ pub enum LoadError {
     NotWasm { path: PathBuf },
     #[error("{path}: a core WebAssembly module, not a component (build with --target wasm32-wasip2, or wrap it with `wasm-tools component new`)")]
     CoreModule { path: PathBuf },
-    #[error("{path}: not a vigil:policy component (this host loads versions 0.2.0 and 0.1.0): {detail}")]
+    #[error("{path}: not a vigil:policy component (this host loads versions 0.3.0, 0.2.0 and 0.1.0): {detail}")]
     WrongWorld { path: PathBuf, detail: String },
     #[error("{path}: invalid component: {detail}")]
     Compile { path: PathBuf, detail: String },
@@ -168,6 +177,7 @@ impl Runtime {
         })?;
         linker.allow_shadowing(false);
         bindings::Policy::add_to_linker::<Sandbox, wasmtime::component::HasSelf<Sandbox>>(&mut linker, |s| s)?;
+        bindings_v0_2::Policy::add_to_linker::<Sandbox, wasmtime::component::HasSelf<Sandbox>>(&mut linker, |s| s)?;
         bindings_v0_1::Policy::add_to_linker::<Sandbox, wasmtime::component::HasSelf<Sandbox>>(&mut linker, |s| s)?;
 
         let mut hasher = ShaHasher(Sha256::new());
@@ -206,12 +216,15 @@ impl Runtime {
 
         let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld { path: path.to_path_buf(), detail: format!("{e:#}") };
         let pre = self.linker.instantiate_pre(&component).map_err(wrong_world)?;
-        // The newest interface first; a plugin built against 0.1.0 exports the 0.1.0 functions.
+        // The newest interface first; a plugin built against an older one exports its functions.
         let pre = match bindings::PolicyPre::new(pre.clone()) {
-            Ok(current) => Pre::V0_2(current),
-            Err(current_error) => match bindings_v0_1::PolicyPre::new(pre) {
-                Ok(old) => Pre::V0_1(old),
-                Err(_) => return Err(wrong_world(current_error)),
+            Ok(current) => Pre::V0_3(current),
+            Err(current_error) => match bindings_v0_2::PolicyPre::new(pre.clone()) {
+                Ok(old) => Pre::V0_2(old),
+                Err(_) => match bindings_v0_1::PolicyPre::new(pre) {
+                    Ok(old) => Pre::V0_1(old),
+                    Err(_) => return Err(wrong_world(current_error)),
+                },
             },
         };
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
@@ -375,7 +388,8 @@ pub struct Plugin {
 
 /// A pre-instantiated plugin of one interface version.
 enum Pre {
-    V0_2(bindings::PolicyPre<Sandbox>),
+    V0_3(bindings::PolicyPre<Sandbox>),
+    V0_2(bindings_v0_2::PolicyPre<Sandbox>),
     V0_1(bindings_v0_1::PolicyPre<Sandbox>),
 }
 
@@ -411,9 +425,10 @@ impl Plugin {
         self.from_cache
     }
 
-    /// The `vigil:policy` version the plugin was built against: `"0.2.0"` or `"0.1.0"`.
+    /// The `vigil:policy` version the plugin was built against: `"0.3.0"`, `"0.2.0"` or `"0.1.0"`.
     pub fn interface_version(&self) -> &'static str {
         match self.pre {
+            Pre::V0_3(_) => "0.3.0",
             Pre::V0_2(_) => "0.2.0",
             Pre::V0_1(_) => "0.1.0",
         }
@@ -422,6 +437,7 @@ impl Plugin {
     /// Run the plugin's `validate`: `Ok(Err(message))` when it refuses the parameters.
     pub fn validate(&self, params: &str, limits: &Limits) -> Result<Result<(), String>, Fault> {
         match &self.pre {
+            Pre::V0_3(pre) => self.call(limits, |store| pre.instantiate(&mut *store)?.call_validate(store, params)),
             Pre::V0_2(pre) => self.call(limits, |store| pre.instantiate(&mut *store)?.call_validate(store, params)),
             Pre::V0_1(pre) => self.call(limits, |store| pre.instantiate(&mut *store)?.call_validate(store, params)),
         }
@@ -430,8 +446,13 @@ impl Plugin {
     /// Run the plugin's `decide`. The decision is returned as the plugin made it; checking it
     /// against the policy is the caller's job (`policy::LoadedPolicy::decide`).
     pub fn decide(&self, params: &str, tick: &model::Tick, limits: &Limits) -> Result<model::Decision, Fault> {
-        use super::convert::{v0_1, v0_2};
+        use super::convert::{v0_1, v0_2, v0_3};
         match &self.pre {
+            Pre::V0_3(pre) => {
+                let tick = v0_3::tick_to_wit(tick);
+                let decision = self.call(limits, |store| pre.instantiate(&mut *store)?.call_decide(store, params, &tick))?;
+                Ok(v0_3::decision_from_wit(decision))
+            }
             Pre::V0_2(pre) => {
                 let tick = v0_2::tick_to_wit(tick);
                 let decision = self.call(limits, |store| pre.instantiate(&mut *store)?.call_decide(store, params, &tick))?;
@@ -525,11 +546,26 @@ impl WasiView for Sandbox {
 }
 
 impl bindings::vigil::policy::types::Host for Sandbox {}
+impl bindings_v0_2::vigil::policy::types::Host for Sandbox {}
 impl bindings_v0_1::vigil::policy::types::Host for Sandbox {}
 
 impl bindings::vigil::policy::host::Host for Sandbox {
     fn log(&mut self, level: bindings::vigil::policy::types::Level, message: String) {
         use bindings::vigil::policy::types::Level as L;
+        let level = match level {
+            L::Trace => model::Level::Trace,
+            L::Debug => model::Level::Debug,
+            L::Info => model::Level::Info,
+            L::Warn => model::Level::Warn,
+            L::Error => model::Level::Error,
+        };
+        self.log_line(level, message);
+    }
+}
+
+impl bindings_v0_2::vigil::policy::host::Host for Sandbox {
+    fn log(&mut self, level: bindings_v0_2::vigil::policy::types::Level, message: String) {
+        use bindings_v0_2::vigil::policy::types::Level as L;
         let level = match level {
             L::Trace => model::Level::Trace,
             L::Debug => model::Level::Debug,

@@ -11,12 +11,18 @@
 //! 4. active: LAN lost (§6.3.4) → two actives (§6.3.3) → watchdog and daily restarts (§6.3.4.1);
 //! 5. standby: failover (§6.3.1) → rollback of server #1 (§6.3.2) → nobody active (simultaneous start).
 //!
+//! With an arbiter (`tick.arbiter`, `[arbiter]` in the node configuration) the rules ask for the
+//! active role only when no other node holds the role key, an active node that sees another holder
+//! gives way, and in a group of more than two nodes only the first node of the `priority` order that
+//! can still serve fails over (`vigil_sdk::arbiter`). Without one, nothing of this applies.
+//!
 //! The host does the mechanics (heartbeats, LAN probe, VIP test, running commands, restart backoff);
 //! this file only decides. `docs/plugins/hot-standby.md` maps every rule to the seed and lists the
 //! interpretations made where the seed is silent.
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+use vigil_sdk::arbiter;
 use vigil_sdk::handover::{self, Handover, StepDown};
 use vigil_sdk::prelude::*;
 use vigil_sdk::Service;
@@ -54,6 +60,11 @@ struct Params {
     /// and stays standby. Default 30 s.
     #[serde(default)]
     handover_timeout_ms: Option<u64>,
+    /// With an arbiter: the group's node ids, highest priority first. A standby fails over by itself
+    /// only when every node before it is lost or reports OFF/FAILED. Default: the configured role
+    /// primary first, then the secondaries by id.
+    #[serde(default)]
+    priority: Vec<String>,
 }
 
 /// Bounds of `handover_timeout_ms`: at least a second, at most an hour.
@@ -169,6 +180,10 @@ impl<'a> Cx<'a> {
 
     fn peer_ids(&self) -> Vec<&'a str> {
         self.peers.iter().map(|(p, _)| p.id.as_str()).collect()
+    }
+
+    fn priority(&self) -> Priority<'a> {
+        Priority::new(&self.params.priority)
     }
 
     fn handover_timeout_ms(&self) -> u64 {
@@ -332,11 +347,21 @@ fn take_role(cx: &Cx, state: &mut State, why: &str) -> Decision {
     state.stepping_down = None;
     let peers = cx.peer_ids();
     let waiting: Vec<&Remote> = cx.peers.iter().map(|(p, _)| *p).filter(|p| !released(cx, state, p)).collect();
+    let timeout = cx.handover_timeout_ms();
     if waiting.is_empty() {
+        if arbiter::held_elsewhere(cx.tick).is_some() {
+            // Every peer has let go, but the arbiter's key is still another node's (a lease not yet
+            // expired, a resign not yet seen): wait for it as for a peer, within the same deadline.
+            state.handover = Some(Handover::new(why, cx.tick.now_ms, timeout));
+            let mut d = Decision::because(format!("{why}: {}: this node ({}) stays STANDBY until it is released", arbiter::describe(cx.tick), cx.me()));
+            if cx.tick.node.mode != Mode::Standby {
+                d.mode = Some(Mode::Standby);
+            }
+            return stop_leftovers(cx, d);
+        }
         state.handover = None;
         return go_active(cx, format!("{why}: switch this node ({}) to ACTIVE, peers to STANDBY", cx.me()), &peers);
     }
-    let timeout = cx.handover_timeout_ms();
     state.handover = Some(Handover::new(why, cx.tick.now_ms, timeout));
     let names: Vec<&str> = waiting.iter().map(|p| p.id.as_str()).collect();
     let mut d = Decision::because(format!(
@@ -362,6 +387,16 @@ fn handover_progress(cx: &Cx, state: &mut State) -> Option<Decision> {
     let h = state.handover.clone()?;
     let now = cx.tick.now_ms;
     let waiting: Vec<&Remote> = cx.peers.iter().map(|(p, _)| *p).filter(|p| !released(cx, state, p)).collect();
+    if waiting.is_empty() && arbiter::held_elsewhere(cx.tick).is_some() {
+        if !h.expired(now) {
+            let text = format!("{}: peers released, {}: waiting for it ({} s left)", h.why, arbiter::describe(cx.tick), h.seconds_left(now));
+            return Some(stop_leftovers(cx, Decision::because(text)));
+        }
+        state.handover = None;
+        state.rollback_after_ms = Some(now.saturating_add(cx.handover_timeout_ms()));
+        let text = format!("{}: {}: not released in time, hand-over abandoned; this node ({}) stays STANDBY", h.why, arbiter::describe(cx.tick), cx.me());
+        return Some(stop_leftovers(cx, Decision::because(text.clone()).alarm(Level::Warn, text)));
+    }
     if waiting.is_empty() {
         state.handover = None;
         let how = cx
@@ -564,6 +599,13 @@ fn peer_command(cx: &Cx, state: &mut State) -> Option<Decision> {
 
 /// Rules of an active node.
 fn active_rules(cx: &Cx, state: &mut State) -> Decision {
+    if let Some(holder) = cx.tick.arbiter.as_ref().filter(|a| a.reachable).and_then(|_| arbiter::held_elsewhere(cx.tick)) {
+        // The arbiter granted the role to another node: never fight it (with fencing the host demotes
+        // this node anyway; without, the plugin does).
+        state.yielded = true;
+        let why = format!("{}: node {holder} has the role: switch this node ({}) to STANDBY", arbiter::describe(cx.tick), cx.me());
+        return step_down(cx, state, why);
+    }
     if let Lan::Down(failed) = cx.lan {
         if failed >= cx.n.lan_failures {
             // §6.3.4. Tell the peers to take over: they may still hear us on another link, and would
@@ -608,7 +650,10 @@ fn two_actives(cx: &Cx, state: &mut State) -> Result<Decision, Option<(String, V
     let mut backup = cx.is_backup_against(other);
     let mut keeps = if cx.params.test_vip_destination { cx.vip_reaches_me() } else { !backup };
     let mut who = if backup { "backup" } else { "primary" };
-    if cx.params.switch_on_app_error {
+    if cx.tick.arbiter.as_ref().is_some_and(|a| a.reachable && a.held) {
+        // The arbiter settles it: the holder keeps the role (the other sees the holder and gives way).
+        (backup, keeps, who) = (false, true, "this node holds the role key");
+    } else if cx.params.switch_on_app_error {
         // When application errors count, the node whose application is broken gives way, whatever its
         // role: otherwise the healthy one would step down and fail over again, round and round.
         let mine = cx.tick.app_healthy();
@@ -680,10 +725,20 @@ fn standby_rules(cx: &Cx, state: &mut State) -> Decision {
         return stop_leftovers(cx, Decision::because(format!("STANDBY: LAN check failing, no failover; {}", peer_modes(cx))));
     }
     let peers = cx.peer_ids();
+    if let Some(d) = granted(cx, &peers) {
+        return d;
+    }
     let n = cx.n.failures;
     let failing = cx.peers.iter().any(|(p, _)| state.peer_failures.get(&p.id).copied().unwrap_or(0) > 0);
-    let all_failed = cx.peers.iter().all(|(p, _)| state.peer_failures.get(&p.id).copied().unwrap_or(0) >= n);
-    if all_failed {
+    let all_failed = cx.peers.iter().all(|(p, _)| failed_for(state, p) >= n);
+    // With an arbiter, a group of more than two: the active node lost, the others standing by.
+    let group_failed = cx.tick.arbiter.is_some()
+        && cx.peers.iter().any(|(p, _)| failed_for(state, p) >= n)
+        && cx.peers.iter().all(|(p, s)| failed_for(state, p) >= n || *s == PeerStatus::Idle);
+    if all_failed || group_failed {
+        if let Some(why) = held_back(cx, state) {
+            return stop_leftovers(cx, Decision::because(format!("{}: {why}: no failover, STANDBY", failure_counts(cx, state))));
+        }
         let d = go_active(
             cx,
             format!("{}: maximum heartbeat fails, switch this node ({}) to ACTIVE, peers to STANDBY", failure_counts(cx, state), cx.me()),
@@ -700,8 +755,40 @@ fn standby_rules(cx: &Cx, state: &mut State) -> Decision {
     if let Some(d) = nobody_active(cx, state, &peers) {
         return d;
     }
-    let status = if failing { failure_counts(cx, state) } else { format!("STANDBY; {}", peer_modes(cx)) };
+    let mut status = if failing { failure_counts(cx, state) } else { format!("STANDBY; {}", peer_modes(cx)) };
+    if cx.tick.arbiter.is_some() {
+        status = format!("{status}; {}", arbiter::describe(cx.tick));
+    }
     stop_leftovers(cx, rollback_progress(cx, state, Decision::because(status)))
+}
+
+/// With an arbiter: a standby node holding the role key asked for the role on an earlier tick (it
+/// resigns the key whenever it stops asking), and the host's fencing held it back until the key was
+/// its own: ask again, unless a peer serves.
+fn granted(cx: &Cx, peers: &[&str]) -> Option<Decision> {
+    let a = cx.tick.arbiter.as_ref().filter(|a| a.held)?;
+    if cx.tick.node.mode != Mode::Standby || cx.peers.iter().any(|(p, _)| reports_active(p)) {
+        return None;
+    }
+    let why = format!("the arbiter granted this node the role key ({} ms of lease left): switch this node ({}) to ACTIVE", a.lease_left_ms, cx.me());
+    Some(go_active(cx, why, peers))
+}
+
+/// Consecutive failed checks of `peer`, as this plugin counts them.
+fn failed_for(state: &State, peer: &Remote) -> u32 {
+    state.peer_failures.get(&peer.id).copied().unwrap_or(0)
+}
+
+/// With an arbiter: why this node must not ask for the active role by itself — another node holds
+/// the role key, or a node before it in the priority order can still serve. `None` without an arbiter.
+fn held_back(cx: &Cx, state: &State) -> Option<String> {
+    cx.tick.arbiter.as_ref()?;
+    if let Some(holder) = arbiter::held_elsewhere(cx.tick) {
+        return Some(format!("{}: waiting for node {holder} to release it", arbiter::describe(cx.tick)));
+    }
+    let n = cx.n.failures;
+    let first = cx.priority().first_ahead(cx.tick, |p| failed_for(state, p) >= n)?;
+    Some(format!("peer {} comes first in the priority order and can serve", first.id))
 }
 
 fn with_sync_note(cx: &Cx, d: Decision) -> Decision {
@@ -779,12 +866,23 @@ fn rollback_progress(cx: &Cx, state: &State, d: Decision) -> Decision {
 /// "a mechanism forces the primary server to run and the backup to idle"; who claims when is
 /// [`vigil_sdk::handover::nobody_active_wait`].
 fn nobody_active(cx: &Cx, state: &State, peers: &[&str]) -> Option<Decision> {
-    let fast = cx.is_primary() && !state.yielded;
-    let needed = vigil_sdk::handover::nobody_active_wait(cx.is_primary(), state.yielded, cx.n.failures);
+    // With an arbiter the first node of the priority order that can serve leads, as the primary
+    // does in a pair; the others never claim (they are held back).
+    let held = held_back(cx, state);
+    let leads = if cx.tick.arbiter.is_some() { held.is_none() } else { cx.is_primary() };
+    let fast = leads && !state.yielded;
+    let needed = vigil_sdk::handover::nobody_active_wait(leads, state.yielded, cx.n.failures);
     if state.idle < needed {
         return None;
     }
-    let who = if fast { "the primary runs" } else { "the primary did not take the role" };
+    if let Some(why) = held {
+        return Some(stop_leftovers(cx, Decision::because(format!("no node ACTIVE for {needed}/{needed} checks ({}): {why}", peer_modes(cx)))));
+    }
+    let who = match (fast, cx.tick.arbiter.is_some()) {
+        (true, true) => "this node comes first in the priority order",
+        (true, false) => "the primary runs",
+        (false, _) => "the primary did not take the role",
+    };
     Some(go_active(
         cx,
         format!("no node ACTIVE for {needed}/{needed} checks ({}; {who}): switch this node ({}) to ACTIVE", peer_modes(cx), cx.me()),
@@ -837,6 +935,17 @@ fn warnings(cx: &Cx, unknown_services: &[String], state: &mut State, mut d: Deci
             );
         }
     }
+    let (unknown, missing) = cx.priority().mismatches(cx.tick);
+    for name in unknown {
+        d = raise(format!("priority:{name}"), format!("params.priority names {name:?}, which is neither this node nor a peer; ignored"), d);
+    }
+    for name in missing {
+        d = raise(
+            format!("priority-missing:{name}"),
+            format!("params.priority does not list node {name:?}: it comes after the listed nodes"),
+            d,
+        );
+    }
     if cx.params.test_vip_destination && cx.tick.vip.is_none() && !cx.peers.is_empty() {
         d = raise(
             "vip".into(),
@@ -870,7 +979,8 @@ impl Policy for HotStandby {
                 ));
             }
         }
-        check_names("start_order", &p.start_order)
+        check_names("start_order", &p.start_order)?;
+        Priority::validate("priority", &p.priority)
     }
 
     fn decide(params: &Params, tick: &Tick, state: &mut State) -> Decision {

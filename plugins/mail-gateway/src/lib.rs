@@ -41,6 +41,11 @@ struct Params {
     /// Whether the policy declares `[[vip]]` entries to claim and release (default true).
     #[serde(default = "yes")]
     vip: bool,
+    /// With an arbiter (`[arbiter]` in the node configuration): the group's node ids, highest priority
+    /// first; a standby fails over by itself only when every node before it is lost or reports
+    /// OFF/FAILED. Default: the configured role primary first, then the secondaries by id.
+    #[serde(default)]
+    priority: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -64,6 +69,9 @@ impl Params {
             takeover_alarm: None,
             start_order: self.start_order.clone(),
             vip: self.vip && !self.config_only,
+            // The mail gateway follows the group's arbiter when the node has one.
+            arbiter: true,
+            priority: self.priority.clone(),
         }
     }
 }
@@ -75,6 +83,9 @@ impl Policy for MailGateway {
     type State = State;
 
     fn validate(p: &Params) -> Result<(), String> {
+        if p.config_only && !p.priority.is_empty() {
+            return Err("priority: a config-only group has no active role to order; remove priority".into());
+        }
         if p.config_only && (p.push_queue_hook.is_some() || p.on_failure != OnFailure::SwitchOff) {
             return Err("config_only: a config-only group has no failover; remove on_failure and push_queue_hook".into());
         }

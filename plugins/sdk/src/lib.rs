@@ -36,9 +36,14 @@
 //! or a wrong type is refused at load time with serde's message (add `#[serde(deny_unknown_fields)]`).
 //! State is serialized as JSON between ticks: readable in scenario files and tolerant of new fields
 //! with `#[serde(default)]`.
+//!
+//! The SDK builds against `vigil:policy@0.3.0` ([`INTERFACE_VERSION`]): a plugin sees the group's
+//! arbiter in `tick.arbiter` (with [`TickExt::role_held_elsewhere`] and the [`arbiter`] module for the
+//! usual questions).
 // The generated bindings need `unsafe` for the canonical ABI; everything written by hand here is safe.
 #![deny(unsafe_code)]
 
+pub mod arbiter;
 pub mod decision;
 pub mod handover;
 pub mod restart;
@@ -58,17 +63,20 @@ pub mod bindings {
 }
 
 pub use bindings::vigil::policy::types::{
-    Action, ActionResult, Alarm, Check, Heartbeat, HookCall, InitialSync, Level, LocalNode, Mode,
+    Action, ActionResult, Alarm, ArbiterView, Check, Heartbeat, HookCall, InitialSync, Level, LocalNode, Mode,
     OperatorRequest, PeerCommand, PeerMessage, ReceivedCommand, Remote, Report, RestartInfo, Role, Service,
     ServiceState, SyncView, Tick, VipView,
 };
 pub use decision::Decision;
 pub use tickext::TickExt;
 
+/// The `vigil:policy` version this SDK builds plugins against (`wit/policy.wit`).
+pub const INTERFACE_VERSION: &str = "0.3.0";
+
 /// Everything a plugin usually needs.
 pub mod prelude {
     pub use crate::{
-        check_names, log, mode_word, restart::Resume, Action, Check, Decision, InitialSync, Level, Mode, OperatorRequest, PeerCommand, Policy,
+        arbiter::Priority, check_names, log, mode_word, restart::Resume, Action, ArbiterView, Check, Decision, InitialSync, Level, Mode, OperatorRequest, PeerCommand, Policy,
         Remote, Role, ServiceState, Tick, TickExt,
     };
 }

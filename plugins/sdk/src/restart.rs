@@ -11,8 +11,9 @@
 //!   so is the mode a "keep" decision keeps), so the policy's own rules for that mode run — an
 //!   active node keeps its running services, an `off` node stays out of the group;
 //! - **except** that a node that was ACTIVE never resumes it over a role taken meanwhile: a reachable
-//!   peer that reports ACTIVE, an operator `standby` request or a peer's `go-standby` command, and the
-//!   node starts as after a fresh start (standby; the policy stops what it should not run).
+//!   peer that reports ACTIVE, another node holding the arbiter's role key, an operator `standby`
+//!   request or a peer's `go-standby` command, and the node starts as after a fresh start (standby;
+//!   the policy stops what it should not run).
 //!
 //! Without a restart (first start, a clean stop, a downtime over the node's
 //! `[restart] max_downtime_ms`), the first tick shows `standby`, as before `starting` existed.
@@ -53,6 +54,9 @@ pub fn resume(tick: &Tick) -> Resume {
     if restart.mode == Mode::Active {
         if let Some(peer) = peer_active(tick) {
             return Resume::Fresh { why: format!("restarted after {down} ms, was ACTIVE, but peer {peer} reports ACTIVE: not resuming") };
+        }
+        if let Some(holder) = crate::arbiter::held_elsewhere(tick) {
+            return Resume::Fresh { why: format!("restarted after {down} ms, was ACTIVE, but node {holder} holds the role key: not resuming") };
         }
         if tick.operator == Some(OperatorRequest::Standby) {
             return Resume::Fresh { why: format!("restarted after {down} ms, was ACTIVE, but the operator asks for standby: not resuming") };

@@ -19,6 +19,12 @@ pub trait TickExt {
     /// The declared services in start order: those named in `order` first, as listed, then the rest
     /// in the policy's order; and the names in `order` the policy does not declare.
     fn services_in_order(&self, order: &[String]) -> (Vec<&Service>, Vec<String>);
+    /// The node holding the arbiter's role key (`None` without an arbiter or when the key is free).
+    fn role_holder(&self) -> Option<&str>;
+    /// Another node holds the arbiter's role key: this node must not ask for the active role.
+    fn role_held_elsewhere(&self) -> Option<&str>;
+    /// This node holds the role key (always true without an arbiter).
+    fn holds_role(&self) -> bool;
 }
 
 impl TickExt for Tick {
@@ -60,5 +66,17 @@ impl TickExt for Tick {
         }
         ordered.extend(self.services.iter().filter(|s| !order.contains(&s.name)));
         (ordered, unknown)
+    }
+
+    fn role_holder(&self) -> Option<&str> {
+        crate::arbiter::holder(self)
+    }
+
+    fn role_held_elsewhere(&self) -> Option<&str> {
+        crate::arbiter::held_elsewhere(self)
+    }
+
+    fn holds_role(&self) -> bool {
+        crate::arbiter::held_here(self)
     }
 }

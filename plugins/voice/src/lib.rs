@@ -78,6 +78,10 @@ impl Params {
             ),
             start_order: self.start_order.clone(),
             vip: self.vip,
+            // The voice pair keeps its pair rules unchanged; with fencing the host still enforces the
+            // arbiter's key.
+            arbiter: false,
+            priority: Vec::new(),
         }
     }
 }

@@ -18,11 +18,18 @@
 //! 7. standby: failed first sync → `off`; heartbeat lost on every path → failover; failback;
 //!    nobody active.
 //!
+//! With an arbiter (`tick.arbiter`) and a flavour that learns it ([`Config::arbiter`]; the mail
+//! gateway does, the voice pair not yet) no rule asks for the active role while another node holds the
+//! role key, an active node that sees another holder steps down, and in a group of more than two
+//! nodes only the first node of the priority order that can still serve fails over
+//! (`vigil_sdk::arbiter`). Without an arbiter nothing of this applies.
+//!
 //! The host does the mechanics (heartbeat paths, remote service probes, local monitors, `ip addr`,
 //! the sync); this crate only decides. `docs/plugins/mail-gateway.md` maps each rule to the seed.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
+use vigil_sdk::arbiter;
 use vigil_sdk::handover::{self, Handover, StepDown};
 use vigil_sdk::prelude::*;
 use vigil_sdk::Service;
@@ -92,6 +99,11 @@ pub struct Config {
     /// active. The host refuses VIP actions of a policy without any, and the plugin cannot see the
     /// policy file, so the parameter says it.
     pub vip: bool,
+    /// The flavour follows the group's arbiter when the tick has one (the mail gateway).
+    pub arbiter: bool,
+    /// With the arbiter: the group's node ids, highest priority first (empty: the configured role
+    /// primary first, then the secondaries by id).
+    pub priority: Vec<String>,
 }
 
 impl Config {
@@ -117,7 +129,8 @@ impl Config {
         if self.push_queue_hook.as_deref().is_some_and(|h| h.trim().is_empty()) {
             return Err("push_queue_hook: expected a hook name declared under [hooks]".into());
         }
-        check_names("start_order", &self.start_order)
+        check_names("start_order", &self.start_order)?;
+        Priority::validate("priority", &self.priority)
     }
 }
 
@@ -244,6 +257,27 @@ impl<'a> Cx<'a> {
 
     fn busy(&self) -> bool {
         self.tick.pending_actions > 0
+    }
+
+    /// The arbiter, when the tick has one and this flavour follows it.
+    fn arbiter(&self) -> Option<&'a vigil_sdk::ArbiterView> {
+        self.tick.arbiter.as_ref().filter(|_| self.cfg.arbiter)
+    }
+
+    /// Another node holds the role key (and this flavour follows the arbiter).
+    fn held_elsewhere(&self) -> Option<&'a str> {
+        self.arbiter().and_then(|_| arbiter::held_elsewhere(self.tick))
+    }
+
+    /// With the arbiter: why this node must not ask for the active role by itself — another node
+    /// holds the role key, or a node before it in the priority order can still serve.
+    fn held_back(&self) -> Option<String> {
+        self.arbiter()?;
+        if let Some(holder) = self.held_elsewhere() {
+            return Some(format!("{}: waiting for node {holder} to release it", arbiter::describe(self.tick)));
+        }
+        let first = Priority::new(&self.cfg.priority).first_ahead(self.tick, |p| self.lost_for_threshold(p))?;
+        Some(format!("peer {} comes first in the priority order and can serve", first.id))
     }
 
     fn active_peer(&self) -> Option<&'a Remote> {
@@ -457,11 +491,21 @@ fn take_role(cx: &Cx, state: &mut State, why: &str) -> Decision {
     state.stepping_down = None;
     let peers = cx.peer_ids();
     let waiting: Vec<&str> = cx.peers.iter().filter(|(p, _)| !cx.released(p)).map(|(p, _)| p.id.as_str()).collect();
+    let timeout = handover::DEFAULT_TIMEOUT_MS;
     if waiting.is_empty() {
+        if cx.held_elsewhere().is_some() {
+            // Every peer has let go, but the role key is still another node's: wait for it as for a
+            // peer, within the same deadline.
+            state.handover = Some(Handover::new(why, cx.tick.now_ms, timeout));
+            let mut d = Decision::because(format!("{why}: {}: this node ({}) stays STANDBY until it is released", arbiter::describe(cx.tick), cx.me()));
+            if cx.tick.node.mode != Mode::Standby {
+                d.mode = Some(Mode::Standby);
+            }
+            return stop_leftovers(cx, d);
+        }
         state.handover = None;
         return go_active(cx, format!("{why}: switch this node ({}) to ACTIVE, peers to STANDBY", cx.me()), &peers);
     }
-    let timeout = handover::DEFAULT_TIMEOUT_MS;
     state.handover = Some(Handover::new(why, cx.tick.now_ms, timeout));
     let mut d = Decision::because(format!(
         "{why}: break-before-make: asking {} to stand by; this node ({}) stays STANDBY until {} reports STANDBY with its services stopped (at most {} s)",
@@ -486,6 +530,16 @@ fn handover_progress(cx: &Cx, state: &mut State) -> Option<Decision> {
     let h = state.handover.clone()?;
     let now = cx.tick.now_ms;
     let waiting: Vec<&Remote> = cx.peers.iter().filter(|(p, _)| !cx.released(p)).map(|(p, _)| *p).collect();
+    if waiting.is_empty() && cx.held_elsewhere().is_some() {
+        if !h.expired(now) {
+            let text = format!("{}: peers released, {}: waiting for it ({} s left)", h.why, arbiter::describe(cx.tick), h.seconds_left(now));
+            return Some(stop_leftovers(cx, Decision::because(text)));
+        }
+        state.handover = None;
+        state.failback_after_ms = Some(now.saturating_add(handover::DEFAULT_TIMEOUT_MS));
+        let text = format!("{}: {}: not released in time, hand-over abandoned; this node ({}) stays STANDBY", h.why, arbiter::describe(cx.tick), cx.me());
+        return Some(stop_leftovers(cx, Decision::because(text.clone()).alarm(Level::Warn, text)));
+    }
     if waiting.is_empty() {
         state.handover = None;
         let how = cx
@@ -808,6 +862,12 @@ fn active_rules(cx: &Cx, state: &mut State) -> Decision {
     if !failed.is_empty() {
         return local_failure(cx, state, &failed);
     }
+    if let Some(holder) = cx.arbiter().filter(|a| a.reachable).and_then(|_| cx.held_elsewhere()) {
+        // The arbiter granted the role to another node: never fight it.
+        state.yielded = true;
+        let why = format!("{}: node {holder} has the role: this node ({}) releases the VIPs and goes STANDBY", arbiter::describe(cx.tick), cx.me());
+        return step_down(cx, state, why);
+    }
     if let Some(d) = two_actives(cx, state) {
         return d;
     }
@@ -852,6 +912,16 @@ fn two_actives(cx: &Cx, state: &mut State) -> Option<Decision> {
     let seen = state.seen_active;
     let n = cx.n.lost;
     let count = format!("peer {} seen ACTIVE {}/{n} checks while this node is ACTIVE", other.id, seen.min(n));
+    if cx.arbiter().is_some_and(|a| a.reachable && a.held) {
+        // The arbiter settles it: the holder keeps the role, the other sees the holder and gives way.
+        #[allow(clippy::manual_is_multiple_of)]
+        let d = if seen >= n && seen % n == 0 {
+            Decision::because(format!("two actives: {count}: this node holds the role key and keeps the role")).command_peer(Some(&other.id), PeerCommand::GoStandby)
+        } else {
+            Decision::because(format!("possible two actives: {count}: this node holds the role key"))
+        };
+        return Some(d);
+    }
     if cx.is_primary() {
         if seen < n {
             return Some(Decision::because(format!("possible two actives: {count}")));
@@ -927,6 +997,9 @@ fn standby_rules(cx: &Cx, state: &mut State) -> Decision {
         }
     }
     let peers = cx.peer_ids();
+    if let Some(d) = granted(cx, &peers) {
+        return d;
+    }
     if let Some(d) = failover(cx, &peers) {
         return d;
     }
@@ -939,7 +1012,11 @@ fn standby_rules(cx: &Cx, state: &mut State) -> Decision {
     if let Some(d) = nobody_active(cx, state, &peers) {
         return d;
     }
-    let d = push_queue(cx, state, Decision::because(format!("STANDBY; {}", describe_peers(cx))));
+    let mut text = format!("STANDBY; {}", describe_peers(cx));
+    if cx.arbiter().is_some() {
+        text = format!("{text}; {}", arbiter::describe(cx.tick));
+    }
+    let d = push_queue(cx, state, Decision::because(text));
     stop_leftovers(cx, failback_progress(cx, state, d))
 }
 
@@ -948,6 +1025,9 @@ fn standby_rules(cx: &Cx, state: &mut State) -> Decision {
 /// effective HA operating mode to become the new primary unit"). A peer that says it is `off` or
 /// `failed` serves nobody: take over at once.
 fn failover(cx: &Cx, peers: &[&str]) -> Option<Decision> {
+    if let Some(d) = group_failover(cx, peers) {
+        return d;
+    }
     if let Some((p, Peer::Out(m))) = cx.peers.iter().find(|(_, s)| matches!(s, Peer::Out(_))) {
         if cx.peers.iter().all(|(_, s)| !matches!(s, Peer::Active)) {
             return Some(take_over(cx, format!("peer {} reports {}: switch this node ({}) to ACTIVE", p.id, word(*m), cx.me()), peers));
@@ -964,6 +1044,35 @@ fn failover(cx: &Cx, peers: &[&str]) -> Option<Decision> {
         return Some(take_over(cx, format!("{what}: {detail}: switch this node ({}) to ACTIVE, claiming the VIPs", cx.me()), peers));
     }
     None
+}
+
+/// With the arbiter: a standby node holding the role key asked for the role on an earlier tick (it
+/// resigns the key whenever it stops asking), and the host's fencing held it back until the key was
+/// its own: ask again, unless a peer serves.
+fn granted(cx: &Cx, peers: &[&str]) -> Option<Decision> {
+    let a = cx.arbiter().filter(|a| a.held)?;
+    if cx.tick.node.mode != Mode::Standby || cx.active_peer().is_some() {
+        return None;
+    }
+    let why = format!("the arbiter granted this node the role key ({} ms of lease left): switch this node ({}) to ACTIVE", a.lease_left_ms, cx.me());
+    Some(go_active(cx, why, peers))
+}
+
+/// With the arbiter: failover in a group of any size. Once no peer serves — each is lost for the
+/// threshold, reports OFF/FAILED, or stands by, and at least one is lost or out — the first node of the
+/// priority order that can serve asks for the role, if no other node holds the role key. `None`
+/// without the arbiter (the pair rules of [`failover`] apply); `Some(None)` when no failover is due.
+fn group_failover(cx: &Cx, peers: &[&str]) -> Option<Option<Decision>> {
+    cx.arbiter()?;
+    let gone = |p: &Remote, s: Peer| cx.lost_for_threshold(p) || matches!(s, Peer::Out(_));
+    let due = cx.peers.iter().any(|(p, s)| gone(p, *s)) && cx.peers.iter().all(|(p, s)| gone(p, *s) || *s == Peer::Idle);
+    if !due {
+        return Some(None);
+    }
+    if let Some(why) = cx.held_back() {
+        return Some(Some(stop_leftovers(cx, Decision::because(format!("{}: {why}: no failover, STANDBY", describe_peers(cx))))));
+    }
+    Some(Some(take_over(cx, format!("no peer serves ({}), {}: switch this node ({}) to ACTIVE, claiming the VIPs", describe_peers(cx), arbiter::describe(cx.tick), cx.me()), peers)))
 }
 
 /// A configured primary with failback (or restore-original-role) takes the role back from the active
@@ -1008,12 +1117,23 @@ fn failback_progress(cx: &Cx, state: &State, d: Decision) -> Decision {
 /// planned reboot while the secondary holds off); who claims when is
 /// [`vigil_sdk::handover::nobody_active_wait`].
 fn nobody_active(cx: &Cx, state: &State, peers: &[&str]) -> Option<Decision> {
-    let fast = cx.is_primary() && !state.yielded;
-    let needed = vigil_sdk::handover::nobody_active_wait(cx.is_primary(), state.yielded, cx.n.lost);
+    // With an arbiter the first node of the priority order that can serve leads, as the primary
+    // does in a pair; the others never claim (they are held back).
+    let held = cx.held_back();
+    let leads = if cx.arbiter().is_some() { held.is_none() } else { cx.is_primary() };
+    let fast = leads && !state.yielded;
+    let needed = vigil_sdk::handover::nobody_active_wait(leads, state.yielded, cx.n.lost);
     if state.idle < needed {
         return None;
     }
-    let who = if fast { "the primary runs" } else { "the primary did not take the role" };
+    if let Some(why) = held {
+        return Some(stop_leftovers(cx, Decision::because(format!("no node ACTIVE for {needed}/{needed} checks ({}): {why}", describe_peers(cx)))));
+    }
+    let who = match (fast, cx.arbiter().is_some()) {
+        (true, true) => "this node comes first in the priority order",
+        (true, false) => "the primary runs",
+        (false, _) => "the primary did not take the role",
+    };
     Some(go_active(cx, format!("no node ACTIVE for {needed}/{needed} checks ({}; {who}): switch this node ({}) to ACTIVE", describe_peers(cx), cx.me()), peers))
 }
 
@@ -1038,6 +1158,15 @@ fn warnings(cx: &Cx, state: &mut State, mut d: Decision) -> Decision {
     let mut raise = |key: &str, text: String, d: Decision| if state.warned.insert(key.to_string()) { d.alarm(Level::Warn, text) } else { d };
     if cx.cfg.config_only || cx.peers.is_empty() {
         return d;
+    }
+    if cx.cfg.arbiter {
+        let (unknown, missing) = Priority::new(&cx.cfg.priority).mismatches(cx.tick);
+        for name in unknown {
+            d = raise(&format!("priority:{name}"), format!("params.priority names {name:?}, which is neither this node nor a peer; ignored"), d);
+        }
+        for name in missing {
+            d = raise(&format!("priority-missing:{name}"), format!("params.priority does not list node {name:?}: it comes after the listed nodes"), d);
+        }
     }
     if cx.cfg.remote_services_as_heartbeat && cx.peers.iter().all(|(p, _)| p.services.is_empty()) {
         d = raise(
@@ -1089,6 +1218,18 @@ pub fn decide(cfg: &Config, tick: &Tick, state: &mut State) -> Decision {
     } else {
         standby_rules(&cx, state)
     };
+    // The remaining ways to the role (a second failed sync, the end of a hold-off, recovery) follow
+    // the arbiter too: never ask for it while another node holds the key.
+    let d = match (d.mode, cx.held_elsewhere()) {
+        (Some(Mode::Active), Some(_)) if before != Mode::Active => {
+            let mut held = Decision::because(format!("{}; but {}: STANDBY until it is released", d.reason, arbiter::describe(tick)));
+            if before != Mode::Standby {
+                held.mode = Some(Mode::Standby);
+            }
+            stop_leftovers(&cx, held)
+        }
+        _ => d,
+    };
     match d.mode {
         Some(Mode::Active) if before != Mode::Active => {
             state.idle = 0;
@@ -1129,6 +1270,8 @@ mod tests {
         assert!(bad.validate().unwrap_err().starts_with("planned_reboot_hold_ms:"));
         let bad = Config { start_order: vec!["a".into(), "a".into()], ..Config::default() };
         assert!(bad.validate().unwrap_err().contains("listed twice"));
+        let bad = Config { arbiter: true, priority: vec!["b".into(), "b".into()], ..Config::default() };
+        assert_eq!(bad.validate().unwrap_err(), "priority: \"b\" is listed twice");
         assert!(Config::default().validate().is_ok());
     }
 }
