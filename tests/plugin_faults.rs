@@ -277,10 +277,15 @@ fn every_call_sees_a_fresh_instance_in_a_reused_slot() {
     let dir = tempfile::tempdir().unwrap();
     let runtime = runtime();
     assert!(runtime.pool().is_some(), "this machine reserves the instance pool");
-    let probing = load(&runtime, &testkit_policy(dir.path(), "probe.toml", "mode = \"standby\"\nprobe = true", "")).unwrap();
+    // A generous time limit: four threads on a loaded 2-core machine must not turn a slow call into
+    // a timeout fault; what is checked here is the memory each call starts from.
+    let probing = load(&runtime, &testkit_policy(dir.path(), "probe.toml", "mode = \"standby\"\nprobe = true", "[limits]\ntime_ms = 5000")).unwrap();
     let trapping = faulty(&runtime, dir.path(), "trap", "");
     let hungry = faulty(&runtime, dir.path(), "alloc", "[limits]\nmemory_mib = 8");
-    let calls = |policy: &LoadedPolicy| state_json(&policy.decide(&tick(AFTER_WINDOW_MS, Vec::new()), &[]).unwrap().state)["probe"]["instance_calls"].clone();
+    let calls = |policy: &LoadedPolicy| {
+        let decision = policy.decide(&tick(AFTER_WINDOW_MS, Vec::new()), &[]).unwrap_or_else(|fault| panic!("the probe faulted: {fault}"));
+        state_json(&decision.state)["probe"]["instance_calls"].clone()
+    };
     for round in 0..200 {
         assert_eq!(calls(&probing), 1, "round {round}: a call saw a global left by an earlier call");
         if round % 10 == 0 {
