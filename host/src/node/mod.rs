@@ -549,7 +549,7 @@ mod tests {
         let file = crate::policy::PolicyFile::parse(
             std::path::Path::new("/p/policy.toml"),
             "plugin = \"testkit\"\n[services.db]\nstart = \"true\"\nstop = \"true\"\n[services.web]\nstart = \"true\"\nstop = \"true\"\n\
-             [[vip]]\naddress = \"192.0.2.10/24\"\ninterface = \"lo\"\n",
+             [[vip]]\naddress = \"192.0.2.10/24\"\ninterface = \"lo\"\naction = \"add\"\n",
         )
         .unwrap();
         let mut n = fenced(Mode::Active);
