@@ -22,7 +22,7 @@ use crate::config::ArbiterSection;
 use crate::model::ArbiterView;
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use serde::Serialize;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -44,6 +44,10 @@ struct Seen {
     endpoints_up: Vec<bool>,
     campaigns: u64,
     renew_ms: Option<u64>,
+    /// Set by the runner after a tick that left the node neither active nor wanting it while it held
+    /// the key; cleared by the task once its resign transaction was answered. Nothing counts as held
+    /// meanwhile, so no tick can take the role on a key that is being deleted.
+    resigning: bool,
 }
 
 /// `/status`'s `arbiter` object.
@@ -110,7 +114,7 @@ impl Arbiter {
         ArbiterView {
             reachable: seen.last_ok_mono.is_some_and(|at| now.saturating_sub(at) <= self.reach_window_ms()),
             holder: seen.holder.clone(),
-            held: mine && lease_left_ms > self.config.margin_ms(),
+            held: mine && !seen.resigning && lease_left_ms > self.config.margin_ms(),
             lease_left_ms,
             revision: seen.revision,
         }
@@ -123,6 +127,12 @@ impl Arbiter {
         let before = self.wants_active.swap(wants_active, Ordering::AcqRel);
         if wants_active && !before {
             self.wake.notify_one();
+        }
+        if !active && !wants_active {
+            let mut seen = self.seen.lock().expect("arbiter lock");
+            if seen.holder.as_deref() == Some(self.me.as_str()) && seen.lease.is_some_and(|l| l == seen.holder_lease) {
+                seen.resigning = true;
+            }
         }
         let view = self.view(self.clock.mono_ms());
         self.metrics.reachable.set(i64::from(view.reachable));
@@ -207,6 +217,57 @@ pub fn check(config: &ArbiterSection, password: Option<String>) -> anyhow::Resul
     connect_options(config, password).map(|_| ())
 }
 
+/// One client per endpoint, and the one that answered last: a request goes there first and, when it
+/// fails, to the next endpoint at once (a balanced channel keeps sending some requests to a dead member
+/// until its connection is retried, which would cost renewals).
+struct Endpoints {
+    options: ConnectOptions,
+    clients: Vec<Option<Client>>,
+    current: usize,
+    /// The time limit of one attempt.
+    attempt: Duration,
+}
+
+impl Endpoints {
+    /// Run `call` on the current endpoint, then on the others in turn until one answers.
+    async fn call<T, F, Fut>(&mut self, arbiter: &Arbiter, what: &str, mut call: F) -> Option<T>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let n = self.clients.len();
+        let mut errors = Vec::new();
+        for k in 0..n {
+            let i = (self.current + k) % n;
+            let endpoint = &arbiter.config.endpoints[i];
+            if self.clients[i].is_none() {
+                match tokio::time::timeout(self.attempt, Client::connect([endpoint], Some(self.options.clone()))).await {
+                    Ok(Ok(c)) => self.clients[i] = Some(c),
+                    Ok(Err(e)) => {
+                        errors.push(format!("{endpoint}: {e}"));
+                        continue;
+                    }
+                    Err(_) => {
+                        errors.push(format!("{endpoint}: connect timed out"));
+                        continue;
+                    }
+                }
+            }
+            let client = self.clients[i].clone().expect("connected");
+            match tokio::time::timeout(self.attempt, call(client)).await {
+                Ok(Ok(answer)) => {
+                    self.current = i;
+                    return Some(answer);
+                }
+                Ok(Err(e)) => errors.push(format!("{endpoint}: {e}")),
+                Err(_) => errors.push(format!("{endpoint}: timed out after {} ms", self.attempt.as_millis())),
+            }
+        }
+        arbiter.failed(what, errors.join("; "));
+        None
+    }
+}
+
 /// The task: until `stop`, keep the lease, campaign, resign, read.
 pub async fn run(arbiter: Arc<Arbiter>, password: Option<String>, interval: Duration, mut stop: watch::Receiver<bool>) {
     let config = arbiter.config.clone();
@@ -218,30 +279,23 @@ pub async fn run(arbiter: Arc<Arbiter>, password: Option<String>, interval: Dura
         Ok(options) => options,
         Err(e) => return arbiter.failed("configuration", e),
     };
-    let mut client: Option<Client> = None;
+    // Every endpoint tried within one renewal period (at least 100 ms each).
+    let attempt = (beat / config.endpoints.len().max(1) as u32).max(Duration::from_millis(100));
+    let mut endpoints = Endpoints { options: options.clone(), clients: vec![None; config.endpoints.len()], current: 0, attempt };
     let mut probes: Vec<Option<Client>> = vec![None; config.endpoints.len()];
     let mut next_renew = 0u64;
     let mut next_probe = 0u64;
     loop {
         let now = arbiter.clock.mono_ms();
-        if client.is_none() {
-            match tokio::time::timeout(beat, Client::connect(&config.endpoints, Some(options.clone()))).await {
-                Ok(Ok(c)) => client = Some(c),
-                Ok(Err(e)) => arbiter.failed("connect", e),
-                Err(_) => arbiter.failed("connect", "timed out"),
-            }
+        if now >= next_probe {
+            next_probe = now + config.ttl_ms;
+            probe_endpoints(&arbiter, &options, &mut probes).await;
         }
-        if let Some(c) = client.as_mut() {
-            if now >= next_probe {
-                next_probe = now + config.ttl_ms;
-                probe_endpoints(&arbiter, &options, &mut probes).await;
-            }
-            if now >= next_renew {
-                next_renew = now + beat.as_millis() as u64;
-                renew(&arbiter, c, beat).await;
-            }
-            work_key(&arbiter, c, &key, beat).await;
+        if now >= next_renew {
+            next_renew = now + beat.as_millis() as u64;
+            renew(&arbiter, &mut endpoints).await;
         }
+        work_key(&arbiter, &mut endpoints, &key).await;
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
             _ = arbiter.wake.notified() => {}
@@ -251,39 +305,49 @@ pub async fn run(arbiter: Arc<Arbiter>, password: Option<String>, interval: Dura
     // A clean stop of a node that is not active gives its lease back at once. An active node's lease
     // ends by itself: its services stop after the loop, and the key must not be free before that.
     let lease = arbiter.seen.lock().expect("arbiter lock").lease.filter(|_| !arbiter.active.load(Ordering::Acquire));
-    if let (Some(c), Some(lease)) = (client.as_mut(), lease) {
-        let _ = tokio::time::timeout(beat, c.lease_revoke(lease)).await;
+    if let Some(lease) = lease {
+        endpoints.call(&arbiter, "lease revoke", |mut c| async move { c.lease_revoke(lease).await }).await;
     }
 }
 
 /// Keep the lease alive (or grant one): its new end counts from when the renewal was sent.
-async fn renew(arbiter: &Arbiter, client: &mut Client, timeout: Duration) {
+async fn renew(arbiter: &Arbiter, endpoints: &mut Endpoints) {
     let ttl_ms = arbiter.config.ttl_ms;
     let lease = arbiter.seen.lock().expect("arbiter lock").lease;
-    let sent = arbiter.clock.mono_ms();
+    let mut sent = arbiter.clock.mono_ms();
     let started = std::time::Instant::now();
+    let clock = arbiter.clock.clone();
+    let sent_at = Arc::new(AtomicU64::new(sent));
     let granted = match lease {
-        None => match tokio::time::timeout(timeout, client.lease_grant(ttl_ms.div_ceil(1000) as i64, None)).await {
-            Ok(Ok(r)) => Some((r.id(), r.ttl())),
-            Ok(Err(e)) => return arbiter.failed("lease grant", e),
-            Err(_) => return arbiter.failed("lease grant", "timed out"),
-        },
+        None => {
+            let ttl_s = ttl_ms.div_ceil(1000) as i64;
+            let at = sent_at.clone();
+            endpoints
+                .call(arbiter, "lease grant", |mut c| {
+                    at.store(clock.mono_ms(), Ordering::Release);
+                    async move { c.lease_grant(ttl_s, None).await.map(|r| (r.id(), r.ttl())) }
+                })
+                .await
+        }
         Some(id) => {
-            let answer = tokio::time::timeout(timeout, async {
-                let (mut keeper, mut stream) = client.lease_keep_alive(id).await?;
-                keeper.keep_alive().await?;
-                stream.message().await
-            })
-            .await;
-            match answer {
-                Ok(Ok(Some(r))) => Some((id, r.ttl())),
-                Ok(Ok(None)) => return arbiter.failed("lease keep-alive", "the stream ended"),
-                Ok(Err(e)) => return arbiter.failed("lease keep-alive", e),
-                Err(_) => return arbiter.failed("lease keep-alive", "timed out"),
-            }
+            let at = sent_at.clone();
+            endpoints
+                .call(arbiter, "lease keep-alive", |mut c| {
+                    at.store(clock.mono_ms(), Ordering::Release);
+                    async move {
+                        let (mut keeper, mut stream) = c.lease_keep_alive(id).await?;
+                        keeper.keep_alive().await?;
+                        match stream.message().await? {
+                            Some(r) => Ok((id, r.ttl())),
+                            None => Err(etcd_client::Error::InvalidArgs("the keep-alive stream ended".into())),
+                        }
+                    }
+                })
+                .await
         }
     };
     let Some((id, ttl_s)) = granted else { return };
+    sent = sent_at.load(Ordering::Acquire);
     arbiter.ok(arbiter.clock.mono_ms());
     arbiter.metrics.renew_latency.observe(started.elapsed().as_secs_f64());
     let mut seen = arbiter.seen.lock().expect("arbiter lock");
@@ -300,46 +364,40 @@ async fn renew(arbiter: &Arbiter, client: &mut Client, timeout: Duration) {
 }
 
 /// Campaign, resign or read the role key, as the node wants.
-async fn work_key(arbiter: &Arbiter, client: &mut Client, key: &str, timeout: Duration) {
-    let (lease, view) = {
+async fn work_key(arbiter: &Arbiter, endpoints: &mut Endpoints, key: &str) {
+    let (lease, view, resigning) = {
         let seen = arbiter.seen.lock().expect("arbiter lock");
-        (seen.lease, arbiter.view_of(&seen, arbiter.clock.mono_ms()))
+        (seen.lease, arbiter.view_of(&seen, arbiter.clock.mono_ms()), seen.resigning)
     };
     let wants = arbiter.wants_active.load(Ordering::Acquire);
-    let active = arbiter.active.load(Ordering::Acquire);
-    let mine = view.holder.as_deref() == Some(arbiter.me.as_str());
     let get = TxnOp::get(key, None::<GetOptions>);
     let (txn, what) = match lease {
-        Some(lease) if wants && !view.held && view.holder.is_none() => {
+        Some(lease) if wants && !resigning && !view.held && view.holder.is_none() => {
             let put = TxnOp::put(key, arbiter.me.as_bytes(), Some(PutOptions::new().with_lease(lease)));
             (Txn::new().when([Compare::create_revision(key, CompareOp::Equal, 0)]).and_then([put, get.clone()]).or_else([get]), "campaign")
         }
-        Some(lease) if !wants && !active && mine => {
+        Some(lease) if resigning => {
             let delete = TxnOp::delete(key, None);
             (Txn::new().when([Compare::lease(key, CompareOp::Equal, lease)]).and_then([delete, get.clone()]).or_else([get]), "resign")
         }
         _ => (Txn::new().and_then([get]), "read"),
     };
-    match tokio::time::timeout(timeout, client.txn(txn)).await {
-        Ok(Ok(r)) => {
-            arbiter.ok(arbiter.clock.mono_ms());
-            let kv = r.op_responses().into_iter().find_map(|op| match op {
-                TxnOpResponse::Get(g) => Some(g.kvs().first().cloned()),
-                _ => None,
-            });
-            arbiter.saw_key(kv.flatten().as_ref());
-            if what == "campaign" {
-                arbiter.seen.lock().expect("arbiter lock").campaigns += 1;
-                arbiter.metrics.campaigns.inc();
-                if r.succeeded() {
-                    tracing::info!(key, "role key taken");
-                }
-            } else if what == "resign" && r.succeeded() {
-                tracing::info!(key, "role key given back");
-            }
-        }
-        Ok(Err(e)) => arbiter.failed(what, e),
-        Err(_) => arbiter.failed(what, "timed out"),
+    if what == "campaign" {
+        arbiter.seen.lock().expect("arbiter lock").campaigns += 1;
+        arbiter.metrics.campaigns.inc();
+    }
+    let Some(r) = endpoints.call(arbiter, what, |mut c| { let txn = txn.clone(); async move { c.txn(txn).await } }).await else { return };
+    arbiter.ok(arbiter.clock.mono_ms());
+    let kv = r.op_responses().into_iter().find_map(|op| match op {
+        TxnOpResponse::Get(g) => Some(g.kvs().first().cloned()),
+        _ => None,
+    });
+    arbiter.saw_key(kv.flatten().as_ref());
+    if what == "resign" {
+        arbiter.seen.lock().expect("arbiter lock").resigning = false;
+    }
+    if r.succeeded() && what != "read" {
+        tracing::info!(key, "{}", if what == "campaign" { "role key taken" } else { "role key given back" });
     }
 }
 
