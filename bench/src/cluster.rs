@@ -34,7 +34,44 @@ pub async fn failover(runs: usize) -> anyhow::Result<()> {
         "failover after kill -9 (interval 100 ms, 3 failures, timeout 100 ms; bound 500 ms)",
         stats(times),
     );
+    let times = failover_arbiter(&exe()?, runs).await?;
+    crate::row(
+        "failover after kill -9 with the etcd arbiter (3 etcd members, lease 1 s, margin 250 ms; interval 100 ms, 3 failures)",
+        stats(times),
+    );
     Ok(())
+}
+
+/// Failover after kill -9 of the active node of a hot-standby pair fenced by the etcd arbiter: the
+/// standby takes the role once the dead node's lease has ended. One 3-member etcd cluster (Debian's
+/// `etcd-server`) for every run, a key prefix per run.
+async fn failover_arbiter(exe: &Path, runs: usize) -> anyhow::Result<Vec<Duration>> {
+    let etcd_dir = tempfile::tempdir()?;
+    let etcd = vigil_tests::etcd::Etcd::start(etcd_dir.path(), 3);
+    let endpoints: Vec<String> = etcd.endpoints().iter().map(|e| format!("{e:?}")).collect();
+    let mut times = Vec::new();
+    for run in 0..runs {
+        let dir = tempfile::tempdir()?;
+        let timing = Timing { interval_ms: 100, timeout_ms: 100, failures: 3, successes: 3 };
+        let mut c = Cluster::hot_standby_pair(exe, dir.path(), &spec(timing))?;
+        for i in 0..2 {
+            c.spec_mut(i).extra_config = format!(
+                "\n[arbiter]\nkind = \"etcd\"\nendpoints = [{}]\nprefix = \"/vigil-bench/{run}\"\nttl_ms = 1000\nsafety_margin_ms = 250\n",
+                endpoints.join(", ")
+            );
+        }
+        c.start(0)?;
+        c.start(1)?;
+        let active = c.wait_for(Duration::from_secs(20), exactly_one_active).await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let survivor = 1 - active;
+        let killed = Instant::now();
+        c.kill(active);
+        c.wait_for(Duration::from_secs(10), |m| (m[survivor] == Some(Mode::Active)).then_some(())).await?;
+        times.push(killed.elapsed());
+    }
+    drop(etcd);
+    Ok(times)
 }
 
 async fn items(http: &HttpClient, url: &str) -> Option<(u64, String)> {

@@ -122,6 +122,9 @@ pub struct NodeConfig {
     pub tls: Option<TlsSection>,
     #[serde(default)]
     pub restart: RestartSection,
+    /// The etcd arbiter (issue 11): who may be active is granted by a lease-bound key.
+    #[serde(default)]
+    pub arbiter: Option<ArbiterSection>,
     /// The file this was read from (for messages and relative paths).
     #[serde(skip)]
     pub path: PathBuf,
@@ -331,6 +334,62 @@ fn default_min_version() -> String {
     "1.2".into()
 }
 
+/// `[arbiter]`: an etcd cluster grants the active role to one node at a time (see `crate::arbiter`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArbiterSection {
+    /// The arbiter's kind: only "etcd".
+    pub kind: String,
+    /// The etcd members' client URLs (`http://host:2379`, or `https://` with `ca_file`).
+    pub endpoints: Vec<String>,
+    /// The group's key space: the role key is `PREFIX/leader`.
+    pub prefix: String,
+    /// The lease's time to live.
+    #[serde(default = "default_arbiter_ttl")]
+    pub ttl_ms: u64,
+    /// How long before the lease would expire (by this node's clock, from its last renewal) the node
+    /// counts the role as lost; default `ttl_ms / 4`.
+    #[serde(default)]
+    pub safety_margin_ms: Option<u64>,
+    /// The host refuses active without the role key, and demotes when it is lost.
+    #[serde(default = "default_true")]
+    pub fencing: bool,
+    /// TLS: the CA that signed the etcd members' certificates, and a client certificate and key.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// etcd authentication: a user and its password (inline or, better, in a root-only file).
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+fn default_arbiter_ttl() -> u64 {
+    10_000
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl ArbiterSection {
+    /// The margin in force (`safety_margin_ms`, or a quarter of the ttl).
+    pub fn margin_ms(&self) -> u64 {
+        self.safety_margin_ms.unwrap_or(self.ttl_ms / 4)
+    }
+
+    /// The role key.
+    pub fn leader_key(&self) -> String {
+        format!("{}/leader", self.prefix.trim_end_matches('/'))
+    }
+}
+
 /// `[events]`
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -463,6 +522,12 @@ impl NodeConfig {
         config.security.peer_keys.iter_mut().for_each(resolve);
         if let Some(t) = config.security.admin_token_file.as_mut() {
             resolve(t);
+        }
+        if let Some(a) = config.arbiter.as_mut() {
+            a.ca_file.iter_mut().for_each(resolve);
+            a.cert_file.iter_mut().for_each(resolve);
+            a.key_file.iter_mut().for_each(resolve);
+            a.password_file.iter_mut().for_each(resolve);
         }
         if let Some(tls) = config.tls.as_mut() {
             resolve(&mut tls.cert);
@@ -614,7 +679,70 @@ impl NodeConfig {
         if self.events.retention < 100 {
             return Err(self.err("events.retention", "expected at least 100 events"));
         }
+        if let Some(a) = &self.arbiter {
+            self.check_arbiter(a)?;
+        }
         Ok(())
+    }
+
+    fn check_arbiter(&self, a: &ArbiterSection) -> Result<(), TomlError> {
+        if a.kind != "etcd" {
+            return Err(self.err("arbiter.kind", format!("expected \"etcd\", got {:?}", a.kind)));
+        }
+        if a.endpoints.is_empty() {
+            return Err(self.err("arbiter.endpoints", "expected at least one etcd client URL (three members: list the three)"));
+        }
+        for (i, e) in a.endpoints.iter().enumerate() {
+            let rest = e.strip_prefix("http://").or_else(|| e.strip_prefix("https://"));
+            if rest.is_none_or(|r| r.is_empty() || r.contains('/')) {
+                return Err(self.err(format!("arbiter.endpoints[{i}]"), format!("expected http://HOST:PORT or https://HOST:PORT, got {e:?}")));
+            }
+            if e.starts_with("https://") && a.ca_file.is_none() {
+                return Err(self.err(format!("arbiter.endpoints[{i}]"), format!("{e}: an https:// endpoint needs arbiter.ca_file")));
+            }
+        }
+        if a.prefix.trim_matches('/').is_empty() || a.prefix.chars().any(char::is_whitespace) {
+            return Err(self.err("arbiter.prefix", format!("expected the group's key prefix (e.g. \"/vigil/web\"), got {:?}", a.prefix)));
+        }
+        // etcd grants leases in whole seconds (at least its minimum ttl); a sub-second ttl is rounded up.
+        if !(1_000..=3_600_000).contains(&a.ttl_ms) {
+            return Err(self.err("arbiter.ttl_ms", format!("expected 1000 to 3600000 (etcd leases count whole seconds), got {}", a.ttl_ms)));
+        }
+        if a.margin_ms() >= a.ttl_ms {
+            return Err(self.err("arbiter.safety_margin_ms", format!("expected less than ttl_ms ({}), got {}", a.ttl_ms, a.margin_ms())));
+        }
+        if a.ttl_ms - a.margin_ms() <= a.ttl_ms / 3 {
+            return Err(self.err(
+                "arbiter.safety_margin_ms",
+                format!("expected at most two thirds of ttl_ms ({}): the lease is renewed every ttl/3, got {}", a.ttl_ms, a.margin_ms()),
+            ));
+        }
+        if a.cert_file.is_some() != a.key_file.is_some() {
+            return Err(self.err(if a.cert_file.is_some() { "arbiter.key_file" } else { "arbiter.cert_file" }, "a client certificate needs both cert_file and key_file"));
+        }
+        if (a.cert_file.is_some() || a.key_file.is_some()) && a.ca_file.is_none() {
+            return Err(self.err("arbiter.ca_file", "a client certificate (cert_file, key_file) is for TLS: expected the CA of the etcd members too"));
+        }
+        if a.password.is_some() && a.password_file.is_some() {
+            return Err(self.err("arbiter.password_file", "expected password or password_file, not both"));
+        }
+        if a.user.is_some() != (a.password.is_some() || a.password_file.is_some()) {
+            return Err(self.err(
+                if a.user.is_some() { "arbiter.password" } else { "arbiter.user" },
+                "etcd authentication needs both user and password (or password_file)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The arbiter's password, read from `password_file` when it is one (trimmed).
+    pub fn read_arbiter_password(&self) -> Result<Option<String>, TomlError> {
+        let Some(a) = &self.arbiter else { return Ok(None) };
+        if let Some(path) = &a.password_file {
+            let text = std::fs::read_to_string(path).map_err(|e| self.err("arbiter.password_file", format!("{}: cannot read: {e}", path.display())))?;
+            return Ok(Some(text.trim().to_string()));
+        }
+        Ok(a.password.clone())
     }
 
     /// A replicated directory must hold none of vigil's own files, nor be inside a directory vigil
@@ -1013,5 +1141,30 @@ peer_keys = ["k"]
     fn missing_id_is_reported() {
         let e = parse("[node]\nrole = \"primary\"").unwrap_err();
         assert!(e.message.contains("id"), "{e}");
+    }
+
+    #[test]
+    fn the_arbiter_section_is_checked_field_by_field() {
+        let base = "[node]\nid = \"a\"\n[arbiter]\nkind = \"etcd\"\nprefix = \"/vigil/web\"\n";
+        let c = parse(&format!("{base}endpoints = [\"http://127.0.0.1:2379\"]\nttl_ms = 2000\npassword_file = \"etcd.pw\"\nuser = \"vigil\"\n")).unwrap();
+        let a = c.arbiter.as_ref().unwrap();
+        assert_eq!((a.margin_ms(), a.fencing, a.leader_key().as_str()), (500, true, "/vigil/web/leader"));
+        assert!(a.password_file.as_ref().unwrap().is_absolute(), "relative to the config file");
+        let bad = |extra: &str, key: &str| {
+            let e = parse(&format!("{base}{extra}")).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{extra}: {e}");
+        };
+        bad("endpoints = []", "arbiter.endpoints");
+        bad("endpoints = [\"127.0.0.1:2379\"]", "arbiter.endpoints[0]");
+        bad("endpoints = [\"https://127.0.0.1:2379\"]", "arbiter.endpoints[0]");
+        bad("endpoints = [\"http://e:2379\"]\nttl_ms = 500", "arbiter.ttl_ms");
+        bad("endpoints = [\"http://e:2379\"]\nttl_ms = 3000\nsafety_margin_ms = 3000", "arbiter.safety_margin_ms");
+        bad("endpoints = [\"http://e:2379\"]\nttl_ms = 3000\nsafety_margin_ms = 2500", "arbiter.safety_margin_ms");
+        bad("endpoints = [\"http://e:2379\"]\nuser = \"u\"", "arbiter.password");
+        bad("endpoints = [\"http://e:2379\"]\ncert_file = \"c\"\nca_file = \"ca\"", "arbiter.key_file");
+        let e = parse("[node]\nid = \"a\"\n[arbiter]\nkind = \"consul\"\nprefix = \"/p\"\nendpoints = [\"http://e:1\"]").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("arbiter.kind"), "{e}");
+        let e = parse("[node]\nid = \"a\"\n[arbiter]\nkind = \"etcd\"\nprefix = \"/\"\nendpoints = [\"http://e:1\"]").unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("arbiter.prefix"), "{e}");
     }
 }

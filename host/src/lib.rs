@@ -9,6 +9,7 @@
 //!   ([`node::NodeCore`] is the deterministic part, [`node::runner`] the daemon around it).
 //! - [`policy`]: policy files, the wasmtime plugin runtime, loading, decision checks, hot reload.
 //! - [`model`]: the data of the policy interface (modes, ticks, decisions, actions) in host terms.
+//! - [`arbiter`]: the etcd arbiter (`[arbiter]`): the lease and the role key that grant the active role.
 //! - [`heartbeat`]: probing peers, watched nodes, the LAN and the VIP; counting the results.
 //! - [`peer`]: the signed peer protocol (messages, HMAC signing, client).
 //! - [`http`]: the HTTP server: public, admin and peer endpoints. [`http_client`]: the client side.
@@ -27,6 +28,7 @@
 //! - [`cli`]: the `vigil` command line.
 #![deny(unsafe_code)]
 
+pub mod arbiter;
 pub mod cli;
 pub mod cluster;
 pub mod clock;

@@ -63,6 +63,18 @@ pub struct Metrics {
     heartbeat_rtt: HistogramFamily<[(&'static str, String); 2]>,
     /// Per peer, made at start: replication records without building label sets.
     pub sync: SyncMetrics,
+    /// The etcd arbiter (`[arbiter]`; zero without one).
+    pub arbiter: ArbiterMetrics,
+}
+
+/// The etcd arbiter's metrics (issue 11).
+#[derive(Debug, Clone)]
+pub struct ArbiterMetrics {
+    pub reachable: prometheus_client::metrics::gauge::Gauge,
+    pub held: prometheus_client::metrics::gauge::Gauge,
+    pub renew_latency: Histogram,
+    pub campaigns: Counter,
+    pub demotions: Counter,
 }
 
 /// Replication's counters, per configured peer.
@@ -143,6 +155,18 @@ impl Metrics {
                     .collect(),
             ),
         };
+        let arbiter = ArbiterMetrics {
+            reachable: Default::default(),
+            held: Default::default(),
+            renew_latency: histogram(&RTT_BUCKETS),
+            campaigns: Counter::default(),
+            demotions: Counter::default(),
+        };
+        registry.register("vigil_arbiter_reachable", "1 when an etcd endpoint of the arbiter answered within half the lease", arbiter.reachable.clone());
+        registry.register("vigil_arbiter_held", "1 when this node holds the arbiter's role key on a lease it keeps alive (minus the margin)", arbiter.held.clone());
+        registry.register_with_unit("vigil_arbiter_lease_renew", "Time of one lease renewal (keep-alive) with etcd", Unit::Seconds, arbiter.renew_latency.clone());
+        registry.register("vigil_arbiter_campaigns", "Campaigns for the arbiter's role key (transactions sent)", arbiter.campaigns.clone());
+        registry.register("vigil_arbiter_demotions", "Demotions by the host's fencing (the role key lost, or not renewed in time)", arbiter.demotions.clone());
         let node = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(StateCollector { node: node.clone() }));
         Metrics {
@@ -159,6 +183,7 @@ impl Metrics {
             peer_commands,
             heartbeat_rtt,
             sync,
+            arbiter,
         }
     }
 

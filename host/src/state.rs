@@ -128,6 +128,9 @@ pub struct Status {
     pub events: Vec<Event>,
     /// The node's modes over the last hour (the operator console draws it).
     pub timeline: ModeTimeline,
+    /// The etcd arbiter (`[arbiter]`): endpoints up, holder, lease left, last error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arbiter: Option<crate::arbiter::ArbiterStatus>,
 }
 
 /// One mode change of the [`ModeTimeline`].

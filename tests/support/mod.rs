@@ -5,6 +5,7 @@
 //! the binary is the real `target/debug/vigil`, files are real files in temporary directories.
 
 pub mod chaos;
+pub mod etcd;
 pub mod faketime;
 pub mod netns;
 pub mod tls;

@@ -191,6 +191,25 @@ pub fn render_status(s: &serde_json::Value) -> String {
     for svc in s["services"].as_array().into_iter().flatten() {
         let _ = writeln!(out, "  service {:<16} {}", str_of(&svc["name"]), str_of(&svc["state"]));
     }
+    let a = &s["arbiter"];
+    if a.is_object() {
+        let _ = writeln!(
+            out,
+            "  arbiter {} {} — endpoints up {}/{}, holder {}, {}, lease left {} ms, revision {}{}",
+            str_of(&a["kind"]),
+            str_of(&a["key"]),
+            a["endpoints_up"],
+            a["endpoints"].as_array().map_or(0, Vec::len),
+            a["holder"].as_str().unwrap_or("-"),
+            if a["held"].as_bool() == Some(true) { "held by this node" } else { "not held" },
+            a["lease_left_ms"],
+            a["revision"],
+            if a["reachable"].as_bool() == Some(true) { "" } else { " — UNREACHABLE" },
+        );
+        if let Some(e) = a["last_error"].as_str() {
+            let _ = writeln!(out, "    last error: {e}");
+        }
+    }
     let p = &s["policy"];
     let _ = writeln!(out, "  policy {} (plugin {}), faults {}, reloads {}", str_of(&p["name"]), str_of(&p["plugin"]), p["faults"], p["reloads"]);
     if let Some(e) = p["last_error"].as_str() {

@@ -68,6 +68,29 @@ impl Outcome {
     }
 }
 
+/// What fencing does with a decision (see [`NodeCore::fence`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Fence {
+    /// Apply it.
+    Pass,
+    /// Apply it, noting that the arbiter's failsafe keeps the node active.
+    Failsafe(String),
+    /// Do not take it (the node does not become active); why.
+    Refuse(String),
+    /// Step down from active; why.
+    Demote(String),
+}
+
+/// Why this node does not hold the role key, for reasons and events.
+fn key_state(me: &str, a: &ArbiterView) -> String {
+    match a.holder.as_deref() {
+        Some(holder) if holder != me => format!("the role key is held by {holder}"),
+        _ if !a.reachable => "the arbiter is unreachable".into(),
+        Some(_) => format!("the lease was not renewed in time ({} ms left)", a.lease_left_ms),
+        None => "the role key is free; campaigning".into(),
+    }
+}
+
 /// Faults in a row a starting node waits through in `starting` before it leaves it for standby.
 pub const STARTING_FAULTS: u32 = 3;
 
@@ -198,7 +221,91 @@ impl NodeCore {
         if let Some(reason) = result.as_ref().ok().filter(|_| policy.file.exclusive).and_then(|d| self.grace_holds(&tick, d)) {
             return self.hold(reason, now);
         }
-        self.apply(now, result, policy.file.fallback.mode, policy.file.fallback.after)
+        let (fallback, after) = (policy.file.fallback.mode, policy.file.fallback.after);
+        let mut result = result;
+        match self.fence(&tick, &result, fallback, after) {
+            Fence::Pass => {}
+            Fence::Failsafe(note) => {
+                if let Ok(d) = &mut result {
+                    d.reason = format!("{}; {note}", d.reason);
+                }
+            }
+            Fence::Refuse(why) => {
+                let reason = match &result {
+                    Ok(d) => format!("fencing: no ACTIVE without the arbiter's role key ({why}); the policy's decision waits ({})", d.reason),
+                    Err(f) => format!("fencing: no ACTIVE without the arbiter's role key ({why}); plugin {f}"),
+                };
+                let mut outcome = self.hold(reason, now);
+                outcome.wants_active = true;
+                return outcome;
+            }
+            Fence::Demote(why) => return self.demote(&why, &policy.file, now),
+        }
+        self.apply(now, result, fallback, after)
+    }
+
+    /// The host's fencing (`[arbiter] fencing`, see [`NodeCore::fencing`]) for a decision about to
+    /// be applied: with an arbiter in the tick, a node becomes active only while it holds the role key,
+    /// and an active node that no longer holds it is demoted. When no arbiter endpoint answers, an
+    /// active node keeps the role while every peer answered within two intervals and reports itself
+    /// not active (the failsafe); otherwise it steps down when its lease ends (minus the margin).
+    /// Without fencing or without an arbiter, every decision passes.
+    fn fence(&self, tick: &Tick, result: &Result<Decision, Fault>, fallback: FallbackMode, after: u32) -> Fence {
+        let Some(arbiter) = tick.arbiter.as_ref().filter(|_| self.fencing) else { return Fence::Pass };
+        let from = self.mode;
+        let to = match result {
+            Ok(d) => d.mode.unwrap_or(from),
+            Err(_) => match fallback {
+                FallbackMode::To(mode) if self.consecutive_faults + 1 >= after => mode,
+                _ => from,
+            },
+        };
+        if to != Mode::Active {
+            return Fence::Pass;
+        }
+        let recent = 2 * u64::from(tick.heartbeat.interval_ms);
+        let heard = |p: &Remote| p.last_seen_ago_ms.is_some_and(|ago| ago <= recent);
+        if from != Mode::Active {
+            if !arbiter.held {
+                return Fence::Refuse(key_state(&self.id, arbiter));
+            }
+            // The key is ours, but a peer that answers still says it is active: it has not stepped
+            // down yet (its lease ends before ours began, and it demotes itself by then).
+            if let Some(p) = tick.peers.iter().find(|p| heard(p) && p.report.as_ref().is_some_and(|r| r.mode == Mode::Active)) {
+                return Fence::Refuse(format!("this node holds the role key but peer {} still reports itself active", p.id));
+            }
+            return Fence::Pass;
+        }
+        if !arbiter.reachable {
+            let unconfirmed: Vec<&str> =
+                tick.peers.iter().filter(|p| !heard(p) || p.report.as_ref().is_none_or(|r| r.mode == Mode::Active)).map(|p| p.id.as_str()).collect();
+            if !tick.peers.is_empty() && unconfirmed.is_empty() {
+                return Fence::Failsafe("arbiter unreachable: failsafe, every peer answers and reports itself not active".into());
+            }
+            if arbiter.held {
+                return Fence::Pass;
+            }
+            let who = if tick.peers.is_empty() { "no peer to confirm it".to_string() } else { format!("peer {} does not confirm it", unconfirmed.join(", ")) };
+            return Fence::Demote(format!("the arbiter is unreachable and the lease was not renewed in time; {who}"));
+        }
+        if arbiter.held { Fence::Pass } else { Fence::Demote(key_state(&self.id, arbiter)) }
+    }
+
+    /// Step down from active on the host's own authority: mode standby, and the host's actions to stop
+    /// the policy's services (in reverse order) and release its VIPs. The plugin's decision and state
+    /// of this tick are not taken.
+    fn demote(&mut self, why: &str, file: &crate::policy::PolicyFile, now_ms: u64) -> Outcome {
+        let from = self.mode;
+        self.tick_count += 1;
+        let mut actions: Vec<Action> = file.services.keys().rev().map(|name| Action::Stop(name.clone())).collect();
+        if !file.vip.is_empty() {
+            actions.push(Action::ReleaseVip);
+        }
+        let reason = format!("fencing: demoted, {why}");
+        self.mode = Mode::Standby;
+        self.mode_since_ms = now_ms;
+        self.reason = reason.clone();
+        Outcome { from, to: Mode::Standby, actions, reason, fault: None, fallback_applied: false, wants_active: true }
     }
 
     /// Keep the mode and the state, act on nothing: the decision is not taken, and the plugin decides
@@ -376,5 +483,81 @@ mod tests {
         let o = n.hold("start-up grace".into(), 20);
         assert_eq!((o.from, o.to, o.actions.len()), (Mode::Standby, Mode::Standby, 0));
         assert_eq!((n.state.as_slice(), n.tick_count), (&b"kept"[..], 2));
+    }
+
+    fn arbiter(reachable: bool, holder: Option<&str>, held: bool) -> ArbiterView {
+        ArbiterView { reachable, holder: holder.map(str::to_string), held, lease_left_ms: if held { 800 } else { 0 }, revision: 7 }
+    }
+
+    fn peer(seen_ago_ms: Option<u64>, mode: Mode) -> Remote {
+        let report = Some(crate::model::Report { mode, ..Default::default() });
+        Remote { id: "b".into(), reachable: seen_ago_ms.is_some(), last_seen_ago_ms: seen_ago_ms, report, ..Remote::default() }
+    }
+
+    fn fenced(mode: Mode) -> NodeCore {
+        let mut n = NodeCore::new("a", Role::Primary, 0);
+        n.fencing = true;
+        n.mode = mode;
+        n
+    }
+
+    fn fence_of(n: &NodeCore, a: Option<ArbiterView>, peers: Vec<Remote>, decided: Option<Mode>) -> Fence {
+        let tick = n.tick(Observations { now_ms: 1_000, heartbeat: Heartbeat { interval_ms: 100, ..Heartbeat::default() }, peers, arbiter: a, ..Observations::default() });
+        n.fence(&tick, &Ok(decision(decided)), FallbackMode::Hold, 3)
+    }
+
+    #[test]
+    fn fencing_refuses_active_without_the_role_key() {
+        let standby = fenced(Mode::Standby);
+        let up = vec![peer(None, Mode::Standby)];
+        assert!(matches!(fence_of(&standby, Some(arbiter(true, Some("b"), false)), up.clone(), Some(Mode::Active)), Fence::Refuse(w) if w.contains("held by b")));
+        assert!(matches!(fence_of(&standby, Some(arbiter(true, None, false)), up.clone(), Some(Mode::Active)), Fence::Refuse(w) if w.contains("campaigning")));
+        assert!(matches!(fence_of(&standby, Some(arbiter(false, None, false)), up.clone(), Some(Mode::Active)), Fence::Refuse(w) if w.contains("unreachable")));
+        assert_eq!(fence_of(&standby, Some(arbiter(true, Some("a"), true)), up.clone(), Some(Mode::Active)), Fence::Pass);
+        assert!(matches!(fence_of(&standby, Some(arbiter(true, Some("a"), true)), vec![peer(Some(50), Mode::Active)], Some(Mode::Active)), Fence::Refuse(w) if w.contains("peer b still reports")));
+        assert_eq!(fence_of(&standby, Some(arbiter(true, Some("b"), false)), up.clone(), Some(Mode::Standby)), Fence::Pass, "only active is fenced");
+        assert_eq!(fence_of(&standby, None, up.clone(), Some(Mode::Active)), Fence::Pass, "no arbiter, no fencing");
+        let mut off = fenced(Mode::Standby);
+        off.fencing = false;
+        assert_eq!(fence_of(&off, Some(arbiter(true, Some("b"), false)), up, Some(Mode::Active)), Fence::Pass, "fencing = false");
+        let mut starting = fenced(Mode::Standby);
+        starting.consecutive_faults = 2;
+        let tick = starting.tick(Observations { arbiter: Some(arbiter(true, Some("b"), false)), ..Observations::default() });
+        let fault = Err(Fault::Trap("boom".into()));
+        assert!(matches!(starting.fence(&tick, &fault, FallbackMode::To(Mode::Active), 3), Fence::Refuse(_)), "a fallback to active is fenced too");
+    }
+
+    #[test]
+    fn fencing_demotes_an_active_node_that_lost_the_key_unless_the_failsafe_holds() {
+        let active = fenced(Mode::Active);
+        let confirming = vec![peer(Some(150), Mode::Standby)];
+        assert_eq!(fence_of(&active, Some(arbiter(true, Some("a"), true)), confirming.clone(), None), Fence::Pass);
+        assert!(matches!(fence_of(&active, Some(arbiter(true, Some("b"), false)), confirming.clone(), None), Fence::Demote(w) if w.contains("held by b")));
+        assert!(matches!(fence_of(&active, Some(arbiter(true, Some("a"), false)), confirming.clone(), None), Fence::Demote(w) if w.contains("not renewed")));
+        // etcd unreachable: every peer answers and is not active → failsafe, even after the lease.
+        assert!(matches!(fence_of(&active, Some(arbiter(false, Some("a"), false)), confirming, None), Fence::Failsafe(_)));
+        // A peer silent for more than two intervals (a cut link) ends the failsafe: held until the lease ends.
+        let silent = vec![peer(Some(250), Mode::Standby)];
+        assert_eq!(fence_of(&active, Some(arbiter(false, Some("a"), true)), silent.clone(), None), Fence::Pass);
+        assert!(matches!(fence_of(&active, Some(arbiter(false, Some("a"), false)), silent, None), Fence::Demote(w) if w.contains("peer b does not confirm")));
+        assert!(matches!(fence_of(&active, Some(arbiter(false, Some("a"), false)), vec![peer(Some(10), Mode::Active)], None), Fence::Demote(_)));
+        assert!(matches!(fence_of(&active, Some(arbiter(false, Some("a"), false)), vec![], None), Fence::Demote(w) if w.contains("no peer")));
+    }
+
+    #[test]
+    fn a_demotion_stops_the_services_and_releases_the_vips() {
+        let file = crate::policy::PolicyFile::parse(
+            std::path::Path::new("/p/policy.toml"),
+            "plugin = \"testkit\"\n[services.db]\nstart = \"true\"\nstop = \"true\"\n[services.web]\nstart = \"true\"\nstop = \"true\"\n\
+             [[vip]]\naddress = \"192.0.2.10/24\"\ninterface = \"lo\"\naction = \"add\"\n",
+        )
+        .unwrap();
+        let mut n = fenced(Mode::Active);
+        n.state = b"old".to_vec();
+        let o = n.demote("the role key is held by b", &file, 500);
+        assert_eq!((o.from, o.to, n.mode, n.mode_since_ms), (Mode::Active, Mode::Standby, Mode::Standby, 500));
+        assert_eq!(o.actions, vec![Action::Stop("web".into()), Action::Stop("db".into()), Action::ReleaseVip]);
+        assert!(o.reason.starts_with("fencing: demoted, the role key is held by b"), "{}", o.reason);
+        assert_eq!(n.state, b"old", "the plugin's decision of the demoting tick is not taken");
     }
 }

@@ -142,6 +142,10 @@ pub async fn build(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Arc<Node
     let keys = config.read_peer_keys().map_err(|e| cfg_err(e.into()))?;
     let admin_token = config.read_admin_token().map_err(|e| cfg_err(e.into()))?;
     let tls = crate::tls::server(&config).map_err(|e| cfg_err(e.into()))?;
+    if let Some(a) = &config.arbiter {
+        let password = config.read_arbiter_password().map_err(|e| cfg_err(e.into()))?;
+        crate::arbiter::check(a, password).map_err(|e| cfg_err(anyhow::anyhow!("{}: {e}", config.path.display())))?;
+    }
     let client_tls = crate::tls::ClientTls::for_node(&config, tls.as_ref().map(|t| t.identity.clone())).map_err(|e| cfg_err(e.into()))?;
     let events = EventLog::open(&data_dir.join("events.sqlite"), config.events.retention).map_err(|e| StartError::Other(e.into()))?;
     let runtime = Arc::new(Runtime::new(Some(data_dir.join("plugin-cache"))).map_err(StartError::Other)?);
@@ -293,6 +297,8 @@ struct NodeLoop {
     paced: Option<u64>,
     slow_round: Option<tokio::task::JoinHandle<crate::heartbeat::Round>>,
     next_slow_mono_ms: u64,
+    /// The etcd arbiter (`[arbiter]`): its task runs beside the loop; each tick reads its view.
+    arbiter: Option<Arc<crate::arbiter::Arbiter>>,
 }
 
 /// What the loop hands the `node-state.json` writer after a tick.
@@ -355,11 +361,16 @@ impl NodeLoop {
             observer_state.metrics.action_finished(&result.action, result.ok, f64::from(result.duration_ms) / 1000.0);
         }));
         let monitors = Arc::new(crate::monitors::Monitors::new());
-        let tasks = vec![
+        let arbiter = config.arbiter.as_ref().map(|a| crate::arbiter::Arbiter::new(a.clone(), &config.node.id, state.clock.clone(), state.metrics.arbiter.clone()));
+        let mut tasks = vec![
             tokio::spawn(poll_services(state.clone(), interval, stop.clone())),
             tokio::spawn(scan_directories(state.clone(), interval, stop.clone())),
             tokio::spawn(crate::monitors::poll(state.clone(), monitors.clone(), interval, stop.clone())),
         ];
+        if let Some(arbiter) = &arbiter {
+            let password = config.read_arbiter_password().ok().flatten();
+            tasks.push(tokio::spawn(crate::arbiter::run(arbiter.clone(), password, interval, stop.clone())));
+        }
         let now = state.clock.wall_ms();
         let persisted = NodeStateFile::new(&config.node.data_dir, &config.node.id);
         let start = persisted.read_start(now, config.restart.max_downtime_ms);
@@ -383,9 +394,13 @@ impl NodeLoop {
         let round_trips = targets.peers.iter().map(|(id, paths, _)| paths.iter().map(|p| state.metrics.heartbeat_path(id, &p.name)).collect()).collect();
         NodeLoop {
             round_trips,
-            core: NodeCore::new(&config.node.id, config.node.role, now)
-                .with_startup_grace(u64::from(config.heartbeat.startup_grace_ms))
-                .with_restart(start.info()),
+            core: NodeCore {
+                fencing: config.arbiter.as_ref().is_some_and(|a| a.fencing),
+                ..NodeCore::new(&config.node.id, config.node.role, now)
+                    .with_startup_grace(u64::from(config.heartbeat.startup_grace_ms))
+                    .with_restart(start.info())
+            },
+            arbiter,
             persist: Some(persist),
             writer: Some(writer),
             tracker: Tracker::new(&config.node.id, &targets),
@@ -512,7 +527,7 @@ impl NodeLoop {
             route: self.relay.current(),
             services: state.services.view(&policy.file.services, now),
             sync: state.replicator.view(),
-            arbiter: None,
+            arbiter: self.arbiter.as_ref().map(|a| a.view(mono)),
             operator,
             commands,
             results: self.executor.take_results(),
@@ -528,6 +543,13 @@ impl NodeLoop {
             state.record(Event::new(state.clock.wall_ms(), EventKind::Peer, note));
         }
         record_outcome(&state, &self.core, &outcome, &mut self.last_reason);
+        if let Some(arbiter) = &self.arbiter {
+            arbiter.after_tick(outcome.to == crate::model::Mode::Active, outcome.wants_active);
+            if outcome.from == crate::model::Mode::Active && outcome.to != crate::model::Mode::Active && outcome.reason.starts_with("fencing:") {
+                state.metrics.arbiter.demotions.inc();
+                tracing::warn!(reason = %outcome.reason, "demoted by fencing");
+            }
+        }
         self.redeliver_after_fault(operator_request, &outcome);
         if outcome.from != outcome.to {
             self.timeline.record(now, outcome.to, &outcome.reason);
@@ -659,6 +681,7 @@ impl NodeLoop {
             loop_age_ms: None,
             events: Vec::new(),
             timeline: self.timeline.clone(),
+            arbiter: self.arbiter.as_ref().map(|a| a.status()),
         };
         status.events = state.events.latest(20).unwrap_or_default();
         state.publish(status);
