@@ -63,6 +63,8 @@ pub struct Metrics {
     heartbeat_rtt: HistogramFamily<[(&'static str, String); 2]>,
     /// Per peer, made at start: replication records without building label sets.
     pub sync: SyncMetrics,
+    /// The flight recorder's records, drops and ring size.
+    pub recorder: crate::recorder::RecorderMetrics,
 }
 
 /// Replication's counters, per configured peer.
@@ -143,6 +145,10 @@ impl Metrics {
                     .collect(),
             ),
         };
+        let recorder = crate::recorder::RecorderMetrics::default();
+        registry.register("vigil_recorder_records", "Decided ticks the flight recorder wrote", recorder.records.clone());
+        registry.register("vigil_recorder_dropped", "Decided ticks the flight recorder dropped (its writer behind, or the disk failing)", recorder.dropped.clone());
+        registry.register_with_unit("vigil_recorder_size", "The flight recorder's ring on disk", Unit::Bytes, recorder.bytes.clone());
         let node = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(StateCollector { node: node.clone() }));
         Metrics {
@@ -159,6 +165,7 @@ impl Metrics {
             peer_commands,
             heartbeat_rtt,
             sync,
+            recorder,
         }
     }
 

@@ -128,6 +128,9 @@ pub struct Status {
     pub events: Vec<Event>,
     /// The node's modes over the last hour (the operator console draws it).
     pub timeline: ModeTimeline,
+    /// The flight recorder (`[recorder]`), when it records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recorder: Option<crate::recorder::RecorderStatus>,
 }
 
 /// One mode change of the [`ModeTimeline`].

@@ -1,0 +1,254 @@
+//! `vigil record`: a window of the recording, and its export as a scenario file.
+//!
+//! The export is exact: the scenario's `[tick]` is the first recorded tick, and each step sets what
+//! differs between the tick the scenario runner would make (time advanced, counters counted, the
+//! previous decision simulated) and the tick that was recorded, so that `vigil policy test` shows
+//! the plugin the very ticks it saw. The recorded decisions are the expectations (mode, actions,
+//! reason, or a fault). Each step is checked against the runner before the file is written: a tick
+//! the format cannot express (a list entry that disappeared, a value that became empty) is an error
+//! naming it, never a silently different scenario.
+
+use super::{Record, ring::ReadReport};
+use crate::model::{Decision, Tick};
+use crate::scenario;
+use serde_json::{Map, Value};
+use std::collections::VecDeque;
+use std::path::Path;
+
+/// Which recorded ticks to take.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Window {
+    /// Ticks at or after this time (ms since the Unix epoch).
+    pub since_ms: Option<u64>,
+    /// Ticks at or before this time.
+    pub until_ms: Option<u64>,
+    /// The tick at (or last before) this time, and this many ticks before and after it.
+    pub around: Option<(u64, usize)>,
+}
+
+impl Window {
+    /// The window of an admin query (`since`, `until` in ms; `around` an event's time, `ticks`).
+    pub fn query(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(s) = self.since_ms {
+            parts.push(format!("since={s}"));
+        }
+        if let Some(u) = self.until_ms {
+            parts.push(format!("until={u}"));
+        }
+        if let Some((at, n)) = self.around {
+            parts.push(format!("around_ms={at}&ticks={n}"));
+        }
+        parts.join("&")
+    }
+
+    /// Parse [`Window::query`]'s form; `around=EVENT_ID` is resolved by `event_time`.
+    pub fn from_query(query: &str, event_time: impl Fn(u64) -> Option<u64>) -> Result<Window, String> {
+        let mut w = Window::default();
+        let (mut around, mut ticks, mut event) = (None, 10usize, None);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let number = || value.parse::<u64>().map_err(|_| format!("{key}={value:?}: expected a number"));
+            match key {
+                "since" => w.since_ms = Some(number()?),
+                "until" => w.until_ms = Some(number()?),
+                "around_ms" => around = Some(number()?),
+                "around" => event = Some(number()?),
+                "ticks" => ticks = number()? as usize,
+                _ => return Err(format!("{key}: unknown parameter (expected since, until, around, around_ms, ticks)")),
+            }
+        }
+        if let Some(id) = event {
+            around = Some(event_time(id).ok_or_else(|| format!("around={id}: no such event in the event log"))?);
+        }
+        w.around = around.map(|at| (at, ticks));
+        Ok(w)
+    }
+}
+
+/// The records of the ring in `dir` inside `window`, oldest first.
+pub fn select(dir: &Path, window: &Window) -> Result<(Vec<Record>, ReadReport), String> {
+    let in_range = |r: &Record| window.since_ms.is_none_or(|s| r.tick.now_ms >= s) && window.until_ms.is_none_or(|u| r.tick.now_ms <= u);
+    let Some((at, n)) = window.around else {
+        return super::read(dir, |r| Some(in_range(r)));
+    };
+    // The `n + 1` last ticks up to `at`, then `n` more.
+    let mut before: VecDeque<Record> = VecDeque::new();
+    let mut after = Vec::new();
+    let (_, report) = super::read(dir, |r| {
+        if !in_range(r) {
+            return Some(false);
+        }
+        if r.tick.now_ms <= at {
+            before.push_back(r.clone());
+            if before.len() > n + 1 {
+                before.pop_front();
+            }
+        } else if after.len() < n {
+            after.push(r.clone());
+        } else {
+            return None;
+        }
+        Some(false)
+    })?;
+    let mut records: Vec<Record> = before.into();
+    records.extend(after);
+    Ok((records, report))
+}
+
+/// JSON lines: one record per line (`vigil record --records`, the admin API's answer).
+pub fn to_lines(records: &[Record]) -> String {
+    let mut out = String::new();
+    for r in records {
+        out.push_str(&serde_json::to_string(r).expect("a record serializes"));
+        out.push('\n');
+    }
+    out
+}
+
+/// Records from JSON lines; errors name the line.
+pub fn from_lines(origin: &str, text: &str) -> Result<Vec<Record>, String> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| serde_json::from_str(l).map_err(|e| format!("{origin}: line {}: not a flight recorder record: {e}", i + 1)))
+        .collect()
+}
+
+fn time(ms: u64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms as i64).map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()).unwrap_or_else(|| ms.to_string())
+}
+
+/// The scenario file of `records` (one node's, one policy's, oldest first).
+pub fn to_scenario(records: &[Record]) -> Result<String, String> {
+    let first = records.first().ok_or("the window holds no recorded tick")?;
+    for r in records {
+        if r.node != first.node {
+            return Err(format!("the recording mixes nodes {} and {}: export one node's recording", first.node, r.node));
+        }
+        if r.policy != first.policy {
+            return Err(format!(
+                "the policy changed at {} (plugin sha256 {} → {}, or its params): a scenario tests one policy; narrow the window with --since/--until",
+                time(r.tick.now_ms),
+                &first.policy.sha256[..12.min(first.policy.sha256.len())],
+                &r.policy.sha256[..12.min(r.policy.sha256.len())]
+            ));
+        }
+    }
+    let mut steps = Vec::new();
+    let mut base = first.tick.clone();
+    let mut last: Option<&Decision> = None;
+    for (i, r) in records.iter().enumerate() {
+        let first_step = i == 0;
+        let advance = if first_step { 0 } else { r.tick.now_ms.checked_sub(base.now_ms).ok_or_else(|| format!("tick at {}: time goes backwards", time(r.tick.now_ms)))? };
+        let predicted = scenario::step_tick(&base, first_step, last, &toml::Table::new(), advance)?;
+        let set = patch(&json(&predicted), &json(&r.tick));
+        let set = toml_table(&Value::Object(set))?;
+        let made = scenario::step_tick(&base, first_step, last, &set, advance)?;
+        if made != r.tick {
+            let (got, want) = (json(&made), json(&r.tick));
+            let fields: Vec<&String> = want.as_object().expect("a tick").keys().filter(|k| got.get(*k) != want.get(*k)).collect();
+            return Err(format!(
+                "tick {} of node {} at {}: the scenario format cannot express it (field {}): export a window without it",
+                r.tick.node.tick_count,
+                r.node,
+                time(r.tick.now_ms),
+                fields.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        let mut step = toml::Table::new();
+        step.insert("note".into(), format!("recorded at {}", time(r.tick.now_ms)).into());
+        if advance != u64::from(base.heartbeat.interval_ms) {
+            step.insert("advance_ms".into(), toml::Value::Integer(advance as i64));
+        }
+        if !set.is_empty() {
+            step.insert("set".into(), toml::Value::Table(set));
+        }
+        step.insert("expect".into(), toml::Value::Table(expect(r)));
+        steps.push(toml::Value::Table(step));
+        base = r.tick.clone();
+        scenario::apply_decision(&mut base, r.decision.as_ref());
+        last = r.decision.as_ref();
+    }
+    let last_tick = &records[records.len() - 1].tick;
+    let mut doc = toml::Table::new();
+    doc.insert(
+        "description".into(),
+        format!(
+            "recorded on node {} from {} to {} ({} ticks): policy {}, plugin sha256 {}",
+            first.node,
+            time(first.tick.now_ms),
+            time(last_tick.now_ms),
+            records.len(),
+            first.policy.name,
+            &first.policy.sha256[..16.min(first.policy.sha256.len())]
+        )
+        .into(),
+    );
+    doc.insert("tick".into(), toml::Value::Table(toml_table(&strip_nulls(json(&first.tick)))?));
+    doc.insert("step".into(), toml::Value::Array(steps));
+    let text = toml::to_string(&doc).map_err(|e| format!("cannot write the scenario: {e}"))?;
+    Ok(format!(
+        "# Exported by `vigil record` from the flight recorder of node {}: each step is one recorded tick,\n\
+         # its expectations the recorded decision. Params of the recording policy: {}\n{text}",
+        first.node, first.policy.params
+    ))
+}
+
+fn expect(r: &Record) -> toml::Table {
+    let mut t = toml::Table::new();
+    match (&r.decision, r.decided_mode()) {
+        (Some(d), Some(mode)) => {
+            t.insert("mode".into(), mode.as_str().into());
+            t.insert("actions".into(), toml::Value::Array(d.actions.iter().map(|a| a.to_string().into()).collect()));
+            if !d.reason.is_empty() {
+                t.insert("reason".into(), d.reason.clone().into());
+            }
+        }
+        _ => {
+            t.insert("fault".into(), true.into());
+        }
+    }
+    t
+}
+
+fn json(tick: &Tick) -> Value {
+    serde_json::to_value(tick).expect("a tick serializes")
+}
+
+fn toml_table(value: &Value) -> Result<toml::Table, String> {
+    toml::Table::try_from(value).map_err(|e| format!("cannot write {value} as TOML: {e}"))
+}
+
+/// TOML has no null: an absent key is the default (`None`) when a tick is read.
+fn strip_nulls(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, strip_nulls(v))).collect()),
+        Value::Array(items) => Value::Array(items.into_iter().map(strip_nulls).collect()),
+        other => other,
+    }
+}
+
+/// What a step must `set` to turn the runner's `predicted` tick into the `recorded` one. Objects are
+/// set key by key; list entries, `lan`, `vip` and `arbiter` whole (with their counters, which the
+/// runner then leaves as set).
+fn patch(predicted: &Value, recorded: &Value) -> Map<String, Value> {
+    let mut set = Map::new();
+    let (Some(p), Some(r)) = (predicted.as_object(), recorded.as_object()) else { return set };
+    for (key, want) in r {
+        let got = p.get(key).unwrap_or(&Value::Null);
+        if got == want || want.is_null() {
+            continue;
+        }
+        let value = match (key.as_str(), got, want) {
+            ("node" | "heartbeat" | "sync", Value::Object(_), Value::Object(_)) => Value::Object(patch(got, want)),
+            ("peers" | "watched" | "monitors" | "services", Value::Array(g), Value::Array(w)) => {
+                let changed: Vec<Value> = w.iter().filter(|entry| !g.contains(entry)).cloned().map(strip_nulls).collect();
+                if changed.is_empty() { want.clone() } else { Value::Array(changed) }
+            }
+            _ => strip_nulls(want.clone()),
+        };
+        set.insert(key.clone(), value);
+    }
+    set
+}
