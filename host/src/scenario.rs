@@ -8,7 +8,8 @@
 //!
 //! The bookkeeping mirrors the node runtime so that scenarios stay short:
 //! - every remote's and check's consecutive counters advance from its `reachable`/`ok` flag, unless
-//!   the step sets the counters itself;
+//!   the step sets the counters itself; a reachable remote was last seen 0 ms ago, unless the step
+//!   sets `last_seen_ago_ms`;
 //! - the VIP view counts whether the VIP `reaches` this node;
 //! - operator requests and peer commands are delivered once;
 //! - the previous decision's actions are executed in simulation: they succeed (services start and
@@ -379,7 +380,9 @@ fn advance_remote(r: &mut Remote, patch: Option<&Value>) {
         let reachable = r.reachable;
         r.record(reachable);
     }
-    r.last_seen_ago_ms = if r.reachable { Some(0) } else { r.last_seen_ago_ms };
+    if own.get("last_seen_ago_ms").is_none() {
+        r.last_seen_ago_ms = if r.reachable { Some(0) } else { r.last_seen_ago_ms };
+    }
     for (checks, field) in [(&mut r.paths, "paths"), (&mut r.services, "services")] {
         for c in checks.iter_mut() {
             if !patched_counters(own, &[field], Some(&c.name)) {

@@ -147,13 +147,14 @@ pub fn to_scenario(records: &[Record]) -> Result<String, String> {
         let made = scenario::step_tick(&base, first_step, last, &set, advance)?;
         if made != r.tick {
             let (got, want) = (json(&made), json(&r.tick));
-            let fields: Vec<&String> = want.as_object().expect("a tick").keys().filter(|k| got.get(*k) != want.get(*k)).collect();
+            let field = want.as_object().expect("a tick").keys().find(|k| got.get(*k) != want.get(*k)).cloned().unwrap_or_default();
             return Err(format!(
-                "tick {} of node {} at {}: the scenario format cannot express it (field {}): export a window without it",
+                "tick {} of node {} at {}: the scenario format cannot express it (`{field}` was recorded as {}, a step can only make it {}): export a window without it",
                 r.tick.node.tick_count,
                 r.node,
                 time(r.tick.now_ms),
-                fields.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(", ")
+                want.get(&field).unwrap_or(&Value::Null),
+                got.get(&field).unwrap_or(&Value::Null),
             ));
         }
         let mut step = toml::Table::new();
