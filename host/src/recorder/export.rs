@@ -172,8 +172,9 @@ pub fn to_scenario(records: &[Record]) -> Result<String, String> {
         last = r.decision.as_ref();
     }
     let last_tick = &records[records.len() - 1].tick;
-    let mut doc = toml::Table::new();
-    doc.insert(
+    // In three parts: a table's keys are written in sorted order, and `[tick]` reads best first.
+    let mut head = toml::Table::new();
+    head.insert(
         "description".into(),
         format!(
             "recorded on node {} from {} to {} ({} ticks): policy {}, plugin sha256 {}",
@@ -186,13 +187,19 @@ pub fn to_scenario(records: &[Record]) -> Result<String, String> {
         )
         .into(),
     );
-    doc.insert("tick".into(), toml::Value::Table(toml_table(&strip_nulls(json(&first.tick)))?));
-    doc.insert("step".into(), toml::Value::Array(steps));
-    let text = toml::to_string(&doc).map_err(|e| format!("cannot write the scenario: {e}"))?;
+    let mut tick = toml::Table::new();
+    tick.insert("tick".into(), toml::Value::Table(toml_table(&strip_nulls(json(&first.tick)))?));
+    let mut step = toml::Table::new();
+    step.insert("step".into(), toml::Value::Array(steps));
+    let write = |t: &toml::Table| toml::to_string(t).map_err(|e| format!("cannot write the scenario: {e}"));
     Ok(format!(
         "# Exported by `vigil record` from the flight recorder of node {}: each step is one recorded tick,\n\
-         # its expectations the recorded decision. Params of the recording policy: {}\n{text}",
-        first.node, first.policy.params
+         # its expectations the recorded decision. Params of the recording policy: {}\n{}\n{}\n{}",
+        first.node,
+        first.policy.params,
+        write(&head)?,
+        write(&tick)?,
+        write(&step)?
     ))
 }
 
@@ -252,4 +259,80 @@ fn patch(predicted: &Value, recorded: &Value) -> Map<String, Value> {
         set.insert(key.clone(), value);
     }
     set
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Action, Mode, Remote};
+    use crate::recorder::{Applied, PolicyId};
+
+    /// A standby node whose peer stops answering at tick 3 and which takes over at tick 5.
+    fn records() -> Vec<Record> {
+        let mut out = Vec::new();
+        let mut tick = Tick { now_ms: 10_000, peers: vec![Remote { id: "a".into(), reachable: true, last_seen_ago_ms: Some(40), ..Remote::default() }], ..Tick::default() };
+        tick.node.id = "b".into();
+        tick.node.mode = Mode::Standby;
+        for n in 0..8u64 {
+            let reachable = n < 3;
+            tick.peers[0].record(reachable);
+            tick.peers[0].last_seen_ago_ms = Some(if reachable { 30 + n } else { 100 * n });
+            let take = n == 5;
+            let decision = Decision {
+                mode: take.then_some(Mode::Active),
+                actions: if take { vec![Action::Start("app".into())] } else { Vec::new() },
+                state: format!("{{\"n\":{n}}}").into_bytes(),
+                reason: format!("tick {n}"),
+            };
+            let applied = Applied { mode: if n >= 5 { Mode::Active } else { Mode::Standby }, actions: decision.actions.clone(), reason: decision.reason.clone() };
+            let policy = PolicyId { name: "p".into(), sha256: "ab".repeat(32), params: "{}".into() };
+            out.push(Record { node: "b".into(), policy, tick: tick.clone(), decision: Some(decision.clone()), fault: None, applied });
+            tick.now_ms += 1_000 + n;
+            tick.node.tick_count += 1;
+            tick.state = decision.state.clone();
+            if take {
+                tick.node.mode = Mode::Active;
+                tick.node.mode_since_ms = tick.now_ms - 1_000 - n;
+                tick.results = vec![crate::model::ActionResult { action: Action::Start("app".into()), ok: true, message: "started".into(), finished_ms: tick.now_ms - 500, duration_ms: 12 }];
+            } else {
+                tick.results.clear();
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn an_export_is_a_scenario_with_the_recorded_decisions() {
+        let text = to_scenario(&records()).unwrap();
+        let scenario = crate::scenario::Scenario::parse(Path::new("export.toml"), &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert!(scenario.description.contains("8 ticks"), "{}", scenario.description);
+        assert!(text.find("[tick]").unwrap() < text.find("[[step]]").unwrap(), "{text}");
+        assert!(text.contains("mode = \"active\"") && text.contains("\"start:app\""), "{text}");
+    }
+
+    #[test]
+    fn an_export_refuses_what_it_cannot_express() {
+        let mut mixed = records();
+        mixed[4].policy.params = "{\"failures\":5}".into();
+        assert!(to_scenario(&mixed).unwrap_err().contains("the policy changed"));
+        let mut gone = records();
+        // A value that becomes empty: TOML has no null for a step to set.
+        for (i, r) in gone.iter_mut().enumerate() {
+            r.tick.route = (i < 6).then(|| "main".to_string());
+        }
+        let e = to_scenario(&gone).unwrap_err();
+        assert!(e.contains("cannot express") && e.contains("`route`") && e.contains("tick 6 of node b"), "{e}");
+        assert!(to_scenario(&[]).is_err());
+    }
+
+    #[test]
+    fn windows_parse_from_queries() {
+        let w = Window::from_query("since=5&until=9", |_| None).unwrap();
+        assert_eq!((w.since_ms, w.until_ms, w.around), (Some(5), Some(9), None));
+        let w = Window::from_query("around=7&ticks=3", |id| (id == 7).then_some(70)).unwrap();
+        assert_eq!(w.around, Some((70, 3)));
+        assert!(Window::from_query("around=8", |_| None).unwrap_err().contains("no such event"));
+        assert!(Window::from_query("since=soon", |_| None).unwrap_err().contains("expected a number"));
+        assert_eq!(Window::from_query(&Window { since_ms: Some(1), around: Some((2, 3)), ..Window::default() }.query(), |_| None).unwrap().around, Some((2, 3)));
+    }
 }
