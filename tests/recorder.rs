@@ -121,6 +121,10 @@ async fn a_recorded_failover_exports_exactly_and_a_slower_candidate_diverges_at_
         let r = b_records.iter().find(|r| r.tick.node.tick_count == d["tick"].as_u64().unwrap()).unwrap();
         assert!(d["node"] == "b" && (3..5).contains(&peer_failures(r)), "only the ticks between the 3rd and the 5th lost heartbeat differ: {d}");
     }
+    // The exported scenario, run against the candidate, fails at the takeover step too.
+    let test = run(&[OsStr::new("policy"), OsStr::new("test"), candidate.as_os_str(), b_toml.as_os_str(), OsStr::new("--plugin-dir"), plugin_dir.as_os_str()]);
+    assert_eq!(test.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&test.stdout).contains("mode: expected active, got standby"), "{}", describe(&test));
     let table = run(&[OsStr::new("policy"), OsStr::new("replay"), candidate.as_os_str(), b_lines.as_os_str(), OsStr::new("--plugin-dir"), plugin_dir.as_os_str()]);
     let table = String::from_utf8_lossy(&table.stdout).into_owned();
     assert!(table.contains("RECORDED") && table.contains("candidate: ") && table.contains("diverge"), "{table}");
