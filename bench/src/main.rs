@@ -22,15 +22,16 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 mod cluster;
 mod http;
 mod nginx;
+mod recorder;
 mod relay;
 mod tls;
 mod vip;
 
-const USAGE: &str = "usage: vigil-bench [tick|reload|relay|failover|sync|vip|idle|http|tls|all]";
+const USAGE: &str = "usage: vigil-bench [tick|recorder|reload|relay|failover|sync|vip|idle|http|tls|all]";
 
 fn main() -> anyhow::Result<()> {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
-    if !matches!(what.as_str(), "tick" | "reload" | "relay" | "failover" | "sync" | "vip" | "idle" | "http" | "tls" | "all") {
+    if !matches!(what.as_str(), "tick" | "recorder" | "reload" | "relay" | "failover" | "sync" | "vip" | "idle" | "http" | "tls" | "all") {
         anyhow::bail!(USAGE);
     }
     let wants = |name: &str| what == name || what == "all";
@@ -38,6 +39,9 @@ fn main() -> anyhow::Result<()> {
     println!("|---|---|");
     if wants("tick") {
         ticks()?;
+    }
+    if wants("recorder") {
+        recorder::run()?;
     }
     if wants("reload") {
         reloads()?;

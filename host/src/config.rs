@@ -58,6 +58,10 @@
 //! [events]
 //! retention = 10000
 //!
+//! [recorder]                      # the flight recorder: every decided tick, in data_dir/recorder
+//! enabled = true
+//! max_bytes = 67108864            # the ring's size cap (64 MiB); the oldest ticks go first
+//!
 //! [restart]                       # a daemon restarted (crash, upgrade) resumes its mode
 //! max_downtime_ms = 60000         # down longer than this (or stopped cleanly): start fresh
 //!
@@ -125,6 +129,8 @@ pub struct NodeConfig {
     /// The etcd arbiter (issue 11): who may be active is granted by a lease-bound key.
     #[serde(default)]
     pub arbiter: Option<ArbiterSection>,
+    #[serde(default)]
+    pub recorder: RecorderSection,
     /// The file this was read from (for messages and relative paths).
     #[serde(skip)]
     pub path: PathBuf,
@@ -403,6 +409,22 @@ impl Default for EventsSection {
     }
 }
 
+/// `[recorder]`: the flight recorder (`crate::recorder`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecorderSection {
+    /// Record every decided tick.
+    pub enabled: bool,
+    /// The ring's size cap on disk, in bytes: the oldest ticks are dropped first.
+    pub max_bytes: u64,
+}
+
+impl Default for RecorderSection {
+    fn default() -> Self {
+        RecorderSection { enabled: true, max_bytes: 64 << 20 }
+    }
+}
+
 /// `[restart]`: what a restarted daemon takes over from the one before it (`node::persist`).
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -678,6 +700,9 @@ impl NodeConfig {
         }
         if self.events.retention < 100 {
             return Err(self.err("events.retention", "expected at least 100 events"));
+        }
+        if self.recorder.max_bytes < crate::recorder::MIN_BYTES {
+            return Err(self.err("recorder.max_bytes", format!("expected at least {} bytes", crate::recorder::MIN_BYTES)));
         }
         if let Some(a) = &self.arbiter {
             self.check_arbiter(a)?;

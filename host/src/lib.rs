@@ -23,6 +23,8 @@
 //! - [`config`]: the node configuration. [`toml_file`]: TOML errors that name file, key and line.
 //! - [`clock`]: time behind a trait, for tests and simulation.
 //! - [`scenario`]: golden-timeline replay of a policy (`vigil policy test`).
+//! - [`recorder`]: the flight recorder of decided ticks; its export as scenarios (`vigil record`) and
+//!   replays of a candidate policy (`vigil policy replay`).
 //! - [`systemd`]: `sd_notify` (READY, STATUS, WATCHDOG from the loop, STOPPING) under `Type=notify`.
 //! - [`cluster`]: real local groups of `vigil run` processes (demo, tests, benchmarks).
 //! - [`cli`]: the `vigil` command line.
@@ -45,6 +47,7 @@ pub mod monitors;
 pub mod node;
 pub mod peer;
 pub mod policy;
+pub mod recorder;
 pub mod relay;
 pub mod replication;
 pub mod scenario;

@@ -65,6 +65,8 @@ pub struct Metrics {
     pub sync: SyncMetrics,
     /// The etcd arbiter (`[arbiter]`; zero without one).
     pub arbiter: ArbiterMetrics,
+    /// The flight recorder's records, drops and ring size.
+    pub recorder: crate::recorder::RecorderMetrics,
 }
 
 /// The etcd arbiter's metrics (issue 11).
@@ -167,6 +169,10 @@ impl Metrics {
         registry.register_with_unit("vigil_arbiter_lease_renew", "Time of one lease renewal (keep-alive) with etcd", Unit::Seconds, arbiter.renew_latency.clone());
         registry.register("vigil_arbiter_campaigns", "Campaigns for the arbiter's role key (transactions sent)", arbiter.campaigns.clone());
         registry.register("vigil_arbiter_demotions", "Demotions by the host's fencing (the role key lost, or not renewed in time)", arbiter.demotions.clone());
+        let recorder = crate::recorder::RecorderMetrics::default();
+        registry.register("vigil_recorder_records", "Decided ticks the flight recorder wrote", recorder.records.clone());
+        registry.register("vigil_recorder_dropped", "Decided ticks the flight recorder dropped (its writer behind, or the disk failing)", recorder.dropped.clone());
+        registry.register_with_unit("vigil_recorder_size", "The flight recorder's ring on disk", Unit::Bytes, recorder.bytes.clone());
         let node = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(StateCollector { node: node.clone() }));
         Metrics {
@@ -184,6 +190,7 @@ impl Metrics {
             heartbeat_rtt,
             sync,
             arbiter,
+            recorder,
         }
     }
 

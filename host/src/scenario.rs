@@ -8,7 +8,8 @@
 //!
 //! The bookkeeping mirrors the node runtime so that scenarios stay short:
 //! - every remote's and check's consecutive counters advance from its `reachable`/`ok` flag, unless
-//!   the step sets the counters itself;
+//!   the step sets the counters itself; a reachable remote was last seen 0 ms ago, unless the step
+//!   sets `last_seen_ago_ms`;
 //! - the VIP view counts whether the VIP `reaches` this node;
 //! - operator requests and peer commands are delivered once;
 //! - a step's `unset` (dotted paths) sets fields back to their default after its `set`: TOML has no
@@ -202,23 +203,35 @@ pub fn run(policy: &LoadedPolicy, scenario: &Scenario) -> Result<Outcome, TomlEr
                     let _ = writeln!(out, "       ✗ line {line}: {problem}");
                 }
             }
-            // Apply the decision as the node would; a fault holds everything (but `starting`).
-            let to = host_mode(decision.as_ref().and_then(|d| d.mode).unwrap_or(tick.node.mode));
-            if to != tick.node.mode {
-                tick.node.mode_since_ms = match &tick.node.restart {
-                    Some(r) if tick.node.mode == Mode::Starting && r.mode == to => r.mode_since_ms,
-                    _ => tick.now_ms,
-                };
-                tick.node.mode = to;
-            }
-            tick.node.restart = None;
-            if let Some(d) = &decision {
-                tick.state = d.state.clone();
-            }
+            apply_decision(&mut tick, decision.as_ref());
             last = decision;
         }
     }
     Ok(Outcome { timeline: out, mismatches })
+}
+
+/// Apply a decision as the node would; a fault (`None`) holds everything (but `starting`).
+pub(crate) fn apply_decision(tick: &mut Tick, decision: Option<&Decision>) {
+    let to = host_mode(decision.and_then(|d| d.mode).unwrap_or(tick.node.mode));
+    if to != tick.node.mode {
+        tick.node.mode_since_ms = match &tick.node.restart {
+            Some(r) if tick.node.mode == Mode::Starting && r.mode == to => r.mode_since_ms,
+            _ => tick.now_ms,
+        };
+        tick.node.mode = to;
+    }
+    tick.node.restart = None;
+    if let Some(d) = decision {
+        tick.state = d.state.clone();
+    }
+}
+
+/// The tick a step with `set` and `advance_ms` makes after `prev` (the tick with the previous
+/// `decision` applied; `first` for a scenario's first step): what the flight recorder's export
+/// checks its steps with.
+pub(crate) fn step_tick(prev: &Tick, first: bool, decision: Option<&Decision>, set: &toml::Table, advance_ms: u64) -> Result<Tick, String> {
+    let step = Step { set: set.clone(), ..Step::default() };
+    next_tick(prev, first, decision, &step, advance_ms, &Simulate::default())
 }
 
 /// The tick after `prev`: time advanced, step applied, counters and simulated results updated.
@@ -398,7 +411,9 @@ fn advance_remote(r: &mut Remote, patch: Option<&Value>) {
         let reachable = r.reachable;
         r.record(reachable);
     }
-    r.last_seen_ago_ms = if r.reachable { Some(0) } else { r.last_seen_ago_ms };
+    if own.get("last_seen_ago_ms").is_none() {
+        r.last_seen_ago_ms = if r.reachable { Some(0) } else { r.last_seen_ago_ms };
+    }
     for (checks, field) in [(&mut r.paths, "paths"), (&mut r.services, "services")] {
         for c in checks.iter_mut() {
             if !patched_counters(own, &[field], Some(&c.name)) {

@@ -131,6 +131,9 @@ pub struct Status {
     /// The etcd arbiter (`[arbiter]`): endpoints up, holder, lease left, last error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arbiter: Option<crate::arbiter::ArbiterStatus>,
+    /// The flight recorder (`[recorder]`), when it records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recorder: Option<crate::recorder::RecorderStatus>,
 }
 
 /// One mode change of the [`ModeTimeline`].

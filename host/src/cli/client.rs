@@ -245,6 +245,14 @@ pub async fn events(target: &Target, limit: usize, as_json: bool) -> Result<(), 
     Ok(())
 }
 
+/// `GET /admin/recording?QUERY`: the flight recorder's records in a window, as JSON lines.
+pub async fn recording(target: &Target, query: &str) -> Result<String, CliError> {
+    let Resolved { url, token, http } = target.resolve()?;
+    let token = admin_token(token)?;
+    let answer = call_with(&http, Method::GET, &format!("{url}/admin/recording?{query}"), Some(&token), Bytes::new(), Duration::from_secs(60)).await?;
+    String::from_utf8(answer.body.to_vec()).map_err(|e| CliError::Failure(anyhow::anyhow!("{url}/admin/recording: {e}")))
+}
+
 fn admin_token(token: Option<String>) -> Result<String, CliError> {
     token.ok_or_else(|| CliError::Config(anyhow::anyhow!("no admin token: use --token-file, --config or $VIGIL_ADMIN_TOKEN")))
 }

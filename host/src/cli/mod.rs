@@ -8,6 +8,7 @@ pub mod client;
 mod demo;
 mod init;
 mod policy_cmd;
+mod record;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -80,6 +81,33 @@ pub enum Command {
     /// Check and test policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Export a window of a node's flight recorder as a scenario file (or its raw records), from a
+    /// running node (admin API) or a stopped node's data directory.
+    Record {
+        #[command(flatten)]
+        target: client::Target,
+        /// Read this data directory (a stopped node's) instead of asking a running node.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Ticks at or after this time: RFC 3339 (2026-12-07T06:00:00Z) or ms since the Unix epoch.
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Ticks at or before this time.
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        /// The tick of this event (`vigil events --json` shows the ids), with --ticks before and after.
+        #[arg(long, value_name = "EVENT_ID")]
+        around: Option<u64>,
+        /// With --around: how many ticks before and after the event's.
+        #[arg(long, default_value_t = 10)]
+        ticks: usize,
+        /// Write the raw records (JSON lines, for `vigil policy replay`) instead of a scenario.
+        #[arg(long)]
+        records: bool,
+        /// Write to this file instead of standard output.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Write a starting configuration for every node of a deployment: node.toml, the policy, a shared
     /// peer key and admin tokens, commented with what to edit.
     Init {
@@ -137,6 +165,22 @@ pub enum PolicyCommand {
         #[arg(long, short)]
         verbose: bool,
     },
+    /// Decide every recorded tick with a candidate policy and show where it differs from what was
+    /// decided (mode or actions, with both reasons): exit 0 when nowhere, 1 when it diverges.
+    Replay {
+        /// The candidate policy file.
+        candidate: PathBuf,
+        /// Recordings: `vigil record --records` files, or data directories (the whole ring). Several
+        /// (a pair's two nodes) merge into one timeline.
+        #[arg(required = true)]
+        recordings: Vec<PathBuf>,
+        /// Extra directories where plugin names are looked up (before the standard ones).
+        #[arg(long = "plugin-dir", value_name = "DIR")]
+        plugin_dirs: Vec<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// An error that decides the exit code.
@@ -190,6 +234,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Policy(PolicyCommand::Check { policy, plugin_dirs }) => policy_cmd::check(&policy, plugin_dirs),
         Command::Policy(PolicyCommand::Test { policy, scenarios, plugin_dirs, verbose }) => {
             policy_cmd::test(&policy, &scenarios, plugin_dirs, verbose)
+        }
+        Command::Policy(PolicyCommand::Replay { candidate, recordings, plugin_dirs, json }) => {
+            policy_cmd::replay(&candidate, &recordings, plugin_dirs, json)
+        }
+        Command::Record { target, data_dir, since, until, around, ticks, records, output } => {
+            record::run(&record::RecordArgs { target, data_dir, since, until, around, ticks, records, output })
         }
         Command::Init { deployment, nodes, out, force, data_dir, plugin_dirs } => {
             init::run(&init::InitArgs { deployment, nodes, out, force, data_dir, plugin_dirs })

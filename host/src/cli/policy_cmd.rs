@@ -1,4 +1,4 @@
-//! `vigil policy check` and `vigil policy test`.
+//! `vigil policy check`, `vigil policy test` and `vigil policy replay`.
 
 use super::CliError;
 use crate::policy::{self, PluginDirs, Runtime};
@@ -55,6 +55,52 @@ pub fn test(path: &Path, scenarios: &[PathBuf], plugin_dirs: Vec<PathBuf>, verbo
     println!("{passed} passed, {failed} failed");
     if failed > 0 {
         return Err(CliError::Failure(anyhow::anyhow!("{failed} scenario(s) failed for {}", path.display())));
+    }
+    Ok(())
+}
+
+/// The records of one recording: a `vigil record --records` file, or a data directory's (or recorder
+/// directory's) whole ring.
+fn read_recording(path: &Path) -> Result<Vec<crate::recorder::Record>, CliError> {
+    use crate::recorder::{self, export};
+    if path.is_dir() {
+        let dir = if path.join("recorder").is_dir() { recorder::dir_of(path) } else { path.to_path_buf() };
+        let (records, report) = recorder::read(&dir, |_| Some(true)).map_err(|e| CliError::Config(anyhow::anyhow!(e)))?;
+        if report.torn > 0 {
+            eprintln!("note: {}: {} segment(s) end in a torn or damaged frame; the records before it are read", dir.display(), report.torn);
+        }
+        return Ok(records);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| CliError::Config(anyhow::anyhow!("{}: cannot read: {e}", path.display())))?;
+    export::from_lines(&path.display().to_string(), &text).map_err(|e| CliError::Config(anyhow::anyhow!(e)))
+}
+
+/// Replay recordings through a candidate policy; exit 1 when it decides any tick otherwise.
+pub fn replay(candidate: &Path, recordings: &[PathBuf], plugin_dirs: Vec<PathBuf>, json: bool) -> Result<(), CliError> {
+    use crate::recorder::replay;
+    let runtime = runtime()?;
+    let loaded = policy::load(&runtime, &PluginDirs::standard(plugin_dirs), candidate).map_err(|e| CliError::Config(e.into()))?;
+    let mut all = Vec::new();
+    for path in recordings {
+        let records = read_recording(path)?;
+        if records.is_empty() {
+            return Err(CliError::Config(anyhow::anyhow!("{}: no recorded tick", path.display())));
+        }
+        all.push(records);
+    }
+    let report = replay::replay(&loaded, &replay::merge(all));
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("a report serializes"));
+    } else {
+        print!("{}", replay::table(&report));
+    }
+    if !report.divergences.is_empty() {
+        return Err(CliError::Failure(anyhow::anyhow!(
+            "{} of {} recorded tick(s) decided otherwise by {}",
+            report.divergences.len(),
+            report.ticks,
+            candidate.display()
+        )));
     }
     Ok(())
 }

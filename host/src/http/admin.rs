@@ -30,7 +30,29 @@ pub async fn handle(state: &NodeState, method: &Method, path: &str, query: Optio
         (&Method::POST, "/admin/sync") => sync(state, query).await,
         (m, p) if p.starts_with("/config/") => config(state, m, &p["/config/".len()..], query, body),
         (&Method::GET, "/events") => events(state, query),
+        (&Method::GET, "/admin/recording") => recording(state, query).await,
         _ => text(StatusCode::NOT_FOUND, format!("{method} {path}: no such admin endpoint")),
+    }
+}
+
+/// `GET /admin/recording?since=MS&until=MS` or `?around=EVENT_ID&ticks=N`: the flight recorder's
+/// records in the window, as JSON lines (`vigil record`).
+async fn recording(state: &NodeState, query: Option<&str>) -> Answer {
+    use crate::recorder::export::{self, Window};
+    let event_time = |id: u64| state.events.since(id.saturating_sub(1), 1).ok()?.into_iter().find(|e| e.id == id).map(|e| e.at_ms);
+    let window = match Window::from_query(query.unwrap_or(""), event_time) {
+        Ok(w) => w,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("recording: {e}")),
+    };
+    let dir = crate::recorder::dir_of(&state.config.node.data_dir);
+    match tokio::task::spawn_blocking(move || export::select(&dir, &window)).await {
+        Ok(Ok((records, _))) => {
+            let mut answer = text(StatusCode::OK, export::to_lines(&records));
+            answer.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/x-ndjson"));
+            answer
+        }
+        Ok(Err(e)) => text(StatusCode::NOT_FOUND, format!("recording: {e}")),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("recording: {e}")),
     }
 }
 

@@ -119,6 +119,10 @@ pub struct NodeCore {
     pub restart: Option<RestartInfo>,
     /// With an arbiter (`[arbiter] fencing`): no active mode without holding the role key.
     pub fencing: bool,
+    /// Keep each tick and the plugin's answer in [`NodeCore::seen`] (for the flight recorder).
+    pub recording: bool,
+    /// The last tick as the plugin saw it and what the plugin returned, when `recording`.
+    pub seen: Option<(Tick, Result<Decision, Fault>)>,
 }
 
 impl NodeCore {
@@ -139,6 +143,8 @@ impl NodeCore {
             startup_grace_ms: 0,
             restart: None,
             fencing: false,
+            recording: false,
+            seen: None,
         }
     }
 
@@ -218,12 +224,17 @@ impl NodeCore {
         let now = observations.now_ms;
         let tick = self.tick(observations);
         let result = policy.decide(&tick, peers);
-        if let Some(reason) = result.as_ref().ok().filter(|_| policy.file.exclusive).and_then(|d| self.grace_holds(&tick, d)) {
+        let held = result.as_ref().ok().filter(|_| policy.file.exclusive).and_then(|d| self.grace_holds(&tick, d));
+        let (fallback, after) = (policy.file.fallback.mode, policy.file.fallback.after);
+        let fence = if held.is_some() { Fence::Pass } else { self.fence(&tick, &result, fallback, after) };
+        if self.recording {
+            self.seen = Some((tick, result.clone()));
+        }
+        if let Some(reason) = held {
             return self.hold(reason, now);
         }
-        let (fallback, after) = (policy.file.fallback.mode, policy.file.fallback.after);
         let mut result = result;
-        match self.fence(&tick, &result, fallback, after) {
+        match fence {
             Fence::Pass => {}
             Fence::Failsafe(note) => {
                 if let Ok(d) = &mut result {

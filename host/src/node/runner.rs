@@ -299,6 +299,8 @@ struct NodeLoop {
     next_slow_mono_ms: u64,
     /// The etcd arbiter (`[arbiter]`): its task runs beside the loop; each tick reads its view.
     arbiter: Option<Arc<crate::arbiter::Arbiter>>,
+    /// The flight recorder (`[recorder]`): every decided tick, written by a thread of its own.
+    recorder: Option<crate::recorder::Recorder>,
 }
 
 /// What the loop hands the `node-state.json` writer after a tick.
@@ -392,14 +394,16 @@ impl NodeLoop {
             state.record(Event::new(now, EventKind::Startup, note));
         }
         let round_trips = targets.peers.iter().map(|(id, paths, _)| paths.iter().map(|p| state.metrics.heartbeat_path(id, &p.name)).collect()).collect();
+        let recorder = start_recorder(&state);
+        let mut core = NodeCore::new(&config.node.id, config.node.role, now)
+            .with_startup_grace(u64::from(config.heartbeat.startup_grace_ms))
+            .with_restart(start.info());
+        core.recording = recorder.is_some();
+        core.fencing = config.arbiter.as_ref().is_some_and(|a| a.fencing);
         NodeLoop {
+            recorder,
             round_trips,
-            core: NodeCore {
-                fencing: config.arbiter.as_ref().is_some_and(|a| a.fencing),
-                ..NodeCore::new(&config.node.id, config.node.role, now)
-                    .with_startup_grace(u64::from(config.heartbeat.startup_grace_ms))
-                    .with_restart(start.info())
-            },
+            core,
             arbiter,
             persist: Some(persist),
             writer: Some(writer),
@@ -537,6 +541,10 @@ impl NodeLoop {
         let started = std::time::Instant::now();
         let outcome = tokio::task::block_in_place(|| self.core.step(&policy, observations, &self.peer_ids));
         state.metrics.decide.observe(started.elapsed().as_secs_f64());
+        if let (Some(recorder), Some((tick, decided))) = (&self.recorder, self.core.seen.take()) {
+            let applied = crate::recorder::Applied { mode: outcome.to, actions: outcome.actions.clone(), reason: outcome.reason.clone() };
+            recorder.record(crate::recorder::Entry { policy: recorder.policy_id(&policy), tick, decided, applied });
+        }
 
         state.metrics.ticks.inc();
         for note in state.replicator.take_notes() {
@@ -682,6 +690,7 @@ impl NodeLoop {
             events: Vec::new(),
             timeline: self.timeline.clone(),
             arbiter: self.arbiter.as_ref().map(|a| a.status()),
+            recorder: self.recorder.as_ref().map(|r| r.status()),
         };
         status.events = state.events.latest(20).unwrap_or_default();
         state.publish(status);
@@ -696,6 +705,26 @@ impl Drop for NodeLoop {
         }
         if let Some(task) = &self.slow_round {
             task.abort();
+        }
+    }
+}
+
+/// The flight recorder of `[recorder]`, writing to the data directory, its troubles to the event log.
+fn start_recorder(state: &Arc<NodeState>) -> Option<crate::recorder::Recorder> {
+    let section = state.config.recorder;
+    if !section.enabled {
+        return None;
+    }
+    let dir = crate::recorder::dir_of(&state.config.node.data_dir);
+    let events = state.clone();
+    let note = Box::new(move |message: String| events.record(Event::new(events.clock.wall_ms(), EventKind::Alarm, message)));
+    match crate::recorder::Recorder::start(&dir, section.max_bytes, &state.config.node.id, state.metrics.recorder.clone(), note) {
+        Ok(recorder) => Some(recorder),
+        Err(e) => {
+            let message = format!("flight recorder not started: {e}");
+            tracing::warn!("{message}");
+            state.record(Event::new(state.clock.wall_ms(), EventKind::Alarm, message));
+            None
         }
     }
 }
