@@ -20,6 +20,7 @@
 
 mod admin;
 pub mod conns;
+pub mod fast;
 mod peer;
 mod public;
 
@@ -82,6 +83,7 @@ impl ConnInfo {
 /// Serve until `shutdown` turns true.
 pub async fn serve(listener: TcpListener, state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>, endpoint: Endpoint) {
     let table = state.connections.clone();
+    let fixed: Arc<[u8]> = fast::fixed_headers(&state).into();
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     loop {
         let (stream, from) = tokio::select! {
@@ -104,14 +106,15 @@ pub async fn serve(listener: TcpListener, state: Arc<NodeState>, mut shutdown: w
         let slot = table.admit(from.ip());
         let state = state.clone();
         let endpoint = endpoint.clone();
+        let fixed = fixed.clone();
         tokio::spawn(async move {
             let stream = conns::Tracked::new(stream, slot.activity.clone());
             let mut conn = ConnInfo { from: from.ip().to_canonical(), tls: false, public_only: false, client_cert: None };
             match endpoint {
-                Endpoint::Plain => serve_connection(state, conn, stream, &slot).await,
+                Endpoint::Plain => serve_connection(state, conn, stream, &slot, &fixed).await,
                 Endpoint::PublicOnly => {
                     conn.public_only = true;
-                    serve_connection(state, conn, stream, &slot).await
+                    serve_connection(state, conn, stream, &slot, &fixed).await
                 }
                 Endpoint::Tls(acceptor) => {
                     let handshake = tokio::select! {
@@ -122,7 +125,7 @@ pub async fn serve(listener: TcpListener, state: Arc<NodeState>, mut shutdown: w
                         Ok(Ok(tls)) => {
                             conn.tls = true;
                             conn.client_cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
-                            serve_connection(state, conn, tls, &slot).await
+                            serve_connection(state, conn, tls, &slot, &fixed).await
                         }
                         Ok(Err(e)) => {
                             // A peer with a bad certificate retries every interval: logged at the 1st,
@@ -143,8 +146,25 @@ pub async fn serve(listener: TcpListener, state: Arc<NodeState>, mut shutdown: w
     }
 }
 
-/// Serve HTTP/1.1 on one accepted connection until it ends or is closed to make room.
-async fn serve_connection<I>(state: Arc<NodeState>, conn: ConnInfo, io: I, slot: &conns::Slot)
+/// Serve HTTP/1.1 on one accepted connection until it ends or is closed to make room: the fast lane
+/// first ([`fast`]), then hyper from the first request the lane does not answer.
+async fn serve_connection<I>(state: Arc<NodeState>, conn: ConnInfo, mut io: I, slot: &conns::Slot, fixed: &[u8])
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let lane = tokio::select! {
+        lane = fast::serve(&state, fixed, &mut io) => lane,
+        // Made room for another client, or idle/stalled: dropping the connection closes it.
+        _ = slot.activity.closed() => return,
+    };
+    match lane {
+        fast::Lane::Done => {}
+        fast::Lane::Handover(read) => serve_hyper(state, conn, fast::Rewind::new(read, io), slot).await,
+    }
+}
+
+/// Serve HTTP/1.1 with hyper until the connection ends or is closed to make room.
+async fn serve_hyper<I>(state: Arc<NodeState>, conn: ConnInfo, io: I, slot: &conns::Slot)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -329,3 +349,5 @@ pub fn status_only(mut answer: Answer, method: &Method) -> Answer {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod fast_tests;
