@@ -5,6 +5,14 @@
 //! the published status. Never: decides anything, or waits on the node loop — every handler answers
 //! from a snapshot, so a stalled loop is reported, not inherited.
 //!
+//! The load balancers' endpoints (`/health`, `/active`, `/standby`, `/role`) have a fast lane in front
+//! of hyper ([`fast`]): each connection starts there, body-less `GET`/`HEAD`s of those paths are
+//! answered from constants without allocating, pipelined ones in order and in one write, and the first
+//! other request hands the connection to hyper for the rest of its life (the bytes already read
+//! replayed first), so every rule below is hyper's and the server's as before. Both answer the probes
+//! byte for byte alike (status, `content-type`, `x-vigil-node`, `cache-control: no-store`,
+//! `connection`, `content-length`, `date`).
+//!
 //! Limits: request heads up to 16 KiB (hyper's buffer), read within [`HEAD_TIMEOUT`]; bodies up to
 //! [`MAX_BODY`] read within [`BODY_TIMEOUT`] (anything larger is refused with 413 before it is
 //! read); peer requests have their signature checked from the headers before the body is read, and
