@@ -1,6 +1,6 @@
 //! Every parser of outside input, fed thousands of mutants of real inputs: node configurations (the
 //! operator guide's full example), every policy in `policies/`, every scenario file, signed peer
-//! headers, UDP heartbeats, change batches (parsed, checked and applied to a real SQLite store), CIDRs, `HH:MM` times
+//! headers, UDP heartbeats, the HTTP fast lane's request heads, change batches (parsed, checked and applied to a real SQLite store), CIDRs, `HH:MM` times
 //! and `ip addr` output.
 //!
 //! Properties: no parser panics; a refusal names the file it is about, says what was wrong and points
@@ -278,6 +278,110 @@ fn udp_datagrams() {
         }
     }
     assert!(parsed > 0 && refused > 0, "the mutants reach both outcomes ({parsed} parsed, {refused} refused)");
+}
+
+/// Pieces that matter to an HTTP/1 request head.
+const HTTP_TOKENS: &[&[u8]] = &[
+    b"\r\n", b"\n", b"\r", b" ", b"\t", b":", b",", b"?", b"#", b"\0", b"\xff", b"\xc3\xa9", b"GET", b"HEAD", b"POST", b"OPTIONS",
+    b"/active", b"/role", b"/status", b"HTTP/1.0", b"HTTP/1.1", b"HTTP/2.0", b"Connection: close\r\n", b"Connection: keep-alive\r\n",
+    b"connection: Keep-Alive, close\r\n", b"Content-Length: 0\r\n", b"Content-Length: 5\r\n\r\nhello", b"Transfer-Encoding: chunked\r\n",
+    b"Upgrade: h2c\r\n", b"Expect: 100-continue\r\n", b"\r\n\r\n",
+];
+
+/// The fast lane's decision, from the head's text alone and without httparse: the request line is
+/// `GET` or `HEAD`, one of the four paths, HTTP/1.0 or 1.1; no body, upgrade or expectation header;
+/// keep-alive by hyper's rule.
+fn fast_lane_oracle(head: &[u8]) -> Option<(&'static str, bool, bool, bool)> {
+    let text = String::from_utf8_lossy(head);
+    let text = text.trim_start_matches(['\r', '\n']);
+    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    let mut first = lines.next()?.split(' ');
+    let (method, path, version) = (first.next()?, first.next()?, first.next()?);
+    let head_only = match method {
+        "GET" => false,
+        "HEAD" => true,
+        _ => return None,
+    };
+    let path = ["/health", "/active", "/standby", "/role"].into_iter().find(|p| *p == path)?;
+    let http10 = match version {
+        "HTTP/1.0" => true,
+        "HTTP/1.1" => false,
+        _ => return None,
+    };
+    let (mut keep_alive, mut close) = (!http10, false);
+    for line in lines.take_while(|l| !l.is_empty()) {
+        let (name, value) = line.split_once(':')?;
+        let name = name.to_ascii_lowercase();
+        if ["content-length", "transfer-encoding", "upgrade", "expect"].contains(&name.as_str()) {
+            return None;
+        }
+        if name == "connection" {
+            // A value that is not visible ASCII has no tokens (hyper reads it as a string or not at all).
+            let visible = value.chars().all(|c| c == '\t' || (' '..='~').contains(&c));
+            let has = |t: &str| visible && value.split(',').any(|v| v.trim().eq_ignore_ascii_case(t));
+            if close || has("close") {
+                (close, keep_alive) = (true, false);
+            } else if !keep_alive {
+                keep_alive = has("keep-alive");
+            }
+        }
+    }
+    Some((path, head_only, http10, keep_alive))
+}
+
+/// The fast lane's request heads (`vigil::http::fast::parse`): mutants of real load balancers'
+/// requests, text and bytes. Nothing panics; a head it answers is answered whichever prefix of it
+/// arrived first (every shorter prefix waits for more), is decided by its own bytes (what follows does
+/// not change it), and is what an independent reading of the head says: a body-less GET or HEAD of a
+/// probe path, with hyper's keep-alive rule.
+#[test]
+fn fast_lane_request_heads() {
+    use vigil::http::fast::{parse, Parsed};
+    let seed = seed();
+    let mut rng = Rng::new(seed);
+    let corpus: &[&[u8]] = &[
+        b"GET /active HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n",
+        b"HEAD /role HTTP/1.0\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: a\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n",
+        b"GET /standby HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /standby HTTP/1.0\r\n\r\n",
+        b"GET /active HTTP/1.1\r\nConnection: close\r\n\r\nGET /status HTTP/1.1\r\n\r\n",
+        b"POST /admin/switch/active HTTP/1.1\r\nAuthorization: Bearer x\r\nContent-Length: 0\r\n\r\n",
+    ];
+    let (mut answered, mut other) = (0, 0);
+    for _ in 0..20_000 * rounds() {
+        let mut m = corpus[rng.below(corpus.len())].to_vec();
+        for _ in 0..1 + rng.below(4) {
+            let at = rng.below(m.len() + 1);
+            match rng.below(5) {
+                0 if at < m.len() => m[at] = rng.next_u64() as u8,
+                1 => {
+                    let end = (at + 1 + rng.below(12)).min(m.len());
+                    m.drain(at.min(end)..end);
+                }
+                2 => m.truncate(at),
+                _ => {
+                    let token = HTTP_TOKENS[rng.below(HTTP_TOKENS.len())];
+                    m.splice(at..at, token.iter().copied());
+                }
+            }
+        }
+        let shown = format!("{:?}", String::from_utf8_lossy(&m));
+        match no_panic("fast::parse", seed, &shown, || parse(&m)) {
+            Parsed::Probe(req) => {
+                answered += 1;
+                assert!(req.len > 0 && req.len <= m.len(), "{shown}: length {}", req.len);
+                let head = &m[..req.len];
+                assert_eq!(parse(head), Parsed::Probe(req), "{shown}: decided by the head alone");
+                let cut = rng.below(req.len);
+                assert_eq!(parse(&head[..cut]), Parsed::Partial, "{shown}: a prefix of {cut} bytes must wait");
+                let oracle = fast_lane_oracle(head);
+                assert_eq!(oracle, Some((req.probe.path(), req.head, req.http10, req.keep_alive)), "{shown}");
+            }
+            Parsed::Other => other += 1,
+            Parsed::Partial => {}
+        }
+    }
+    assert!(answered > 1000 && other > 1000, "the mutants reach both outcomes ({answered} answered, {other} for hyper)");
 }
 
 /// Change batches as `POST /peer/changes` receives them: parsed, checked whole, and applied to a real

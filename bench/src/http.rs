@@ -108,9 +108,10 @@ pub async fn run(exe: &Path) -> anyhow::Result<()> {
     let summary = |runs: &[(f64, f64)]| {
         format!("{:.0} req/s, p99 {:.2} ms", median(runs.iter().map(|r| r.0).collect()), median(runs.iter().map(|r| r.1).collect()))
     };
+    let ratio = median(v.iter().map(|r| r.0).collect()) / median(n.iter().map(|r| r.0).collect());
     crate::row(
         &format!("`GET /active`, wrk 1 thread 32 connections 5 s, median of {ROUNDS} alternating rounds"),
-        format!("vigil {} · nginx 1 worker `return 200` {}", summary(&v), summary(&n)),
+        format!("vigil {} · nginx 1 worker `return 200` {} · vigil/nginx {:.0} %", summary(&v), summary(&n), ratio * 100.0),
     );
     Ok(())
 }

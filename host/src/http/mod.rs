@@ -5,6 +5,14 @@
 //! the published status. Never: decides anything, or waits on the node loop — every handler answers
 //! from a snapshot, so a stalled loop is reported, not inherited.
 //!
+//! The load balancers' endpoints (`/health`, `/active`, `/standby`, `/role`) have a fast lane in front
+//! of hyper ([`fast`]): each connection starts there, body-less `GET`/`HEAD`s of those paths are
+//! answered from constants without allocating, pipelined ones in order and in one write, and the first
+//! other request hands the connection to hyper for the rest of its life (the bytes already read
+//! replayed first), so every rule below is hyper's and the server's as before. Both answer the probes
+//! byte for byte alike (status, `content-type`, `x-vigil-node`, `cache-control: no-store`,
+//! `connection`, `content-length`, `date`).
+//!
 //! Limits: request heads up to 16 KiB (hyper's buffer), read within [`HEAD_TIMEOUT`]; bodies up to
 //! [`MAX_BODY`] read within [`BODY_TIMEOUT`] (anything larger is refused with 413 before it is
 //! read); peer requests have their signature checked from the headers before the body is read, and
@@ -20,6 +28,7 @@
 
 mod admin;
 pub mod conns;
+pub mod fast;
 mod peer;
 mod public;
 
@@ -82,6 +91,7 @@ impl ConnInfo {
 /// Serve until `shutdown` turns true.
 pub async fn serve(listener: TcpListener, state: Arc<NodeState>, mut shutdown: watch::Receiver<bool>, endpoint: Endpoint) {
     let table = state.connections.clone();
+    let fixed: Arc<[u8]> = fast::fixed_headers(&state).into();
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     loop {
         let (stream, from) = tokio::select! {
@@ -104,14 +114,15 @@ pub async fn serve(listener: TcpListener, state: Arc<NodeState>, mut shutdown: w
         let slot = table.admit(from.ip());
         let state = state.clone();
         let endpoint = endpoint.clone();
+        let fixed = fixed.clone();
         tokio::spawn(async move {
             let stream = conns::Tracked::new(stream, slot.activity.clone());
             let mut conn = ConnInfo { from: from.ip().to_canonical(), tls: false, public_only: false, client_cert: None };
             match endpoint {
-                Endpoint::Plain => serve_connection(state, conn, stream, &slot).await,
+                Endpoint::Plain => serve_connection(state, conn, stream, &slot, &fixed).await,
                 Endpoint::PublicOnly => {
                     conn.public_only = true;
-                    serve_connection(state, conn, stream, &slot).await
+                    serve_connection(state, conn, stream, &slot, &fixed).await
                 }
                 Endpoint::Tls(acceptor) => {
                     let handshake = tokio::select! {
@@ -122,7 +133,7 @@ pub async fn serve(listener: TcpListener, state: Arc<NodeState>, mut shutdown: w
                         Ok(Ok(tls)) => {
                             conn.tls = true;
                             conn.client_cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.clone().into_owned());
-                            serve_connection(state, conn, tls, &slot).await
+                            serve_connection(state, conn, tls, &slot, &fixed).await
                         }
                         Ok(Err(e)) => {
                             // A peer with a bad certificate retries every interval: logged at the 1st,
@@ -143,8 +154,25 @@ pub async fn serve(listener: TcpListener, state: Arc<NodeState>, mut shutdown: w
     }
 }
 
-/// Serve HTTP/1.1 on one accepted connection until it ends or is closed to make room.
-async fn serve_connection<I>(state: Arc<NodeState>, conn: ConnInfo, io: I, slot: &conns::Slot)
+/// Serve HTTP/1.1 on one accepted connection until it ends or is closed to make room: the fast lane
+/// first ([`fast`]), then hyper from the first request the lane does not answer.
+async fn serve_connection<I>(state: Arc<NodeState>, conn: ConnInfo, mut io: I, slot: &conns::Slot, fixed: &[u8])
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let lane = tokio::select! {
+        lane = fast::serve(&state, fixed, &mut io) => lane,
+        // Made room for another client, or idle/stalled: dropping the connection closes it.
+        _ = slot.activity.closed() => return,
+    };
+    match lane {
+        fast::Lane::Done => {}
+        fast::Lane::Handover(read) => serve_hyper(state, conn, fast::Rewind::new(read, io), slot).await,
+    }
+}
+
+/// Serve HTTP/1.1 with hyper until the connection ends or is closed to make room.
+async fn serve_hyper<I>(state: Arc<NodeState>, conn: ConnInfo, io: I, slot: &conns::Slot)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -329,3 +357,5 @@ pub fn status_only(mut answer: Answer, method: &Method) -> Answer {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod fast_tests;

@@ -23,10 +23,10 @@ pub fn handle(state: &NodeState, method: &Method, path: &str, headers: &hyper::H
         return text(StatusCode::METHOD_NOT_ALLOWED, format!("{path}: use GET, HEAD or OPTIONS"));
     }
     let answer = match path {
-        "/health" => health(state),
-        "/active" => mode_check(state, Mode::Active),
-        "/standby" => mode_check(state, Mode::Standby),
-        "/role" => role_answer(StatusCode::OK, state.mode()),
+        "/health" | "/active" | "/standby" | "/role" => {
+            let (status, body) = probe(state, path).expect("a load balancer's endpoint");
+            text_static(status, body)
+        }
         "/app" => {
             if state.status.read().expect("status lock").app_healthy {
                 text(StatusCode::OK, "APP=OK")
@@ -64,29 +64,41 @@ fn status(state: &NodeState) -> Answer {
         .expect("valid response")
 }
 
-fn health(state: &NodeState) -> Answer {
+/// The answer of a load balancer's endpoint (`/health`, `/active`, `/standby`, `/role`): its status
+/// and a constant body (no allocation). Shared with the fast lane ([`super::fast`]), so both answer alike.
+pub(super) fn probe(state: &NodeState, path: &str) -> Option<(StatusCode, &'static str)> {
+    match path {
+        "/health" => Some(health(state)),
+        "/active" => Some(mode_check(state, Mode::Active)),
+        "/standby" => Some(mode_check(state, Mode::Standby)),
+        "/role" => Some((StatusCode::OK, role_line(state.mode()))),
+        _ => None,
+    }
+}
+
+fn health(state: &NodeState) -> (StatusCode, &'static str) {
     if state.loop_alive() {
-        text_static(StatusCode::OK, "OK\n")
+        (StatusCode::OK, "OK\n")
     } else {
-        text_static(StatusCode::SERVICE_UNAVAILABLE, "STALLED: the node loop has not run within two heartbeat intervals\n")
+        (StatusCode::SERVICE_UNAVAILABLE, "STALLED: the node loop has not run within two heartbeat intervals\n")
     }
 }
 
 /// 200 only in `mode` and while the loop is alive: a hung daemon must stop claiming its role.
-fn mode_check(state: &NodeState, mode: Mode) -> Answer {
+fn mode_check(state: &NodeState, mode: Mode) -> (StatusCode, &'static str) {
     let current = state.mode();
     if !state.loop_alive() {
-        text_static(StatusCode::SERVICE_UNAVAILABLE, "STALLED\n")
+        (StatusCode::SERVICE_UNAVAILABLE, "STALLED\n")
     } else if current == mode {
-        role_answer(StatusCode::OK, current)
+        (StatusCode::OK, role_line(current))
     } else {
-        role_answer(StatusCode::SERVICE_UNAVAILABLE, current)
+        (StatusCode::SERVICE_UNAVAILABLE, role_line(current))
     }
 }
 
 /// The role word and a newline, from constants (the endpoints a load balancer polls allocate nothing
 /// for their body).
-fn role_answer(status: StatusCode, mode: Mode) -> Answer {
+fn role_line(mode: Mode) -> &'static str {
     let line = match mode {
         Mode::Active => "ACTIVE\n",
         Mode::Standby => "STANDBY\n",
@@ -96,7 +108,7 @@ fn role_answer(status: StatusCode, mode: Mode) -> Answer {
         Mode::Starting => "STARTING\n",
     };
     debug_assert_eq!(line.trim_end(), mode.role_word());
-    text_static(status, line)
+    line
 }
 
 /// `/metrics`: the node's registry, in OpenMetrics, or in the Prometheus text format 0.0.4 for a

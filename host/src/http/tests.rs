@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 const KEY: &str = "test-peer-key-0123456789abcdef";
-const TOKEN: &str = "test-admin-token-0123456789";
+pub(super) const TOKEN: &str = "test-admin-token-0123456789";
 const INTERVAL: u64 = 100;
 
 fn plugin_dir() -> PathBuf {
@@ -24,7 +24,7 @@ fn plugin_dir() -> PathBuf {
     dir
 }
 
-async fn node(mode: &str) -> (Arc<NodeState>, Arc<ManualClock>, tempfile::TempDir) {
+pub(super) async fn node(mode: &str) -> (Arc<NodeState>, Arc<ManualClock>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     std::fs::write(p.join("peer.key"), KEY).unwrap();
@@ -48,7 +48,7 @@ async fn node(mode: &str) -> (Arc<NodeState>, Arc<ManualClock>, tempfile::TempDi
 }
 
 /// What the loop does at the end of a tick, for a given mode.
-fn loop_ran(state: &NodeState, clock: &ManualClock, mode: Mode) {
+pub(super) fn loop_ran(state: &NodeState, clock: &ManualClock, mode: Mode) {
     let mut status = state.snapshot();
     status.node.mode = mode;
     state.publish(status);
