@@ -1,6 +1,6 @@
 //! Replicated directories between real `vigil run` processes, under the faults that used to lose
 //! data: a directory missing at start, a file replaced by a directory, a full disk, another
-//! filesystem mounted over the directory.
+//! filesystem mounted over the directory, an edit made while the node was down.
 //!
 //! The mount tests need root (tmpfs); they say so and return when `mount` is refused.
 
@@ -294,6 +294,44 @@ async fn a_full_disk_keeps_changes_pending_never_deleted_and_writes_them_once_th
     until(&c, "b writes the pending file", Duration::from_secs(15), || (tree(&sb), all.clone())).await;
     until_sync(&c, 1, "pending_files", serde_json::json!(0)).await;
     assert_eq!(tree(&sa), all);
+}
+
+/// The chaos test's seed 32, made deterministic: b holds a's change to a file committed but not on
+/// disk (its volume is full) when it is killed; the file is edited on b while b is down. At the next
+/// start b knows the file as it left it (the stamps are kept in its store), so the edit is a local
+/// change, later than a's: it wins on both nodes, and a's pending change never lands over it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edit_made_while_the_node_was_down_is_not_overwritten_by_the_change_it_had_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(volume) = Tmpfs::mount(&dir.path().join("b/shared"), "1m") else { return };
+    let (mut c, _links) = pair(dir.path(), "").await;
+    let (sa, sb) = (shared(&c, 0), shared(&c, 1));
+    std::fs::create_dir_all(&sa).unwrap();
+    let big = "z".repeat(700 << 10);
+    std::fs::write(sa.join("big.txt"), &big).unwrap();
+    std::fs::write(sa.join("notes.txt"), "first").unwrap();
+    let both = |notes: usize| vec![format!("big.txt={}", big.len()), format!("notes.txt={notes}")];
+    until(&c, "b has both files", Duration::from_secs(15), || (tree(&sb), both(5))).await;
+    tokio::time::sleep(Duration::from_millis(600)).await; // b has scanned them where they are
+    // a's next version of notes.txt does not fit on b: it stays pending there.
+    std::fs::write(sa.join("notes.txt"), "y".repeat(400 << 10)).unwrap();
+    until_sync(&c, 1, "pending_files", serde_json::json!(1)).await;
+
+    c.kill(1);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    std::fs::remove_file(sb.join("notes.txt")).unwrap();
+    std::fs::write(sb.join("notes.txt"), "edited on b while b was down").unwrap();
+    volume.resize("4m");
+    c.start(1).unwrap();
+    let edited = vec!["notes.txt=edited on b while b was down".to_string()];
+    let names = ["notes.txt".to_string()];
+    // (Shortened: a's pending version is 400 KiB.)
+    let short = |dir: &Path| contents(dir, &names).into_iter().map(|c| c.chars().take(60).collect::<String>()).collect::<Vec<_>>();
+    until(&c, "b's edit on both nodes", Duration::from_secs(15), || ((short(&sa), short(&sb)), (edited.clone(), edited.clone()))).await;
+    until_sync(&c, 1, "pending_files", serde_json::json!(0)).await;
+    // And it stays so: nothing pending comes back over it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!((short(&sa), short(&sb)), (edited.clone(), edited));
 }
 
 #[tokio::test(flavor = "multi_thread")]

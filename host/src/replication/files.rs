@@ -2,8 +2,9 @@
 //! tombstones), with the store's scope named after the directory and the relative path as key.
 //!
 //! A scan compares the directory with the store and records local changes; files changed since the
-//! previous scan are found by size and modification time, so a rescan of an unchanged tree reads
-//! only metadata. A changed file is versioned by its modification time (an HLC never goes back, so
+//! previous scan are found by size, modification time and inode (the *stamp*, kept in the store
+//! across restarts), so a rescan of an unchanged tree reads only metadata, and a restarted node
+//! knows which files were edited while it was down. A changed file is versioned by its modification time (an HLC never goes back, so
 //! at worst just after the latest version this node has seen): the file written last wins, whichever
 //! node happened to scan first. Temporary files are never replicated.
 //!
@@ -25,7 +26,7 @@
 //! check on the open descriptor.
 
 use super::hlc::{newer, Hlc};
-use super::store::{Change, Entry, Patterns, Store};
+use super::store::{Change, DiskStamp, Entry, Patterns, Store};
 use std::collections::{HashMap, HashSet};
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
@@ -100,8 +101,8 @@ pub struct DirSync {
     limits: DeleteLimits,
     /// Each file as the previous scan saw it, or as this node last wrote it from a peer.
     seen: Mutex<HashMap<String, Stamp>>,
-    /// Whether a scan of this process filled `seen`: before it, a file not in `seen` is unknown,
-    /// not new.
+    /// Whether a scan of this process filled `seen` (the first one starts from the stamps the store
+    /// kept).
     scanned: AtomicBool,
     /// When file events said a path went away (relative path → wall ms), since the last scan: a
     /// delete is dated when it happened, not when the scan noticed it.
@@ -234,6 +235,7 @@ impl DirSync {
         present: &[(String, std::fs::Metadata)],
         gone: &HashMap<String, u64>,
         seen: &HashMap<String, Stamp>,
+        trust_seen: bool,
         now_seen: &mut HashMap<String, Stamp>,
         wall_ms: u64,
         report: &mut ScanReport,
@@ -245,13 +247,23 @@ impl DirSync {
         for (rel, meta) in present {
             let stamp = stamp(meta);
             now_seen.insert(rel.clone(), stamp);
-            // Before this process's first scan nothing is known of the file: the retry writes the
-            // change the store committed over it (the disk as a crash or a stop left it). An edit
-            // made while the node was down is lost to it; the stamps are not persisted.
-            if seen.get(rel) == Some(&stamp) || !self.scanned.load(Ordering::Acquire) {
+            // As last known (the stamps outlive the process): the retry writes the pending change
+            // over it. Otherwise it was edited since, maybe while the node was down. In a directory
+            // not known as the last scan saw it (no stamps), nothing tells an edit from an old file:
+            // the retry writes the change the store committed.
+            if seen.get(rel) == Some(&stamp) || !trust_seen {
                 continue;
             }
-            self.record(store, rel, stamp, wall_ms, report, now_seen, |_, version| later_here(rel, version))?;
+            // Unless it already holds the pending change: written just before a crash, its stamp
+            // not recorded yet.
+            let edited = |(content, mode): (&[u8], u32), version| -> Result<bool, String> {
+                let stored = store.get(&self.name, rel).map_err(|e| e.to_string())?;
+                if stored.is_some_and(|e| e.value.as_deref() == Some(content) && e.mode == Some(mode)) {
+                    return Ok(false);
+                }
+                later_here(rel, version)
+            };
+            self.record(store, rel, stamp, wall_ms, report, now_seen, edited)?;
         }
         let there: HashSet<&str> = present.iter().map(|(rel, _)| rel.as_str()).collect();
         for key in pending.iter().filter(|k| seen.contains_key(*k) && !there.contains(k.as_str()) && self.wanted(k)) {
@@ -369,8 +381,34 @@ impl DirSync {
             }
         }
         let mut seen = self.seen.lock().expect("seen lock");
+        let root_ino = root_meta.ino();
+        let ino_key = format!("root-ino:{}", self.name);
+        let was_ino = store.meta_value(&ino_key).map_err(|e| failed(e.to_string()))?;
+        // The stamps kept describe this directory only if it is the one the last scan saw: not a
+        // directory made anew meanwhile (emptied volume, recreated root), nor another filesystem.
+        let same_root = was == Some(dev) && was_ino == Some(root_ino);
+        let first = !self.scanned.load(Ordering::Acquire);
+        if first && !same_root {
+            store.clear_stamps(&self.name).map_err(|e| failed(e.to_string()))?;
+        }
+        if first && same_root {
+            // This process's first scan: the files as the last process left them (its last scan or
+            // write, or a write that landed just before it stopped), so an edit made while the node
+            // was down is told from what it wrote itself.
+            let on_disk: HashMap<&str, Stamp> = files.iter().chain(&pending_files).map(|(rel, m)| (rel.as_str(), stamp(m))).collect();
+            *seen = store
+                .stamps(&self.name)
+                .map_err(|e| failed(e.to_string()))?
+                .into_iter()
+                .filter_map(|(rel, (known, landing))| match (known, landing) {
+                    (_, Some(landed)) if on_disk.get(rel.as_str()) == Some(&landed) => Some((rel, landed)),
+                    (known, _) => known.map(|k| (rel, k)),
+                })
+                .collect();
+        }
         let mut now_seen = HashMap::new();
-        self.scan_pending(store, &pending, &pending_files, &gone, &seen, &mut now_seen, wall_ms, &mut report).map_err(failed)?;
+        let trust_seen = !first || same_root;
+        self.scan_pending(store, &pending, &pending_files, &gone, &seen, trust_seen, &mut now_seen, wall_ms, &mut report).map_err(failed)?;
         for (rel, meta) in &files {
             let stamp = stamp(meta);
             now_seen.insert(rel.clone(), stamp);
@@ -384,10 +422,18 @@ impl DirSync {
             };
             self.record(store, rel, stamp, wall_ms, &mut report, &mut now_seen, changed).map_err(failed)?;
         }
+        let mut changed: Vec<(&str, Option<Stamp>)> =
+            now_seen.iter().filter(|(rel, stamp)| seen.get(*rel) != Some(stamp)).map(|(rel, stamp)| (rel.as_str(), Some(*stamp))).collect();
+        changed.extend(seen.keys().filter(|rel| !now_seen.contains_key(*rel)).map(|rel| (rel.as_str(), None)));
+        store.save_stamps(&self.name, &changed).map_err(|e| failed(e.to_string()))?;
+        drop(changed);
         *seen = now_seen;
         self.scanned.store(true, Ordering::Release);
         if was != Some(dev) {
             store.set_meta_value(&self.meta_key(), dev).map_err(|e| failed(e.to_string()))?;
+        }
+        if was_ino != Some(root_ino) {
+            store.set_meta_value(&ino_key, root_ino).map_err(|e| failed(e.to_string()))?;
         }
         *self.verified.lock().expect("verified lock") = Some(dev);
         *self.held.lock().expect("held lock") = None;
@@ -415,6 +461,12 @@ impl DirSync {
     /// a peer); a path that would go through a symbolic link is refused. An error leaves the disk as
     /// it was (no temporary file behind): the caller keeps the change pending and retries.
     pub fn write_out(&self, change: &Change) -> Result<(), String> {
+        self.write_out_to(change, None)
+    }
+
+    /// [`DirSync::write_out`], the written file's stamp recorded in `store` before its rename (see
+    /// [`Store::landing`]).
+    fn write_out_to(&self, change: &Change, store: Option<&Store>) -> Result<(), String> {
         if !self.wanted(&change.key) {
             return Ok(());
         }
@@ -479,9 +531,17 @@ impl DirSync {
                     Err(e) => return Err(format!("{shown}: {e}")),
                 }
                 // Checked again just before the rename: an edit landing while the file was written.
+                // Before that check, the new file's stamp is recorded as landing: a crash right after
+                // the rename leaves a file the next process knows as its own write, not an edit.
                 let check = || unchanged(std::fs::symlink_metadata(&path).ok().as_ref());
                 check()?;
-                let written = write_atomically(dir, &path, content, change.mode.unwrap_or(0o644) & 0o777, owner, check)?;
+                let before_rename = |landing: &Stamp| {
+                    if let Some(store) = store {
+                        store.landing(&self.name, &change.key, *landing).map_err(|e| format!("{shown}: {e}"))?;
+                    }
+                    check()
+                };
+                let written = write_atomically(dir, &path, content, change.mode.unwrap_or(0o644) & 0o777, owner, before_rename)?;
                 // What we just wrote is not a local change: remember it as seen, as written (its
                 // descriptor's stamp, not the path's: a local write that lands right after the rename
                 // must still be seen as one by the next scan).
@@ -510,18 +570,19 @@ impl DirSync {
 }
 
 /// What tells a file's content changed without reading it: size, modification time and inode (an
-/// editor or deploy tool that replaces a file by rename gives it a new inode).
-type Stamp = (u64, SystemTime, u64);
+/// editor or deploy tool that replaces a file by rename gives it a new inode). Kept in the store
+/// ([`Store::stamps`]) so that a restarted node knows its files as it left them.
+type Stamp = DiskStamp;
 
 /// A file's modification time in milliseconds, never later than `wall_ms`: the version of a local
 /// write, so that between two nodes the file written last wins, not the one scanned last.
 fn modified_ms(stamp: &Stamp, wall_ms: u64) -> u64 {
-    stamp.1.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(wall_ms).min(wall_ms)
+    u64::try_from(stamp.mtime_ns / 1_000_000).map_or(wall_ms, |ms| ms.min(wall_ms))
 }
 
 fn stamp(meta: &std::fs::Metadata) -> Stamp {
     use std::os::unix::fs::MetadataExt as _;
-    (meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.ino())
+    DiskStamp { size: meta.size() as i64, mtime_ns: meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec()), ino: meta.ino() as i64 }
 }
 
 /// Remove `dir` if it holds nothing but empty directories (never following a link); otherwise leave
@@ -545,9 +606,10 @@ pub fn write_changes(store: &Store, dirs: &[&DirSync], mut changes: Vec<Change>)
     let mut outcomes = Vec::new();
     for change in changes {
         let Some(dir) = dirs.iter().find(|d| d.name == change.scope) else { continue };
-        let outcome = dir.write_out(&change);
+        let outcome = dir.write_out_to(&change, Some(store));
         let recorded = match &outcome {
-            Ok(()) => store.clear_pending(&change.scope, &change.key),
+            // Not pending any more, and the file as written is what the next process will know.
+            Ok(()) => store.written(&change.scope, &change.key, dir.seen.lock().expect("seen lock").get(&change.key).copied()),
             Err(e) => store.fail_pending(&change.scope, &change.key, e),
         };
         if let Err(e) = recorded {
@@ -566,7 +628,7 @@ fn write_atomically(
     content: &[u8],
     mode: u32,
     owner: Option<(u32, u32)>,
-    before_rename: impl Fn() -> Result<(), String>,
+    before_rename: impl Fn(&Stamp) -> Result<(), String>,
 ) -> Result<Stamp, String> {
     let mut random = [0u8; 8];
     getrandom::fill(&mut random).map_err(|e| format!("no random source: {e}"))?;
@@ -593,8 +655,9 @@ fn write_atomically(
     let result = written
         .map_err(|e| format!("{shown}: {e}"))
         .and_then(|meta| {
-            before_rename()?;
-            std::fs::rename(&tmp, path).map(|()| stamp(&meta)).map_err(|e| format!("{}: {e}", path.display()))
+            let written = stamp(&meta);
+            before_rename(&written)?;
+            std::fs::rename(&tmp, path).map(|()| written).map_err(|e| format!("{}: {e}", path.display()))
         });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -1128,6 +1191,96 @@ mod tests {
         let retry: Vec<Change> = sb.pending("mail").unwrap().into_iter().map(|(k, _)| sb.get("mail", &k).unwrap().unwrap().into()).collect();
         write_changes(&sb, &[&db], retry);
         assert_eq!(std::fs::read_to_string(db.root.join("f00")).unwrap(), "a's newer content");
+    }
+
+    /// b holds a's change to `f00` committed but not on disk (pending) when it stops; what the disk
+    /// holds at the next start is up to `while_down`.
+    fn restarted_with_a_pending_change(while_down: impl FnOnce(&Path)) -> (Store, DirSync, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let (sa, da) = setup(dir.path(), "a");
+        let (sb, db) = setup(dir.path(), "b");
+        fill(&da, 2);
+        fill(&db, 2);
+        std::fs::write(db.root.join("f00"), "b's old content").unwrap();
+        db.scan(&sb, || 1000).unwrap();
+        std::fs::write(da.root.join("f00"), "a's newer content").unwrap();
+        da.scan(&sa, || 2000).unwrap();
+        let (changes, _) = sa.changes_since(0, 100, 1 << 20).unwrap();
+        sb.apply(&changes, 2000).unwrap();
+        drop(db);
+        while_down(&dir.path().join("b/mail/f00"));
+        let db = DirSync::new("mail", &dir.path().join("b/mail"), vec![], vec!["*.lock".into()], 1024);
+        (sb, db, dir)
+    }
+
+    #[test]
+    fn an_edit_made_while_the_node_was_down_over_a_pending_change_is_versioned_not_overwritten() {
+        // The chaos test's seed 32: the file edited after the pending change, while the daemon was
+        // down. The first scan of the next process knows the file as the last one left it (the
+        // stamps are kept in the store): the edit is a local change, dated 3000, later than a's.
+        let (sb, db, _dir) = restarted_with_a_pending_change(|f| {
+            std::fs::remove_file(f).unwrap();
+            std::fs::write(f, "edited while down").unwrap();
+        });
+        let report = db.scan(&sb, || 3000).unwrap();
+        assert_eq!(report.written.iter().map(|c| c.key.as_str()).collect::<Vec<_>>(), ["f00"]);
+        assert!(sb.pending("mail").unwrap().iter().all(|(k, _)| k != "f00"), "the later local edit replaces the pending change");
+        assert_eq!(sb.get("mail", "f00").unwrap().unwrap().value.as_deref(), Some(&b"edited while down"[..]));
+        assert_eq!(std::fs::read_to_string(db.root.join("f00")).unwrap(), "edited while down");
+    }
+
+    #[test]
+    fn a_pending_change_written_just_before_a_crash_is_not_a_local_edit() {
+        // The rename happened, the stamp and the end of pending were not recorded: the file holds
+        // exactly the pending change, so no new version is made; the retry finds it as written.
+        let (sb, db, _dir) = restarted_with_a_pending_change(|f| {
+            std::fs::remove_file(f).unwrap();
+            std::fs::write(f, "a's newer content").unwrap();
+        });
+        let before = sb.get("mail", "f00").unwrap().unwrap().hlc;
+        assert!(db.scan(&sb, || 3000).unwrap().written.is_empty());
+        assert_eq!(sb.get("mail", "f00").unwrap().unwrap().hlc, before);
+        let retry: Vec<Change> = sb.pending("mail").unwrap().into_iter().map(|(k, _)| sb.get("mail", &k).unwrap().unwrap().into()).collect();
+        assert!(write_changes(&sb, &[&db], retry).iter().all(|(_, r)| r.is_ok()));
+        assert!(sb.pending("mail").unwrap().is_empty());
+        assert_eq!(std::fs::read_to_string(db.root.join("f00")).unwrap(), "a's newer content");
+        // And the next process knows the file as written: not read again, not versioned.
+        drop(db);
+        let db = DirSync::new("mail", &_dir.path().join("b/mail"), vec![], vec!["*.lock".into()], 1024);
+        assert!(db.scan(&sb, || 4000).unwrap().written.is_empty());
+        assert_eq!(sb.stamps("mail").unwrap().len(), 2, "f00 and f01, as written and scanned");
+    }
+
+    #[test]
+    fn a_peer_write_that_landed_just_before_a_crash_is_known_as_written_when_a_newer_one_waits() {
+        // The chaos test's seed 9 (with stamps kept but not the landing one): a's first change was
+        // renamed into place, then the node died before recording it; a's second change is pending
+        // at the next start. The file on disk is this node's own write, not an edit made while it
+        // was down: no version is made of it, and the retry writes a's second change.
+        let dir = tempfile::tempdir().unwrap();
+        let (sa, da) = setup(dir.path(), "a");
+        let (sb, db) = setup(dir.path(), "b");
+        fill(&da, 1);
+        fill(&db, 1);
+        std::fs::write(db.root.join("f00"), "b's old content").unwrap();
+        db.scan(&sb, || 1000).unwrap();
+        std::fs::write(da.root.join("f00"), "a's first").unwrap();
+        da.scan(&sa, || 2000).unwrap();
+        let (first, next) = sa.changes_since(0, 100, 1 << 20).unwrap();
+        let landed = sb.apply(&first, 2000).unwrap().written;
+        db.write_out_to(&landed[0], Some(&sb)).unwrap(); // renamed; `Store::written` never ran
+        assert_eq!(sb.pending("mail").unwrap().len(), 1);
+        drop(db);
+        std::fs::write(da.root.join("f00"), "a's second").unwrap();
+        da.scan(&sa, || 2500).unwrap();
+        let (second, _) = sa.changes_since(next, 100, 1 << 20).unwrap();
+        sb.apply(&second, 2500).unwrap();
+        let db = DirSync::new("mail", &dir.path().join("b/mail"), vec![], vec!["*.lock".into()], 1024);
+        assert!(db.scan(&sb, || 3000).unwrap().written.is_empty(), "a's first, as landed, is not a local edit");
+        assert_eq!(sb.get("mail", "f00").unwrap().unwrap().value.as_deref(), Some(&b"a's second"[..]));
+        let retry: Vec<Change> = sb.pending("mail").unwrap().into_iter().map(|(k, _)| sb.get("mail", &k).unwrap().unwrap().into()).collect();
+        assert!(write_changes(&sb, &[&db], retry).iter().all(|(_, r)| r.is_ok()));
+        assert_eq!(std::fs::read_to_string(db.root.join("f00")).unwrap(), "a's second");
     }
 
     #[test]

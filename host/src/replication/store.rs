@@ -17,7 +17,9 @@
 //!
 //! A file change applied from a peer is *pending* until its file is on disk (a table committed with
 //! the change): a scan never reads a pending file's absence as a delete, and a crash between the
-//! commit and the write leaves it pending for the next retry.
+//! commit and the write leaves it pending for the next retry. The store also keeps each replicated
+//! file's *stamp* (size, modification time, inode) as this node last wrote or scanned it, so that a
+//! restarted node tells an edit made while it was down from its own write.
 //!
 //! The store has an *incarnation*, a random id created with it: a peer that sees it change knows the
 //! sequence numbers started again and pulls from zero.
@@ -26,6 +28,7 @@ use super::hlc::{newer, Hlc, HlcClock};
 use base64::Engine as _;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -213,7 +216,10 @@ impl Store {
              CREATE INDEX IF NOT EXISTS entries_seq ON entries (seq);
              CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS peers (id TEXT PRIMARY KEY, watermark INTEGER NOT NULL);
-             CREATE TABLE IF NOT EXISTS pending (scope TEXT NOT NULL, key TEXT NOT NULL, reason TEXT, PRIMARY KEY (scope, key));",
+             CREATE TABLE IF NOT EXISTS pending (scope TEXT NOT NULL, key TEXT NOT NULL, reason TEXT, PRIMARY KEY (scope, key));
+             CREATE TABLE IF NOT EXISTS stamps (
+                 scope TEXT NOT NULL, key TEXT NOT NULL, size INTEGER, mtime_ns INTEGER, ino INTEGER,
+                 next_size INTEGER, next_mtime_ns INTEGER, next_ino INTEGER, PRIMARY KEY (scope, key));",
         )
         .map_err(db)?;
         // FULL: a write that was acknowledged (`PUT /config`, a scanned file, a pulled page and its
@@ -569,6 +575,68 @@ impl Store {
         Ok(())
     }
 
+    /// The file change of `scope`/`key` is on disk now, as `stamp` (`None`: removed), in one
+    /// transaction: the next process knows the file as written, so an edit made while it was down
+    /// is told from its own write.
+    pub fn written(&self, scope: &str, key: &str, stamp: Option<DiskStamp>) -> Result<(), StoreError> {
+        let mut conn = self.conn.lock().expect("store lock");
+        let tx = conn.transaction().map_err(|e| self.db(e))?;
+        tx.execute("DELETE FROM pending WHERE scope = ?1 AND key = ?2", params![scope, key]).map_err(|e| self.db(e))?;
+        save_stamp(&tx, scope, key, stamp).map_err(|e| self.db(e))?;
+        tx.commit().map_err(|e| self.db(e))
+    }
+
+    /// Each file of `scope` as this node last knew it on disk (its last scan or write), and the
+    /// stamp of a write about to land over it (set before the rename, cleared once it is recorded):
+    /// a crash between the two leaves either on disk, both known.
+    pub fn stamps(&self, scope: &str) -> Result<HashMap<String, (Option<DiskStamp>, Option<DiskStamp>)>, StoreError> {
+        let conn = self.conn.lock().expect("store lock");
+        let mut stmt = conn
+            .prepare("SELECT key, size, mtime_ns, ino, next_size, next_mtime_ns, next_ino FROM stamps WHERE scope = ?1")
+            .map_err(|e| self.db(e))?;
+        let stamp_at = |r: &rusqlite::Row<'_>, i: usize| -> rusqlite::Result<Option<DiskStamp>> {
+            Ok(match (r.get(i)?, r.get(i + 1)?, r.get(i + 2)?) {
+                (Some(size), Some(mtime_ns), Some(ino)) => Some(DiskStamp { size, mtime_ns, ino }),
+                _ => None,
+            })
+        };
+        let rows = stmt.query_map(params![scope], |r| Ok((r.get(0)?, (stamp_at(r, 1)?, stamp_at(r, 4)?)))).map_err(|e| self.db(e))?;
+        rows.collect::<Result<HashMap<_, _>, _>>().map_err(|e| self.db(e))
+    }
+
+    /// Forget the stamps of `scope` (its directory is not the one they describe).
+    pub fn clear_stamps(&self, scope: &str) -> Result<(), StoreError> {
+        let conn = self.conn.lock().expect("store lock");
+        conn.execute("DELETE FROM stamps WHERE scope = ?1", params![scope]).map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    /// A write of `scope`/`key` is about to be renamed into place as `stamp` (see [`Store::stamps`]).
+    pub fn landing(&self, scope: &str, key: &str, stamp: DiskStamp) -> Result<(), StoreError> {
+        let conn = self.conn.lock().expect("store lock");
+        conn.prepare_cached(
+            "INSERT INTO stamps (scope, key, next_size, next_mtime_ns, next_ino) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (scope, key) DO UPDATE SET next_size = ?3, next_mtime_ns = ?4, next_ino = ?5",
+        )
+        .and_then(|mut st| st.execute(params![scope, key, stamp.size, stamp.mtime_ns, stamp.ino]))
+        .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    /// Record what a scan found changed since the stamps kept: new or changed files (`Some`) and
+    /// files gone (`None`), in one transaction.
+    pub fn save_stamps(&self, scope: &str, changed: &[(&str, Option<DiskStamp>)]) -> Result<(), StoreError> {
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.lock().expect("store lock");
+        let tx = conn.transaction().map_err(|e| self.db(e))?;
+        for (key, stamp) in changed {
+            save_stamp(&tx, scope, key, *stamp).map_err(|e| self.db(e))?;
+        }
+        tx.commit().map_err(|e| self.db(e))
+    }
+
     /// Writing the file change of `scope`/`key` failed: it stays pending, with why.
     pub fn fail_pending(&self, scope: &str, key: &str, reason: &str) -> Result<(), StoreError> {
         let conn = self.conn.lock().expect("store lock");
@@ -626,6 +694,26 @@ fn entry_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
         origin: r.get(6)?,
         seq: r.get(7)?,
     })
+}
+
+
+/// A file as found on disk: size, modification time (ns since the epoch) and inode. Two equal stamps
+/// mean the file was not rewritten in between (an edit, or a rename over it, changes one of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskStamp {
+    pub size: i64,
+    pub mtime_ns: i64,
+    pub ino: i64,
+}
+
+fn save_stamp(tx: &rusqlite::Transaction<'_>, scope: &str, key: &str, stamp: Option<DiskStamp>) -> rusqlite::Result<()> {
+    match stamp {
+        Some(s) => tx
+            .prepare_cached("INSERT OR REPLACE INTO stamps (scope, key, size, mtime_ns, ino) VALUES (?1, ?2, ?3, ?4, ?5)")?
+            .execute(params![scope, key, s.size, s.mtime_ns, s.ino])
+            .map(drop),
+        None => tx.prepare_cached("DELETE FROM stamps WHERE scope = ?1 AND key = ?2")?.execute(params![scope, key]).map(drop),
+    }
 }
 
 fn meta(conn: &Connection, name: &str) -> rusqlite::Result<Option<u64>> {
