@@ -589,7 +589,7 @@ impl Store {
     /// Each file of `scope` as this node last knew it on disk (its last scan or write), and the
     /// stamp of a write about to land over it (set before the rename, cleared once it is recorded):
     /// a crash between the two leaves either on disk, both known.
-    pub fn stamps(&self, scope: &str) -> Result<HashMap<String, (Option<DiskStamp>, Option<DiskStamp>)>, StoreError> {
+    pub fn stamps(&self, scope: &str) -> Result<HashMap<String, KeptStamps>, StoreError> {
         let conn = self.conn.lock().expect("store lock");
         let mut stmt = conn
             .prepare("SELECT key, size, mtime_ns, ino, next_size, next_mtime_ns, next_ino FROM stamps WHERE scope = ?1")
@@ -705,6 +705,9 @@ pub struct DiskStamp {
     pub mtime_ns: i64,
     pub ino: i64,
 }
+
+/// A file's stamps kept by the store: as last known, and of a write about to land over it.
+pub type KeptStamps = (Option<DiskStamp>, Option<DiskStamp>);
 
 fn save_stamp(tx: &rusqlite::Transaction<'_>, scope: &str, key: &str, stamp: Option<DiskStamp>) -> rusqlite::Result<()> {
     match stamp {
