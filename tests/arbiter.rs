@@ -6,7 +6,8 @@
 //! - the heartbeat link between the nodes cut, both still reaching etcd: one active at every sample;
 //! - the active cut from etcd and from its peer: it steps down before its peer steps up;
 //! - etcd members killed, one (quorum kept: the active stays) and then two (quorum lost: the failsafe
-//!   keeps the active that its peer confirms, and the standby cannot promote).
+//!   keeps the active that its peer confirms, and the standby cannot promote);
+//! - a group of three with a priority order: the first takes the role, kill -9 hands it to the next.
 //!
 //! Lean timing: heartbeat every 100 ms, lease 1 s (margin 250 ms). Each case samples both nodes'
 //! `/role` every ~10 ms and fails on any sample with two actives.
@@ -220,4 +221,54 @@ async fn etcd_members_killed_one_then_two_keep_one_active_and_the_failsafe_holds
     let samples = sample(&cluster, Duration::from_millis(2_000), |_| false).await;
     assert_never_two_actives(&samples, "quorum back", &cluster);
     arbiter_when(&cluster, 0, |a| a["holder"] == "a" && a["held"] == true).await;
+}
+
+/// A group of three (issue 11 item 6): `priority = ["c", "a", "b"]` puts the secondary `c` first. It
+/// takes the role key and the active role, `a` and `b` stand by and see it hold the key; kill -9 of `c`
+/// hands the role to `a`, the next in the order, once `c`'s lease ends, never to `b`; no sample ever
+/// shows two actives.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_of_three_follows_its_priority_order_with_one_active_at_every_sample() {
+    use vigil::cluster::NodeSpec;
+    use vigil::model::Role;
+    let dir = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(dir.path(), 3);
+    let timing = Timing { interval_ms: INTERVAL, timeout_ms: INTERVAL, failures: 3, successes: 3 };
+    let mut cluster = Cluster::new(vigil_bin(), dir.path(), timing, vec![plugins_dir()]).unwrap();
+    let policy = "plugin = \"hot-standby\"\n\n[params]\npriority = [\"c\", \"a\", \"b\"]\n\n\
+                  [services.cti]\nstart = \"echo running > '{dir}/cti.running'\"\nstop = \"rm -f '{dir}/cti.running'\"\n\
+                  status = \"test -f '{dir}/cti.running'\"\napp_check = true\ntimeout_ms = 2000\n";
+    for (id, role) in [("a", Role::Primary), ("b", Role::Secondary), ("c", Role::Secondary)] {
+        let mut node = NodeSpec::new(id, role, policy);
+        node.peers = ["a", "b", "c"].iter().filter(|p| **p != id).map(|p| p.to_string()).collect();
+        node.extra_config = arbiter_config(&etcd.endpoints(), "/vigil-test/group");
+        cluster.add(node).unwrap();
+    }
+    for i in 0..3 {
+        cluster.start(i).unwrap();
+    }
+    let group = [Some(Mode::Standby), Some(Mode::Standby), Some(Mode::Active)];
+    let samples = sample(&cluster, Duration::from_secs(20), |m| m == group).await;
+    assert_never_two_actives(&samples, "group of three starting", &cluster);
+    assert_eq!(samples.last().unwrap().1, group, "c, first in the order, is active\n{}", cluster.logs(30));
+    for i in 0..2 {
+        arbiter_when(&cluster, i, |a| a["holder"] == "c" && a["held"] == false).await;
+    }
+    assert!(cluster.nodes[2].service_marker().exists() && !cluster.nodes[0].service_marker().exists() && !cluster.nodes[1].service_marker().exists());
+
+    let killed = Instant::now();
+    cluster.kill(2);
+    let after = [Some(Mode::Active), Some(Mode::Standby), None];
+    let samples = sample(&cluster, Duration::from_secs(10), |m| m == after).await;
+    assert_never_two_actives(&samples, "group of three after kill -9 of c", &cluster);
+    assert_eq!(samples.last().unwrap().1, after, "a, next in the order, takes over; b stays standby\n{}", cluster.logs(30));
+    println!("group of three: kill -9 of c → a active in {} ms", killed.elapsed().as_millis());
+    // b never went active meanwhile, and sees a hold the key.
+    assert!(samples.iter().all(|(_, m)| m[1] != Some(Mode::Active)));
+    arbiter_when(&cluster, 1, |a| a["holder"] == "a").await;
+    // A moment more: still exactly a.
+    let samples = sample(&cluster, Duration::from_millis(800), |_| false).await;
+    assert_never_two_actives(&samples, "group of three, settled", &cluster);
+    assert!(samples.iter().all(|(_, m)| m[..2] == [Some(Mode::Active), Some(Mode::Standby)]), "{:?}", samples.last());
+    drop(etcd);
 }
