@@ -131,6 +131,9 @@ pub struct NodeConfig {
     pub arbiter: Option<ArbiterSection>,
     #[serde(default)]
     pub recorder: RecorderSection,
+    /// A shadow policy (issue 12): decides every tick beside the live one, never acts.
+    #[serde(default)]
+    pub shadow: ShadowSection,
     /// The file this was read from (for messages and relative paths).
     #[serde(skip)]
     pub path: PathBuf,
@@ -425,6 +428,23 @@ impl Default for RecorderSection {
     }
 }
 
+/// `[shadow]`: a policy that decides every live tick beside the live one and never acts
+/// (`node::shadow`); also set and cleared at run time with `POST`/`DELETE /admin/shadow`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShadowSection {
+    /// The shadow policy file (relative to this file), hot-reloaded like the live one.
+    pub policy: Option<PathBuf>,
+    /// Ticks in a row without a fault the shadow must have decided before `vigil policy promote`.
+    pub promote_after_ticks: u64,
+}
+
+impl Default for ShadowSection {
+    fn default() -> Self {
+        ShadowSection { policy: None, promote_after_ticks: 100 }
+    }
+}
+
 /// `[restart]`: what a restarted daemon takes over from the one before it (`node::persist`).
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -539,6 +559,9 @@ impl NodeConfig {
         };
         resolve(&mut config.node.data_dir);
         resolve(&mut config.node.policy);
+        if let Some(p) = &mut config.shadow.policy {
+            resolve(p);
+        }
         config.node.plugin_dirs.iter_mut().for_each(resolve);
         config.sync.directories.iter_mut().for_each(|d| resolve(&mut d.path));
         config.security.peer_keys.iter_mut().for_each(resolve);

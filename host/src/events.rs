@@ -57,6 +57,8 @@ pub enum EventKind {
     Peer,
     /// The daemon started or stopped.
     Startup,
+    /// The shadow policy: set, reloaded, cleared, promoted, or deciding otherwise than the live one.
+    Shadow,
 }
 
 impl EventKind {
@@ -70,6 +72,7 @@ impl EventKind {
         EventKind::Alarm,
         EventKind::Peer,
         EventKind::Startup,
+        EventKind::Shadow,
     ];
 
     /// The name used in JSON and in the database.
@@ -83,6 +86,7 @@ impl EventKind {
             EventKind::Alarm => "alarm",
             EventKind::Peer => "peer",
             EventKind::Startup => "startup",
+            EventKind::Shadow => "shadow",
         }
     }
 

@@ -67,6 +67,8 @@ pub struct Metrics {
     pub arbiter: ArbiterMetrics,
     /// The flight recorder's records, drops and ring size.
     pub recorder: crate::recorder::RecorderMetrics,
+    /// The shadow policy's ticks, divergences, faults, skips and decide time.
+    pub shadow: crate::node::shadow::ShadowMetrics,
 }
 
 /// The etcd arbiter's metrics (issue 11).
@@ -173,6 +175,18 @@ impl Metrics {
         registry.register("vigil_recorder_records", "Decided ticks the flight recorder wrote", recorder.records.clone());
         registry.register("vigil_recorder_dropped", "Decided ticks the flight recorder dropped (its writer behind, or the disk failing)", recorder.dropped.clone());
         registry.register_with_unit("vigil_recorder_size", "The flight recorder's ring on disk", Unit::Bytes, recorder.bytes.clone());
+        let shadow = crate::node::shadow::ShadowMetrics {
+            ticks: Counter::default(),
+            divergences: Counter::default(),
+            faults: Counter::default(),
+            skipped: Counter::default(),
+            decide: histogram(&DECIDE_BUCKETS),
+        };
+        registry.register("vigil_shadow_ticks", "Ticks the shadow policy decided", shadow.ticks.clone());
+        registry.register("vigil_shadow_divergences", "Ticks where the shadow policy decided another mode or other actions than the live one", shadow.divergences.clone());
+        registry.register("vigil_shadow_faults", "Faults of the shadow policy (the live decision unaffected)", shadow.faults.clone());
+        registry.register("vigil_shadow_skipped", "Ticks the shadow policy skipped, still busy with earlier ones", shadow.skipped.clone());
+        registry.register_with_unit("vigil_shadow_decide_duration", "Time of one shadow policy decision", Unit::Seconds, shadow.decide.clone());
         let node = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(StateCollector { node: node.clone() }));
         Metrics {
@@ -191,6 +205,7 @@ impl Metrics {
             sync,
             arbiter,
             recorder,
+            shadow,
         }
     }
 

@@ -23,6 +23,8 @@ pub struct Inbox {
     /// The latest operator request (a newer one replaces an undelivered older one).
     pub operator: Option<OperatorRequest>,
     pub commands: Vec<ReceivedCommand>,
+    /// A promoted shadow policy and its state: the loop swaps it in at the start of its next tick.
+    pub promote: Option<(Arc<crate::policy::LoadedPolicy>, Vec<u8>)>,
 }
 
 /// What a rendering of `/status` is valid for: the publication, and the loop's age in 100 ms steps.
@@ -54,6 +56,8 @@ pub struct NodeState {
     /// Monotonic time the loop last finished a tick; `u64::MAX` before the first.
     pub last_loop_mono_ms: AtomicU64,
     pub inbox: Mutex<Inbox>,
+    /// The shadow policy, when one is set (`[shadow]`, `POST /admin/shadow`).
+    pub shadow: Mutex<Option<Arc<crate::node::shadow::Shadow>>>,
     /// `/metrics`: the registry and the handles the loop, the executor, replication and the HTTP
     /// server record into.
     pub metrics: crate::metrics::Metrics,
@@ -131,6 +135,9 @@ pub struct Status {
     /// The etcd arbiter (`[arbiter]`): endpoints up, holder, lease left, last error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arbiter: Option<crate::arbiter::ArbiterStatus>,
+    /// The shadow policy (`[shadow]`), when one is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::node::shadow::ShadowStatus>,
     /// The flight recorder (`[recorder]`), when it records.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recorder: Option<crate::recorder::RecorderStatus>,

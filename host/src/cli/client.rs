@@ -212,6 +212,35 @@ pub fn render_status(s: &serde_json::Value) -> String {
     }
     let p = &s["policy"];
     let _ = writeln!(out, "  policy {} (plugin {}), faults {}, reloads {}", str_of(&p["name"]), str_of(&p["plugin"]), p["faults"], p["reloads"]);
+    let sh = &s["shadow"];
+    if sh.is_object() {
+        let _ = writeln!(
+            out,
+            "  shadow {} — {} ticks, {} divergences, {} faults, {} skipped, last call {} µs (max {}); {} clean ticks{}",
+            str_of(&sh["policy"]),
+            sh["ticks"],
+            sh["divergences"],
+            sh["faults"],
+            sh["skipped"],
+            sh["last_us"],
+            sh["max_us"],
+            sh["clean_ticks"],
+            if sh["promotable"].as_bool() == Some(true) { ", promotable".to_string() } else { format!(", promotable after {}", sh["promote_after"]) },
+        );
+        for d in sh["recent"].as_array().into_iter().flatten().take(3) {
+            let side = |x: &serde_json::Value| {
+                let actions: Vec<String> = x["actions"].as_array().into_iter().flatten().map(&str_of).collect();
+                format!("{} [{}] ({})", str_of(&x["mode"]), actions.join(", "), str_of(&x["reason"]))
+            };
+            let _ = writeln!(out, "    tick {}: live {} · shadow {}", d["tick"], side(&d["live"]), side(&d["shadow"]));
+        }
+        if let Some(e) = sh["last_fault"].as_str() {
+            let _ = writeln!(out, "    last fault: {e}");
+        }
+        if let Some(e) = sh["reload_error"].as_str() {
+            let _ = writeln!(out, "    reload failed: {e}");
+        }
+    }
     if let Some(e) = p["last_error"].as_str() {
         let _ = writeln!(out, "  last reload error: {e}");
     }
@@ -269,6 +298,33 @@ pub async fn sync(target: &Target, confirm_deletes: bool) -> Result<(), CliError
     for held in v["held"].as_array().into_iter().flatten() {
         println!("still held: {}", held.as_str().unwrap_or_default());
     }
+    Ok(())
+}
+
+/// `vigil policy shadow PATH` (`None`: `--clear`).
+pub async fn shadow(target: &Target, policy: Option<&std::path::Path>) -> Result<(), CliError> {
+    let Resolved { url, token, http } = target.resolve()?;
+    let token = admin_token(token)?;
+    let answer = match policy {
+        Some(path) => {
+            let path = std::path::absolute(path).map_err(|e| CliError::Config(anyhow::anyhow!("{}: {e}", path.display())))?;
+            let body = serde_json::json!({ "policy": path.display().to_string() }).to_string();
+            call_with(&http, Method::POST, &format!("{url}/admin/shadow"), Some(&token), Bytes::from(body), Duration::from_secs(60)).await?
+        }
+        None => call_with(&http, Method::DELETE, &format!("{url}/admin/shadow"), Some(&token), Bytes::new(), Duration::from_secs(10)).await?,
+    };
+    let v: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+    println!("{}", v["note"].as_str().unwrap_or_default());
+    Ok(())
+}
+
+/// `vigil policy promote`.
+pub async fn promote(target: &Target) -> Result<(), CliError> {
+    let Resolved { url, token, http } = target.resolve()?;
+    let token = admin_token(token)?;
+    let answer = call_with(&http, Method::POST, &format!("{url}/admin/shadow/promote"), Some(&token), Bytes::new(), Duration::from_secs(60)).await?;
+    let v: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+    println!("{}", v["note"].as_str().unwrap_or_default());
     Ok(())
 }
 

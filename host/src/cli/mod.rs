@@ -181,6 +181,25 @@ pub enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Set a running node's shadow policy (it decides every tick beside the live one and never
+    /// acts), or clear it with --clear.
+    Shadow {
+        /// The policy file, as a path on the node (made absolute here).
+        #[arg(required_unless_present = "clear")]
+        policy: Option<PathBuf>,
+        /// Stop the shadow policy.
+        #[arg(long, conflicts_with = "policy")]
+        clear: bool,
+        #[command(flatten)]
+        target: client::Target,
+    },
+    /// Make a running node's shadow policy its live policy, once it has decided
+    /// `[shadow] promote_after_ticks` ticks in a row without a fault (same checks and swap as a hot
+    /// reload).
+    Promote {
+        #[command(flatten)]
+        target: client::Target,
+    },
 }
 
 /// An error that decides the exit code.
@@ -238,6 +257,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Policy(PolicyCommand::Replay { candidate, recordings, plugin_dirs, json }) => {
             policy_cmd::replay(&candidate, &recordings, plugin_dirs, json)
         }
+        Command::Policy(PolicyCommand::Shadow { policy, clear: _, target }) => runtime()?.block_on(client::shadow(&target, policy.as_deref())),
+        Command::Policy(PolicyCommand::Promote { target }) => runtime()?.block_on(client::promote(&target)),
         Command::Record { target, data_dir, since, until, around, ticks, records, output } => {
             record::run(&record::RecordArgs { target, data_dir, since, until, around, ticks, records, output })
         }

@@ -31,6 +31,9 @@ pub async fn handle(state: &NodeState, method: &Method, path: &str, query: Optio
         (m, p) if p.starts_with("/config/") => config(state, m, &p["/config/".len()..], query, body),
         (&Method::GET, "/events") => events(state, query),
         (&Method::GET, "/admin/recording") => recording(state, query).await,
+        (&Method::POST, "/admin/shadow") => set_shadow(state, body).await,
+        (&Method::DELETE, "/admin/shadow") => clear_shadow(state),
+        (&Method::POST, "/admin/shadow/promote") => promote_shadow(state).await,
         _ => text(StatusCode::NOT_FOUND, format!("{method} {path}: no such admin endpoint")),
     }
 }
@@ -54,6 +57,83 @@ async fn recording(state: &NodeState, query: Option<&str>) -> Answer {
         Ok(Err(e)) => text(StatusCode::NOT_FOUND, format!("recording: {e}")),
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("recording: {e}")),
     }
+}
+
+/// `POST /admin/shadow` with a policy file's path on the node (plain text, or `{"policy": PATH}`):
+/// load it as the shadow policy, replacing any. 422 when it does not load (the previous shadow stays).
+async fn set_shadow(state: &NodeState, body: Bytes) -> Answer {
+    let given = String::from_utf8_lossy(&body).trim().to_string();
+    let path = match serde_json::from_str::<serde_json::Value>(&given) {
+        Ok(v) if v.is_object() => match v["policy"].as_str() {
+            Some(p) => p.to_string(),
+            None => return text(StatusCode::BAD_REQUEST, "shadow: expected {\"policy\": \"PATH\"} or the path as the body"),
+        },
+        _ => given,
+    };
+    if path.is_empty() {
+        return text(StatusCode::BAD_REQUEST, "shadow: the body names no policy file (DELETE /admin/shadow clears the shadow)");
+    }
+    let path = std::path::PathBuf::from(path);
+    if !path.is_absolute() {
+        return text(StatusCode::BAD_REQUEST, format!("shadow: {}: give the policy file's absolute path on the node", path.display()));
+    }
+    match tokio::task::block_in_place(|| crate::node::runner::set_shadow(state, &path)) {
+        Ok(note) => {
+            state.record(Event::new(state.clock.wall_ms(), EventKind::Shadow, note.clone()));
+            json(StatusCode::OK, &serde_json::json!({ "shadow": path.display().to_string(), "note": note }))
+        }
+        Err(error) => json(StatusCode::UNPROCESSABLE_ENTITY, &serde_json::json!({ "error": error, "note": "the previous shadow, if any, keeps deciding" })),
+    }
+}
+
+/// `DELETE /admin/shadow`: stop the shadow policy.
+fn clear_shadow(state: &NodeState) -> Answer {
+    let Some(shadow) = state.shadow.lock().expect("shadow lock").take() else {
+        return text(StatusCode::NOT_FOUND, "no shadow policy is set");
+    };
+    let s = shadow.status();
+    let note = format!("shadow policy {} cleared after {} ticks, {} divergences, {} faults", s.policy, s.ticks, s.divergences, s.faults);
+    state.record(Event::new(state.clock.wall_ms(), EventKind::Shadow, note.clone()));
+    json(StatusCode::OK, &serde_json::json!({ "cleared": s.policy, "note": note }))
+}
+
+/// `POST /admin/shadow/promote`: make the shadow the live policy, if it decided
+/// `shadow.promote_after_ticks` ticks in a row without a fault. Its file goes through the full load
+/// pipeline again (like a hot reload: nothing changes when it fails); the loop swaps it in, with the
+/// shadow's state, at the start of its next tick.
+async fn promote_shadow(state: &NodeState) -> Answer {
+    let Some(shadow) = state.shadow.lock().expect("shadow lock").clone() else {
+        return text(StatusCode::NOT_FOUND, "promote: no shadow policy is set (POST /admin/shadow, or [shadow] policy)");
+    };
+    if let Err(why) = shadow.promotable() {
+        return json(StatusCode::CONFLICT, &serde_json::json!({ "error": format!("promote refused: {why}"), "note": "the live policy keeps deciding" }));
+    }
+    let path = shadow.path();
+    let loaded = tokio::task::block_in_place(|| crate::policy::load(&state.runtime, &state.plugin_dirs, &path));
+    let policy = match loaded {
+        Ok(p) => std::sync::Arc::new(p),
+        Err(e) => {
+            return json(StatusCode::UNPROCESSABLE_ENTITY, &serde_json::json!({ "error": format!("promote refused: {}: {e}", path.display()), "note": "the live policy keeps deciding" }))
+        }
+    };
+    let name = policy.name();
+    let was = state.policy.current().name();
+    {
+        let mut inbox = state.inbox.lock().expect("inbox lock");
+        inbox.promote = Some((policy, shadow.state()));
+        *state.shadow.lock().expect("shadow lock") = None;
+    }
+    let s = shadow.status();
+    let note = format!(
+        "shadow policy {name} promoted over {was} after {} clean ticks ({} divergences in {} ticks); it decides from the next tick. \
+         node.policy still names the old file: point it at {} to keep it across restarts",
+        s.clean_ticks,
+        s.divergences,
+        s.ticks,
+        path.display()
+    );
+    state.record(Event::new(state.clock.wall_ms(), EventKind::Shadow, note.clone()));
+    json(StatusCode::ACCEPTED, &serde_json::json!({ "promoted": name, "replaced": was, "policy": path.display().to_string(), "note": note }))
 }
 
 fn switch(state: &NodeState, what: &str) -> Answer {

@@ -15,6 +15,7 @@
 
 pub mod persist;
 pub mod runner;
+pub mod shadow;
 
 use crate::model::{
     Action, ArbiterView, ActionResult, Check, Decision, Heartbeat, LocalNode, Mode, OperatorRequest, ReceivedCommand, Remote, RestartInfo,

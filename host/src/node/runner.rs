@@ -196,6 +196,7 @@ pub async fn build(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Arc<Node
         status: RwLock::new(status),
         last_loop_mono_ms: u64::MAX.into(),
         inbox: Mutex::new(Inbox::default()),
+        shadow: Mutex::new(None),
         metrics,
         status_json: Mutex::new(None),
         generation: AtomicU64::new(0),
@@ -211,7 +212,26 @@ pub async fn build(config: NodeConfig, clock: Arc<dyn Clock>) -> Result<Arc<Node
         EventKind::Startup,
         format!("vigil started as {} ({}), policy {} with plugin {}", state.config.node.id, state.config.node.role, p.path.display(), p.plugin.name()),
     ));
+    if let Some(path) = state.config.shadow.policy.clone() {
+        // A shadow that does not load is reported, not fatal: it never decides anything.
+        let note = match set_shadow(&state, &path) {
+            Ok(note) => note,
+            Err(e) => {
+                tracing::warn!(error = %e, "shadow policy not started");
+                format!("shadow policy not started: {e}")
+            }
+        };
+        state.record(Event::new(state.clock.wall_ms(), EventKind::Shadow, note));
+    }
     Ok(state)
+}
+
+/// Load `path` as the shadow policy (replacing any), with the full load pipeline: what it says.
+pub fn set_shadow(state: &NodeState, path: &std::path::Path) -> Result<String, String> {
+    let shadow = crate::node::shadow::Shadow::start(&state.runtime, &state.plugin_dirs, path, state.config.shadow.promote_after_ticks, state.metrics.shadow.clone())?;
+    let status = shadow.status();
+    *state.shadow.lock().expect("shadow lock") = Some(Arc::new(shadow));
+    Ok(format!("shadow policy {} set ({}, plugin {}): it decides every tick beside the live policy and never acts", status.policy, status.path, &status.plugin_sha256[..12.min(status.plugin_sha256.len())]))
 }
 
 /// Write a reload attempt to the event log.
@@ -508,6 +528,12 @@ impl NodeLoop {
         state.replicator.peer_clocks(&offsets);
         state.replicator.after_round(&heartbeat_answers(&self.targets, &round));
 
+        let promoted = state.inbox.lock().expect("inbox lock").promote.take();
+        if let Some((policy, shadow_state)) = promoted {
+            // The promoted shadow decides from this tick on, from the state it carried as a shadow.
+            state.policy.replace(policy);
+            self.core.state = shadow_state;
+        }
         let policy = state.policy.current();
         let (now, mono) = (state.clock.wall_ms(), state.clock.mono_ms());
         match self.relay.sync(policy.file.relay.as_ref()) {
@@ -518,7 +544,7 @@ impl NodeLoop {
                 state.record(Event::new(now, EventKind::Reload, error));
             }
         }
-        let Inbox { operator, commands } = std::mem::take(&mut *state.inbox.lock().expect("inbox lock"));
+        let Inbox { operator, commands, .. } = std::mem::take(&mut *state.inbox.lock().expect("inbox lock"));
         let operator_request = operator;
         let observations = Observations {
             now_ms: now,
@@ -539,11 +565,39 @@ impl NodeLoop {
         };
         // The plugin call is bounded by its time limit, but it is CPU work: keep it off the I/O threads.
         let started = std::time::Instant::now();
+        let shadow = state.shadow.lock().expect("shadow lock").clone();
+        self.core.recording = self.recorder.is_some() || shadow.is_some();
         let outcome = tokio::task::block_in_place(|| self.core.step(&policy, observations, &self.peer_ids));
         state.metrics.decide.observe(started.elapsed().as_secs_f64());
-        if let (Some(recorder), Some((tick, decided))) = (&self.recorder, self.core.seen.take()) {
-            let applied = crate::recorder::Applied { mode: outcome.to, actions: outcome.actions.clone(), reason: outcome.reason.clone() };
-            recorder.record(crate::recorder::Entry { policy: recorder.policy_id(&policy), tick, decided, applied });
+        if let Some((tick, decided)) = self.core.seen.take() {
+            // What the live policy decided (when it faulted: what the node did), for the shadow.
+            let for_shadow = shadow.as_ref().map(|s| {
+                let live = match &decided {
+                    Ok(d) => crate::node::shadow::Side::of(&tick, d),
+                    Err(_) => crate::node::shadow::Side { mode: outcome.to, actions: outcome.actions.iter().map(ToString::to_string).collect(), reason: outcome.reason.clone() },
+                };
+                (s, live)
+            });
+            let peers: std::sync::Arc<[String]> = self.peer_ids.as_slice().into();
+            match &self.recorder {
+                Some(recorder) => {
+                    if let Some((s, live)) = for_shadow {
+                        s.offer(tick.clone(), live, peers);
+                    }
+                    let applied = crate::recorder::Applied { mode: outcome.to, actions: outcome.actions.clone(), reason: outcome.reason.clone() };
+                    recorder.record(crate::recorder::Entry { policy: recorder.policy_id(&policy), tick, decided, applied });
+                }
+                None => {
+                    if let Some((s, live)) = for_shadow {
+                        s.offer(tick, live, peers);
+                    }
+                }
+            }
+        }
+        if let Some(shadow) = &shadow {
+            for note in shadow.take_notes() {
+                state.record(Event::new(state.clock.wall_ms(), EventKind::Shadow, note));
+            }
         }
 
         state.metrics.ticks.inc();
@@ -691,6 +745,7 @@ impl NodeLoop {
             timeline: self.timeline.clone(),
             arbiter: self.arbiter.as_ref().map(|a| a.status()),
             recorder: self.recorder.as_ref().map(|r| r.status()),
+            shadow: state.shadow.lock().expect("shadow lock").as_ref().map(|s| s.status()),
         };
         status.events = state.events.latest(20).unwrap_or_default();
         state.publish(status);

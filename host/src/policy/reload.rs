@@ -80,6 +80,14 @@ impl PolicyHandle {
         self.inner.status.lock().expect("status lock").clone()
     }
 
+    /// Swap in a policy loaded elsewhere (a promoted shadow, already through the full load pipeline).
+    pub fn replace(&self, policy: Arc<LoadedPolicy>) {
+        let _one_at_a_time = self.inner.reloading.lock().expect("reload lock");
+        *self.inner.current.write().expect("policy lock") = policy;
+        self.inner.generation.fetch_add(1, Ordering::AcqRel);
+        self.inner.status.lock().expect("status lock").last_error = None;
+    }
+
     /// Load the policy file again and swap it in if, and only if, it loads.
     pub fn reload(&self, runtime: &Runtime, dirs: &PluginDirs) -> ReloadOutcome {
         let _one_at_a_time = self.inner.reloading.lock().expect("reload lock");
@@ -132,11 +140,18 @@ pub fn watch(
     let mut targets = watch_targets(&handle.current(), &dirs);
     update_watches(&mut watcher, &mut watched_dirs, &targets);
     let (stop, stopped) = mpsc::channel::<()>();
+    let mut generation = handle.generation();
     std::thread::Builder::new()
         .name("vigil-policy-watch".into())
         .spawn(move || loop {
             if let Err(mpsc::TryRecvError::Disconnected) = stopped.try_recv() {
                 return;
+            }
+            // A policy swapped in from elsewhere (a promoted shadow) has files of its own.
+            if handle.generation() != generation {
+                generation = handle.generation();
+                targets = watch_targets(&handle.current(), &dirs);
+                update_watches(&mut watcher, &mut watched_dirs, &targets);
             }
             let event = match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(event) => event,
@@ -158,6 +173,7 @@ pub fn watch(
             }
             on_reload(handle.reload(&runtime, &dirs));
             // The policy may now name another plugin file.
+            generation = handle.generation();
             targets = watch_targets(&handle.current(), &dirs);
             update_watches(&mut watcher, &mut watched_dirs, &targets);
         })
