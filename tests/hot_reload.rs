@@ -147,30 +147,39 @@ fn broken_plugin_never_replaces_a_good_one() {
 }
 
 /// Twenty writes within ~100 ms are one burst: exactly one reload attempt, of the final content.
+/// The burst must end within the debounce to prove anything; on a machine so loaded that it does not,
+/// the test tries again (a fresh setup), three times in all.
 #[test]
 fn a_burst_of_writes_is_one_reload() {
-    let debounce = Duration::from_millis(300);
-    let s = setup("standby", debounce);
-    let generation = s.handle.generation();
-    let modes = ["active", "off", "failed", "hold-off"];
-    let started = Instant::now();
-    for i in 0..20 {
-        std::fs::write(&s.policy, policy_text(modes[i % modes.len()])).unwrap();
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    std::fs::write(&s.policy, policy_text("off")).unwrap();
-    let burst = started.elapsed();
-    assert!(burst < debounce, "the burst took {burst:?}, longer than the debounce: the test proves nothing");
+    let debounce = Duration::from_millis(500);
+    for attempt in 1..=3 {
+        let s = setup("standby", debounce);
+        let generation = s.handle.generation();
+        let modes = ["active", "off", "failed", "hold-off"];
+        let started = Instant::now();
+        for i in 0..20 {
+            std::fs::write(&s.policy, policy_text(modes[i % modes.len()])).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::fs::write(&s.policy, policy_text("off")).unwrap();
+        let burst = started.elapsed();
+        if burst >= debounce {
+            assert!(attempt < 3, "the burst took {burst:?} three times, longer than the debounce: the test proves nothing");
+            println!("attempt {attempt}: the burst took {burst:?}, longer than the debounce; again");
+            continue;
+        }
 
-    assert!(matches!(s.next_outcome(), ReloadOutcome::Reloaded { .. }));
-    // Nothing more arrives for several debounce periods.
-    match s.outcomes.recv_timeout(debounce * 3) {
-        Err(mpsc::RecvTimeoutError::Timeout) => {}
-        other => panic!("a second reload attempt after one burst: {other:?}"),
+        assert!(matches!(s.next_outcome(), ReloadOutcome::Reloaded { .. }));
+        // Nothing more arrives for several debounce periods.
+        match s.outcomes.recv_timeout(debounce * 3) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            other => panic!("a second reload attempt after one burst: {other:?}"),
+        }
+        assert_eq!(s.handle.generation(), generation + 1);
+        let (mode, _) = s.decide(1000, Vec::new());
+        assert_eq!(mode, Mode::Off, "the final content is in force");
+        return;
     }
-    assert_eq!(s.handle.generation(), generation + 1);
-    let (mode, _) = s.decide(1000, Vec::new());
-    assert_eq!(mode, Mode::Off, "the final content is in force");
 }
 
 /// Replace `to` by a copy of `from` the way deploy tools do: write beside it, then rename over it.

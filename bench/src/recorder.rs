@@ -2,7 +2,8 @@
 //! the recorder, interleaved call by call so that the machine's noise falls on both; the writer
 //! thread's time per record; and the bytes one hour of 1 s heartbeats takes in the ring. Both clocks
 //! are shown: the wall clock (which on this shared 2-core machine includes being preempted) and the
-//! loop thread's own CPU time.
+//! loop thread's own CPU time. The same for a shadow policy (issue 12): what handing each tick to the
+//! shadow costs the loop, and what the shadow's own thread spends per decision.
 
 use super::{row, us, Sample, CALLS, WARM_UP};
 use std::sync::Arc;
@@ -57,7 +58,7 @@ fn advance(t: &mut Tick, i: u64) {
 
 pub fn run() -> anyhow::Result<()> {
     let dirs = PluginDirs(vec![vigil_tests::plugins_dir()]);
-    let runtime = Runtime::new(None)?;
+    let runtime = Arc::new(Runtime::new(None)?);
     let policy = Arc::new(load(&runtime, &dirs, &vigil_tests::root().join("policies/hot-standby.toml")).map_err(|e| anyhow::anyhow!("{e}"))?);
     let peers = vec!["a".to_string()];
     let ring = tempfile::tempdir()?;
@@ -121,6 +122,8 @@ pub fn run() -> anyhow::Result<()> {
         );
     }
 
+    shadow_cost(&runtime, &dirs, &policy, &peers)?;
+
     // One hour at 1 s heartbeats, through the real recorder; then the writer's own time per record.
     let hour = tempfile::tempdir()?;
     let dir = recorder::dir_of(hour.path());
@@ -161,5 +164,71 @@ pub fn run() -> anyhow::Result<()> {
         writer.append(v)?;
     }
     row("flight recorder writer thread, per record (serialize, delta, deflate, write; 3600 records)", us(started.elapsed() / 3_600));
+    Ok(())
+}
+
+/// A tick with and without a shadow policy (the same hot-standby policy, as its own shadow), interleaved;
+/// the loop's side is the tick kept and handed over. The shadow's thread is let catch up, untimed.
+fn shadow_cost(runtime: &Arc<Runtime>, dirs: &PluginDirs, policy: &Arc<vigil::policy::LoadedPolicy>, peers: &[String]) -> anyhow::Result<()> {
+    use vigil::node::shadow::{Shadow, ShadowMetrics, Side};
+    let shadow = Shadow::start(runtime, dirs, &vigil_tests::root().join("policies/hot-standby.toml"), 0, ShadowMetrics::new(&[0.001])).map_err(|e| anyhow::anyhow!(e))?;
+    let peers_arc: Arc<[String]> = peers.into();
+    let mut world = vigil_tests::tick(1_000_000, Vec::new());
+    let mut plain = NodeCore::new("b", Role::Secondary, world.now_ms);
+    let mut shadowed = NodeCore::new("b", Role::Secondary, world.now_ms);
+    shadowed.recording = true;
+    let (mut cpu_without, mut cpu_with) = (Vec::with_capacity(CALLS), Vec::with_capacity(CALLS));
+    for i in 0..(WARM_UP + CALLS) as u64 {
+        advance(&mut world, i);
+        let (a, b) = (observations(&world), observations(&world));
+        let mut timed = |with: bool, o: Observations| {
+            let cpu = thread_cpu();
+            if with {
+                let outcome = shadowed.step(policy, o, peers);
+                if let Some((tick, decided)) = shadowed.seen.take() {
+                    let live = match &decided {
+                        Ok(d) => Side::of(&tick, d),
+                        Err(_) => Side { mode: outcome.to, actions: Vec::new(), reason: outcome.reason.clone() },
+                    };
+                    shadow.offer(tick, live, peers_arc.clone());
+                }
+            } else {
+                plain.step(policy, o, peers);
+            }
+            thread_cpu() - cpu
+        };
+        let (ta, tb) = if i % 2 == 0 { let ta = timed(false, a); (ta, timed(true, b)) } else { let tb = timed(true, b); (timed(false, a), tb) };
+        if i >= WARM_UP as u64 {
+            cpu_without.push(ta);
+            cpu_with.push(tb);
+        }
+        // Calls come far faster than ticks: let the shadow catch up (untimed) before its queue of
+        // 16 would overflow.
+        while { let s = shadow.status(); s.ticks + s.skipped + 8 < i + 1 } {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let status = shadow.status();
+    let (without, with) = (Sample::new(cpu_without), Sample::new(cpu_with));
+    let ratio = |a: Duration, b: Duration| (b.as_secs_f64() / a.as_secs_f64() - 1.0) * 100.0;
+    row(
+        &format!("tick, hot-standby, without a shadow ({CALLS} calls, interleaved; the loop thread's CPU time)"),
+        format!("p50 {} · p99 {} · mean {}", us(without.pct(50)), us(without.pct(99)), us(without.mean())),
+    );
+    row(
+        &format!("tick, hot-standby, with a shadow policy (same run; the loop thread's CPU time; {} skipped, {} divergences)", status.skipped, status.divergences),
+        format!(
+            "p50 {} · p99 {} · mean {} — **{:+.1} % at p50, {:+.1} % in the mean**",
+            us(with.pct(50)),
+            us(with.pct(99)),
+            us(with.mean()),
+            ratio(without.pct(50), with.pct(50)),
+            ratio(without.mean(), with.mean())
+        ),
+    );
+    row(
+        "shadow thread, per decision (off the loop; `/status.shadow` time figures)",
+        format!("mean {:.1} µs · max {} µs over {} decisions", status.total_us as f64 / status.ticks.max(1) as f64, status.max_us, status.ticks),
+    );
     Ok(())
 }

@@ -175,13 +175,7 @@ impl Metrics {
         registry.register("vigil_recorder_records", "Decided ticks the flight recorder wrote", recorder.records.clone());
         registry.register("vigil_recorder_dropped", "Decided ticks the flight recorder dropped (its writer behind, or the disk failing)", recorder.dropped.clone());
         registry.register_with_unit("vigil_recorder_size", "The flight recorder's ring on disk", Unit::Bytes, recorder.bytes.clone());
-        let shadow = crate::node::shadow::ShadowMetrics {
-            ticks: Counter::default(),
-            divergences: Counter::default(),
-            faults: Counter::default(),
-            skipped: Counter::default(),
-            decide: histogram(&DECIDE_BUCKETS),
-        };
+        let shadow = crate::node::shadow::ShadowMetrics::new(&DECIDE_BUCKETS);
         registry.register("vigil_shadow_ticks", "Ticks the shadow policy decided", shadow.ticks.clone());
         registry.register("vigil_shadow_divergences", "Ticks where the shadow policy decided another mode or other actions than the live one", shadow.divergences.clone());
         registry.register("vigil_shadow_faults", "Faults of the shadow policy (the live decision unaffected)", shadow.faults.clone());

@@ -2,7 +2,7 @@
 //! the same tick with its own state, and never acts.
 //!
 //! The loop hands each decided tick, with what the live policy decided, to [`Shadow::offer`], which
-//! never waits: a thread of its own decides it with the shadow policy (inside the shadow policy's own
+//! never waits nor makes a system call (the shadow's thread polls its queue): a thread of its own decides it with the shadow policy (inside the shadow policy's own
 //! sandbox limits) and compares the mode and the actions. A full queue skips the tick and counts it, so
 //! a slow or faulting shadow never touches the live decision or the loop's timing. Divergences are
 //! counted (`/metrics`), kept (the latest [`RECENT`], both reasons, in `/status`, `vigil status` and the
@@ -28,7 +28,11 @@ use std::time::{Duration, Instant};
 pub const RECENT: usize = 10;
 
 /// Ticks waiting for the shadow at most; more are skipped.
-const QUEUE: usize = 4;
+const QUEUE: usize = 16;
+
+/// How often the shadow's thread looks for ticks. It polls rather than blocks so that handing it a
+/// tick is never a system call on the loop's thread (a blocked receiver must be woken).
+const POLL: Duration = Duration::from_millis(10);
 
 /// One policy's answer to a tick: the mode it leads to, the actions, why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -74,9 +78,10 @@ pub struct ShadowStatus {
     pub last_fault: Option<String>,
     /// Ticks skipped because the shadow was still busy with earlier ones.
     pub skipped: u64,
-    /// Time of the last and the slowest shadow call, microseconds.
+    /// Time of the last and the slowest shadow call, and of all of them, microseconds.
     pub last_us: u64,
     pub max_us: u64,
+    pub total_us: u64,
     /// Clean ticks `vigil policy promote` requires, and whether they are there.
     pub promote_after: u64,
     pub promotable: bool,
@@ -94,6 +99,19 @@ pub struct ShadowMetrics {
     pub faults: prometheus_client::metrics::counter::Counter,
     pub skipped: prometheus_client::metrics::counter::Counter,
     pub decide: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl ShadowMetrics {
+    /// Handles not yet registered anywhere, the decide time in `buckets` (seconds).
+    pub fn new(buckets: &[f64]) -> ShadowMetrics {
+        ShadowMetrics {
+            ticks: Default::default(),
+            divergences: Default::default(),
+            faults: Default::default(),
+            skipped: Default::default(),
+            decide: prometheus_client::metrics::histogram::Histogram::new(buckets.iter().copied()),
+        }
+    }
 }
 
 /// One tick for the shadow: the tick as the live policy saw it and what that policy decided.
@@ -141,7 +159,15 @@ impl Shadow {
             .name("vigil-shadow".into())
             .spawn(move || {
                 let mut generation = thread_handle.generation();
-                while let Ok(job) = rx.recv() {
+                loop {
+                    let job = match rx.try_recv() {
+                        Ok(job) => job,
+                        Err(mpsc::TryRecvError::Empty) => {
+                            std::thread::sleep(POLL);
+                            continue;
+                        }
+                        Err(mpsc::TryRecvError::Disconnected) => return,
+                    };
                     let policy = thread_handle.current();
                     if thread_handle.generation() != generation {
                         generation = thread_handle.generation();
@@ -247,6 +273,7 @@ fn decide(shared: &Shared, metrics: &ShadowMetrics, policy: &LoadedPolicy, job: 
     status.ticks += 1;
     status.last_us = took.as_micros() as u64;
     status.max_us = status.max_us.max(status.last_us);
+    status.total_us += status.last_us;
     let decided = match result {
         Ok(d) => d,
         Err(fault) => {
