@@ -2,8 +2,9 @@
 //! hot-standby policy (3 lost heartbeats) with a shadow, the same policy taking over after 2. kill -9
 //! of a: the shadow wants the role, and to start the service, a tick before the live policy takes it;
 //! that divergence, with both reasons, is in `/metrics`, `/status`, `vigil status` and the status page
-//! (Chromium), and the service was started once, by the live policy's decision. Then `vigil policy shadow` sets a shadow at run time,
-//! `vigil policy promote` is refused until it has its clean ticks, and then makes it the live policy.
+//! (Chromium), and the service was started once, by the live policy's decision. Then
+//! `vigil policy shadow` sets a shadow at run time, an edit of its file reloads it, `vigil policy
+//! promote` is refused until it has its clean ticks, and then makes it the live policy.
 
 use hyper::Method;
 use std::ffi::OsStr;
@@ -127,6 +128,18 @@ async fn a_shadow_policy_diverges_visibly_never_acts_and_is_promoted_once_it_has
     let out = target(&[OsStr::new("policy"), OsStr::new("promote")]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("promotion needs 20"), "{}", describe(&out));
+    // Its file is hot-reloaded like the live policy's: an edit is a reload (an event), and the count
+    // of clean ticks starts again.
+    std::fs::write(&shadow, format!("{}\n# edited: still waits for 2\n", std::fs::read_to_string(&shadow).unwrap())).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, events) = cluster.admin(1, Method::GET, "/events?kind=shadow").await.unwrap();
+        if events.contains("shadow policy shadow reloaded") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the shadow's file is reloaded: {events}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     status_when(&cluster, 1, "the shadow earns its clean ticks", |s| s["shadow"]["promotable"] == true).await;
     let out = target(&[OsStr::new("policy"), OsStr::new("promote")]);
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("promoted over policy"), "{}", describe(&out));
