@@ -544,7 +544,11 @@ impl NodeLoop {
                 state.record(Event::new(now, EventKind::Reload, error));
             }
         }
-        let Inbox { operator, commands, .. } = std::mem::take(&mut *state.inbox.lock().expect("inbox lock"));
+        // (A promotion that arrived meanwhile stays for the next tick.)
+        let (operator, commands) = {
+            let mut inbox = state.inbox.lock().expect("inbox lock");
+            (inbox.operator.take(), std::mem::take(&mut inbox.commands))
+        };
         let operator_request = operator;
         let observations = Observations {
             now_ms: now,
