@@ -2,8 +2,9 @@
 //! hot-standby policy (3 lost heartbeats) with a shadow, the same policy taking over after 2. kill -9
 //! of a: the shadow wants the role, and to start the service, a tick before the live policy takes it;
 //! that divergence, with both reasons, is in `/metrics`, `/status`, `vigil status` and the status page
-//! (Chromium), and the service was started once, by the live policy's decision. Then
-//! `vigil policy shadow` sets a shadow at run time, an edit of its file reloads it, `vigil policy
+//! (Chromium), and the service was started once, by the live policy's decision. A shadow spinning to
+//! its time limit on every tick faults, is shown, is never promoted, and leaves the live loop alive.
+//! Then `vigil policy shadow` sets a shadow at run time, an edit of its file reloads it, `vigil policy
 //! promote` is refused until it has its clean ticks, and then makes it the live policy.
 
 use hyper::Method;
@@ -117,6 +118,26 @@ async fn a_shadow_policy_diverges_visibly_never_acts_and_is_promoted_once_it_has
     } else {
         println!("SKIPPED (page): chromium is not installed");
     }
+
+    // A shadow that spins until its time limit on every tick: its faults are counted and shown, and
+    // the live loop goes on as before (/active answers 200 on the active node: its loop is alive).
+    let from = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64 + 1_500;
+    let looping = vigil_tests::write_file(
+        &b_dir,
+        "looping.toml",
+        format!("plugin = \"testkit\"\n\n[params]\nmode = \"standby\"\nfault = \"loop\"\nfault_from_ms = {from}\n\n[limits]\ntime_ms = 50\n"),
+    );
+    let out = target(&[OsStr::new("policy"), OsStr::new("shadow"), looping.as_os_str()]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let s = status_when(&cluster, 1, "the looping shadow faults", |s| s["shadow"]["policy"] == "looping" && s["shadow"]["faults"].as_u64() >= Some(5)).await;
+    assert!(s["shadow"]["last_fault"].is_string() && s["shadow"]["clean_ticks"] == 0, "{}", s["shadow"]);
+    for _ in 0..10 {
+        let code = cluster.active_codes().await[1];
+        assert_eq!(code, Some(200), "the live node is active and its loop alive while the shadow faults\n{}", cluster.logs(20));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = target(&[OsStr::new("policy"), OsStr::new("promote")]);
+    assert_eq!(out.status.code(), Some(1), "a faulting shadow is never promoted: {}", describe(&out));
 
     // At run time: cleared, set again (its count of clean ticks starts over), promotion refused until
     // it has 20, then the shadow is the live policy.
