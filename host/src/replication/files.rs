@@ -4,9 +4,11 @@
 //! A scan compares the directory with the store and records local changes; files changed since the
 //! previous scan are found by size, modification time and inode (the *stamp*, kept in the store
 //! across restarts), so a rescan of an unchanged tree reads only metadata, and a restarted node
-//! knows which files were edited while it was down. A changed file is versioned by its modification time (an HLC never goes back, so
-//! at worst just after the latest version this node has seen): the file written last wins, whichever
-//! node happened to scan first. Temporary files are never replicated.
+//! knows which files were edited while it was down (the stamps are trusted only for the directory
+//! the last scan saw: same device, same root inode). A changed file is versioned by its modification
+//! time (an HLC never goes back, so at worst just after the latest version this node has seen): the
+//! file written last wins, whichever node happened to scan first. Temporary files are never
+//! replicated.
 //!
 //! A missing file is a delete only when the directory can be trusted to say so. A scan records
 //! nothing (it is *held*, see [`Hold`]) when the root is missing, is not a directory, is on another
