@@ -280,13 +280,19 @@ impl Writer {
                     self.stats.dropped_disk.fetch_add(1, Ordering::Relaxed);
                     self.metrics.dropped.inc();
                     let message = format!("flight recorder: cannot write {}: {e}; ticks are dropped (and counted) until it can", self.dir.display());
-                    let mut last = self.stats.last_error.lock().expect("recorder stats lock");
-                    if !failing || last.as_deref() != Some(message.as_str()) {
+                    // The lock is let go before the note: the event log may be slow (it is a disk
+                    // too), and the loop reads this lock for its status every tick.
+                    let new = {
+                        let mut last = self.stats.last_error.lock().expect("recorder stats lock");
+                        let new = !failing || last.as_deref() != Some(message.as_str());
+                        *last = Some(message.clone());
+                        new
+                    };
+                    if new {
                         tracing::warn!(dir = %self.dir.display(), error = %e, "flight recorder cannot write");
-                        (self.note)(message.clone());
+                        (self.note)(message);
                         noted_disk = self.stats.dropped_disk.load(Ordering::Relaxed) - 1;
                     }
-                    *last = Some(message);
                     failing = true;
                 }
             }
