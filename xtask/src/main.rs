@@ -102,7 +102,9 @@ fn main() -> ExitCode {
         Some("test") => build_plugins(&root).and_then(|_| {
             // The multi-process suites run the `vigil` binary itself.
             run(cargo().current_dir(&root).args(["build", "-p", "vigil"]))?;
-            run(cargo().current_dir(&root).args(["test", "--no-fail-fast", "--workspace", "--exclude", "vigil-sdk"]).args(excluded_plugins(&root)).args(&args[1..]))
+            let mut test = cargo();
+            test.current_dir(&root).args(["test", "--no-fail-fast", "--workspace", "--exclude", "vigil-sdk"]).args(excluded_plugins(&root)).args(&args[1..]);
+            run_with_deadline(&mut test, test_deadline()?)
         }),
         Some("bench") => build_plugins(&root).and_then(|_| {
             // The cluster benchmarks run the release daemon.
@@ -121,7 +123,89 @@ fn main() -> ExitCode {
     }
 }
 
+/// How long the test run may take before it is stopped as hung: `VIGIL_TEST_DEADLINE_MIN` minutes,
+/// 60 by default (the suite takes about 20 on 2 cores). A deadlocked test would otherwise hold CI
+/// until its own timeout, and say nothing about which test it was.
+fn test_deadline() -> Result<std::time::Duration, String> {
+    let minutes = match std::env::var("VIGIL_TEST_DEADLINE_MIN") {
+        Ok(v) => v.parse::<u64>().map_err(|_| format!("VIGIL_TEST_DEADLINE_MIN={v:?}: expected a number of minutes"))?,
+        Err(_) => 60,
+    };
+    Ok(std::time::Duration::from_secs(minutes * 60))
+}
+
+/// Run `cmd`; past `deadline`, kill it and every process under it (cargo, the test binary, what the
+/// tests started) and fail, naming the deadline. libtest has already printed which tests have been
+/// running for over 60 seconds.
+fn run_with_deadline(cmd: &mut Command, deadline: std::time::Duration) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    let mut child = cmd.spawn().map_err(|e| format!("{cmd:?}: {e}"))?;
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            return if status.success() { Ok(()) } else { Err(format!("{cmd:?} failed with {status}")) };
+        }
+        if started.elapsed() > deadline {
+            let mut doomed = vec![child.id()];
+            let mut i = 0;
+            while i < doomed.len() {
+                doomed.extend(children_of(doomed[i]));
+                i += 1;
+            }
+            for pid in doomed.iter().rev() {
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            }
+            let _ = child.wait();
+            return Err(format!(
+                "the tests did not finish within {} minutes (VIGIL_TEST_DEADLINE_MIN) and were stopped: a test is hung (see 'has been running for over 60 seconds' above)",
+                deadline.as_secs() / 60
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// The processes whose parent is `pid`, from `/proc`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            // /proc/PID/stat: "PID (COMM) STATE PPID ..."; COMM may hold spaces and parentheses.
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok()))
+                == Some(pid)
+        })
+        .collect()
+}
+
 /// `--exclude NAME` for each plugin: they are tested through the host, built for wasm only.
 fn excluded_plugins(root: &Path) -> Vec<String> {
     plugin_packages(root).into_iter().flat_map(|p| ["--exclude".to_string(), p]).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_past_its_deadline_is_stopped_with_everything_under_it() {
+        let dir = std::env::temp_dir().join(format!("xtask-deadline-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pid_file = dir.join("grandchild");
+        // A child that starts a grandchild and waits on it, as cargo waits on a hung test binary.
+        let script = format!("sleep 60 & echo $! > {}; wait", pid_file.display());
+        let started = std::time::Instant::now();
+        let e = run_with_deadline(Command::new("sh").args(["-c", &script]), std::time::Duration::from_secs(1)).unwrap_err();
+        assert!(e.contains("did not finish within"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+        let grandchild = std::fs::read_to_string(&pid_file).unwrap().trim().to_string();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let state = std::fs::read_to_string(format!("/proc/{grandchild}/stat")).unwrap_or_default();
+        assert!(state.is_empty() || state.contains(") Z "), "the grandchild {grandchild} still runs: {state}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        run_with_deadline(Command::new("true").arg(""), std::time::Duration::from_secs(5)).unwrap();
+        assert!(run_with_deadline(&mut Command::new("false"), std::time::Duration::from_secs(5)).is_err());
+    }
 }
