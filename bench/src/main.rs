@@ -22,16 +22,17 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 mod cluster;
 mod http;
 mod nginx;
+mod python;
 mod recorder;
 mod relay;
 mod tls;
 mod vip;
 
-const USAGE: &str = "usage: vigil-bench [tick|recorder|reload|relay|failover|sync|vip|idle|http|tls|all]";
+const USAGE: &str = "usage: vigil-bench [tick|python|recorder|reload|relay|failover|sync|vip|idle|http|tls|all]";
 
 fn main() -> anyhow::Result<()> {
     let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
-    if !matches!(what.as_str(), "tick" | "recorder" | "reload" | "relay" | "failover" | "sync" | "vip" | "idle" | "http" | "tls" | "all") {
+    if !matches!(what.as_str(), "tick" | "python" | "recorder" | "reload" | "relay" | "failover" | "sync" | "vip" | "idle" | "http" | "tls" | "all") {
         anyhow::bail!(USAGE);
     }
     let wants = |name: &str| what == name || what == "all";
@@ -39,6 +40,9 @@ fn main() -> anyhow::Result<()> {
     println!("|---|---|");
     if wants("tick") {
         ticks()?;
+    }
+    if wants("python") {
+        python::run()?;
     }
     if wants("recorder") {
         recorder::run()?;
@@ -119,23 +123,27 @@ fn write_policy(dir: &Path, name: &str, plugin: &str, params: &str) -> anyhow::R
 /// from call to call as the node does. Every call instantiates the plugin afresh from its
 /// pre-instance: that is the strategy being measured.
 fn bench_decide(label: &str, policy: &LoadedPolicy, state: Vec<u8>) -> anyhow::Result<()> {
+    bench_decide_n(label, policy, state, WARM_UP, CALLS)
+}
+
+fn bench_decide_n(label: &str, policy: &LoadedPolicy, state: Vec<u8>, warm_up: usize, calls: usize) -> anyhow::Result<()> {
     let peers = vec!["a".to_string()];
     let mut tick: Tick = vigil_tests::tick(1_700_000_000_000, state);
-    let mut times = Vec::with_capacity(CALLS);
-    for i in 0..WARM_UP + CALLS {
+    let mut times = Vec::with_capacity(calls);
+    for i in 0..warm_up + calls {
         tick.now_ms += 1000;
         tick.node.tick_count += 1;
         let started = Instant::now();
         let decision = policy.decide(&tick, &peers).map_err(|f| anyhow::anyhow!("{label}: fault {f}"))?;
         let took = started.elapsed();
         tick.state = decision.state;
-        if i >= WARM_UP {
+        if i >= warm_up {
             times.push(took);
         }
     }
     let s = Sample::new(times);
     row(
-        &format!("tick, {label} ({CALLS} calls, state {} B)", tick.state.len()),
+        &format!("tick, {label} ({calls} calls, state {} B)", tick.state.len()),
         format!("p50 {} · p99 {} · max {}", us(s.pct(50)), us(s.pct(99)), us(s.max())),
     );
     Ok(())
@@ -162,26 +170,31 @@ fn ticks() -> anyhow::Result<()> {
     // Compile (cold, empty cache) against a cache hit, for each plugin: a fresh runtime every time, as
     // a daemon start would have.
     for name in ["testkit", "hot-standby"] {
-        let wasm = vigil_tests::plugins_dir().join(format!("{name}.wasm"));
-        let (mut cold, mut warm) = (Vec::new(), Vec::new());
-        for _ in 0..5 {
-            let cache = tempfile::tempdir()?;
-            let rt = Runtime::new(Some(cache.path().to_path_buf()))?;
-            let started = Instant::now();
-            let plugin = rt.load(&wasm)?;
-            cold.push(started.elapsed());
-            assert!(!plugin.from_cache());
-            let rt = Runtime::new(Some(cache.path().to_path_buf()))?;
-            let started = Instant::now();
-            let plugin = rt.load(&wasm)?;
-            warm.push(started.elapsed());
-            assert!(plugin.from_cache());
-        }
-        let (cold, warm) = (Sample::new(cold), Sample::new(warm));
-        let size = std::fs::metadata(&wasm)?.len() / 1024;
-        row(&format!("load {name}.wasm ({size} KiB), compile (cold), 5 runs"), format!("p50 {} · max {}", ms(cold.pct(50)), ms(cold.max())));
-        row(&format!("load {name}.wasm, compile cache hit, 5 runs"), format!("p50 {} · max {}", ms(warm.pct(50)), ms(warm.max())));
+        load_times(name, &vigil_tests::plugins_dir().join(format!("{name}.wasm")), 5)?;
     }
+    Ok(())
+}
+
+/// Load `wasm` `runs` times with an empty compile cache and as many with a cache hit.
+fn load_times(name: &str, wasm: &Path, runs: usize) -> anyhow::Result<()> {
+    let (mut cold, mut warm) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let cache = tempfile::tempdir()?;
+        let rt = Runtime::new(Some(cache.path().to_path_buf()))?;
+        let started = Instant::now();
+        let plugin = rt.load(wasm)?;
+        cold.push(started.elapsed());
+        assert!(!plugin.from_cache());
+        let rt = Runtime::new(Some(cache.path().to_path_buf()))?;
+        let started = Instant::now();
+        let plugin = rt.load(wasm)?;
+        warm.push(started.elapsed());
+        assert!(plugin.from_cache());
+    }
+    let (cold, warm) = (Sample::new(cold), Sample::new(warm));
+    let size = std::fs::metadata(wasm)?.len() / 1024;
+    row(&format!("load {name}.wasm ({size} KiB), compile (cold), {runs} runs"), format!("p50 {} · max {}", ms(cold.pct(50)), ms(cold.max())));
+    row(&format!("load {name}.wasm, compile cache hit, {runs} runs"), format!("p50 {} · max {}", ms(warm.pct(50)), ms(warm.max())));
     Ok(())
 }
 

@@ -112,7 +112,7 @@ fn main() -> ExitCode {
             run(cargo().current_dir(&root).args(["run", "--release", "-p", "vigil-bench", "--"]).args(&args[1..]))
         }),
         Some("package") => package::build(&root, &args[1..]),
-        _ => Err("usage: cargo xtask plugins | demo [DEPLOYMENT] | test [CARGO TEST ARGS] | bench [tick|recorder|reload|relay|failover|sync|vip|idle|http|tls|all] | package [--profile PROFILE] [--host-binary PATH]".into()),
+        _ => Err("usage: cargo xtask plugins | demo [DEPLOYMENT] | test [CARGO TEST ARGS] | bench [tick|python|recorder|reload|relay|failover|sync|vip|idle|http|tls|all] | package [--profile PROFILE] [--host-binary PATH]".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

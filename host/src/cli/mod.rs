@@ -7,6 +7,7 @@ mod assets;
 pub mod client;
 mod demo;
 mod init;
+mod kit;
 mod policy_cmd;
 mod record;
 
@@ -181,6 +182,27 @@ pub enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write a new policy project (source with a commented example, policy file, two scenarios,
+    /// README) into a fresh directory; it needs nothing from vigil's repository.
+    New {
+        /// The policy's name (lower-case letters, digits, '-'): the crate, the component file.
+        name: String,
+        /// The plugin's language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: kit::Lang,
+        /// Where to write it (default: ./NAME); it must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Build a policy project into a component (Rust: cargo for wasm32-wasip2; Python:
+    /// componentize-py) at the path its policy.toml names, then check it like `vigil policy check`.
+    Build {
+        /// The project directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Print the interface (WIT) this vigil runs, to generate bindings in any language.
+    Wit,
     /// Set a running node's shadow policy (it decides every tick beside the live one and never
     /// acts), or clear it with --clear.
     Shadow {
@@ -257,6 +279,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Policy(PolicyCommand::Replay { candidate, recordings, plugin_dirs, json }) => {
             policy_cmd::replay(&candidate, &recordings, plugin_dirs, json)
         }
+        Command::Policy(PolicyCommand::New { name, lang, dir }) => kit::new(&name, lang, dir.as_deref()),
+        Command::Policy(PolicyCommand::Build { dir }) => kit::build(&dir),
+        Command::Policy(PolicyCommand::Wit) => kit::wit(),
         Command::Policy(PolicyCommand::Shadow { policy, clear: _, target }) => runtime()?.block_on(client::shadow(&target, policy.as_deref())),
         Command::Policy(PolicyCommand::Promote { target }) => runtime()?.block_on(client::promote(&target)),
         Command::Record { target, data_dir, since, until, around, ticks, records, output } => {
