@@ -78,12 +78,15 @@ pub struct Arbiter {
     wants_active: AtomicBool,
     /// Wakes the task when the node starts wanting the role (a campaign at once, not at the next beat).
     wake: Notify,
+    /// How often the task works the key (set by [`run`]; `ttl / 3` until then).
+    period_ms: AtomicU64,
     metrics: crate::metrics::ArbiterMetrics,
 }
 
 impl Arbiter {
     pub fn new(config: ArbiterSection, me: &str, clock: Arc<dyn Clock>, metrics: crate::metrics::ArbiterMetrics) -> Arc<Arbiter> {
         let seen = Seen { endpoints_up: vec![false; config.endpoints.len()], ..Seen::default() };
+        let beat = config.ttl_ms / 3;
         Arc::new(Arbiter {
             config,
             me: me.to_string(),
@@ -92,14 +95,22 @@ impl Arbiter {
             active: AtomicBool::new(false),
             wants_active: AtomicBool::new(false),
             wake: Notify::new(),
+            period_ms: AtomicU64::new(beat),
             metrics,
         })
     }
 
-    /// How long an endpoint's silence leaves the arbiter reachable: half the lease, so that the
-    /// failsafe (see `NodeCore::fence`) takes over before the lease (minus its margin) ends.
+    /// How long an endpoint's silence leaves the arbiter reachable. The failsafe (see
+    /// `NodeCore::fence`) must take over before the key stops counting as held, or an active node
+    /// that loses etcd at the wrong moment is demoted instead. Reads refresh "answered" every period
+    /// while the lease is renewed only every `ttl / 3` (plus up to one period of the loop), so the
+    /// last answer can come that long after the last renewal: the window is what remains of the held
+    /// time (`ttl - margin`) after it. (Half the lease, as it was, lost that race one time in four
+    /// with a 2 s lease and 100 ms heartbeats.) At least 50 ms.
     fn reach_window_ms(&self) -> u64 {
-        self.config.ttl_ms / 2
+        let beat = self.config.ttl_ms / 3;
+        let period = self.period_ms.load(Ordering::Relaxed);
+        (self.config.ttl_ms - self.config.margin_ms()).saturating_sub(beat + period).max(50)
     }
 
     /// The tick's view at monotonic `now`.
@@ -275,6 +286,7 @@ pub async fn run(arbiter: Arc<Arbiter>, password: Option<String>, interval: Dura
     let beat = Duration::from_millis(config.ttl_ms / 3);
     // How often the key is worked: every heartbeat interval, within [50 ms, ttl/3].
     let period = interval.clamp(Duration::from_millis(50), beat);
+    arbiter.period_ms.store(period.as_millis() as u64, Ordering::Relaxed);
     let options = match connect_options(&config, password.clone()) {
         Ok(options) => options,
         Err(e) => return arbiter.failed("configuration", e),
@@ -452,10 +464,16 @@ mod tests {
             seen.holder_lease = 7;
             seen.revision = 12;
         }
+        a.period_ms.store(100, Ordering::Relaxed);
         let v = a.view(1_100);
         assert!(v.reachable && v.held && v.lease_left_ms == 900 && v.revision == 12, "{v:?}");
         assert!(!a.view(1_760).held, "within the margin of the lease's end: no longer held");
-        assert!(a.view(1_500).reachable && !a.view(1_501).reachable, "silent for half the lease: unreachable");
+        // ttl 1000, margin 250, renewals every 333 ms, the loop every 100 ms: unreachable once silent
+        // for more than 750 - 433 = 317 ms, before the key stops counting as held (at 1_750 for a
+        // renewal sent at 1_000, and the last answer may have come up to 433 ms after it).
+        assert!(a.view(1_317).reachable && !a.view(1_318).reachable, "{:?}", a.view(1_318));
+        a.period_ms.store(333, Ordering::Relaxed);
+        assert!(a.view(1_084).reachable && !a.view(1_085).reachable, "with a 1 s heartbeat the loop runs every 333 ms: 84 ms");
         a.seen.lock().unwrap().holder_lease = 8;
         assert!(!a.view(1_100).held, "the key on another lease (an earlier run of this node) is not held");
     }
