@@ -123,3 +123,41 @@ async fn once_stable_exactly_one_node_answers_200_on_active() {
     println!("{samples} samples, exactly one active each time");
     assert!(samples > 50);
 }
+
+/// Issue 14, footprint: a few seconds after start the node gives back the code pages only start-up
+/// ran (`vigil::footprint`). The log says how much was resident before and just after; the node's own
+/// `/proc/PID/smaps` shows its code staying well below the start-up figure while it works (a pair,
+/// heartbeats both ways, the status endpoint polled).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_gives_back_the_code_only_start_up_ran() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = pair(dir.path(), "");
+    stable(&cluster).await;
+    let line = loop {
+        let log = std::fs::read_to_string(&cluster.nodes[0].log).unwrap_or_default();
+        if let Some(line) = log.lines().find(|l| l.contains("start-up over: its code pages released")) {
+            break line.to_string();
+        }
+        assert!(eventually(Duration::from_secs(10), || std::fs::read_to_string(&cluster.nodes[0].log).unwrap_or_default().contains("start-up over")).await, "no release logged:\n{log}");
+    };
+    let field = |name: &str| -> u64 {
+        let at = line.find(&format!("{name}=")).unwrap_or_else(|| panic!("{name} in {line}")) + name.len() + 1;
+        line[at..].split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let (before, after) = (field("resident_before_kib"), field("resident_after_kib"));
+    println!("code resident: {before} kB at the end of start-up, {after} kB just after the release");
+    assert!(before > 1024 && after < before / 4, "{line}");
+
+    // Working for two more seconds: what the loop runs comes back, start-up's code does not.
+    for _ in 0..20 {
+        let _ = cluster.admin(0, Method::GET, "/status").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = cluster.nodes[0].pid().expect("node a runs");
+    let ino = std::fs::metadata(vigil_bin()).unwrap().ino();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let now = vigil::footprint::resident_code_kib(&smaps, ino);
+    println!("code resident while working: {now} kB");
+    assert!(now < before, "code resident while working ({now} kB) is below start-up's ({before} kB)");
+}

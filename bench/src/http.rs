@@ -77,8 +77,9 @@ pub async fn run(exe: &Path) -> anyhow::Result<()> {
     let active = c.wait_for(Duration::from_secs(30), exactly_one_active).await?;
     let nginx = nginx_http()?;
     let nginx_url = format!("http://{}/active", nginx.addr);
-    // Idle for a few ticks before the footprint is read.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Idle for a few ticks, past start-up (its code is released 3 s after the loop starts), before
+    // the footprint is read.
+    tokio::time::sleep(Duration::from_secs(10)).await;
     let pid = c.nodes[active].pid().ok_or_else(|| anyhow::anyhow!("the active node is not running"))?;
     let (rss, threads) = footprint(pid)?;
     let (nginx_rss, nginx_threads) = footprint(nginx.child.id())?;
@@ -91,7 +92,7 @@ pub async fn run(exe: &Path) -> anyhow::Result<()> {
     let standby = 1 - active;
     c.kill(standby);
     c.start(standby)?;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
     let pid = c.nodes[standby].pid().ok_or_else(|| anyhow::anyhow!("the restarted node is not running"))?;
     let (rss, threads) = footprint(pid)?;
     crate::row(

@@ -38,6 +38,7 @@ pub mod config;
 pub mod events;
 pub mod garp;
 pub mod executor;
+pub mod footprint;
 pub mod heartbeat;
 pub mod http;
 pub mod http_client;

@@ -245,6 +245,9 @@ pub fn record_reload(state: &NodeState, outcome: &ReloadOutcome) {
     state.record(Event::new(state.clock.wall_ms(), EventKind::Reload, message));
 }
 
+/// How long after the loop starts the start-up code is released (see [`crate::footprint`]).
+const STARTUP_MS: u64 = 3_000;
+
 /// The loop, until `stop` turns true.
 pub async fn node_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
     let interval = Duration::from_millis(u64::from(state.config.heartbeat.interval_ms));
@@ -252,6 +255,9 @@ pub async fn node_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
     let mut systemd = crate::systemd::Notifier::from_env();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Start-up is over a few seconds after the first tick: its code is given back (`footprint`).
+    let release_code_at = node.state.clock.mono_ms() + STARTUP_MS;
+    let mut code_released = false;
     loop {
         // A udp-judged peer is counted failed the moment its `failures`-th datagram is overdue, not
         // at the next tick after that (see `udp`).
@@ -267,6 +273,16 @@ pub async fn node_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
         node.tick().await;
         let reachable = node.tracker.peers.iter().filter(|t| t.remote.reachable).count();
         systemd.after_tick(node.core.mode, reachable, node.tracker.peers.len());
+        if !code_released && node.state.clock.mono_ms() >= release_code_at {
+            code_released = true;
+            let r = crate::footprint::release_startup_code();
+            tracing::info!(
+                resident_before_kib = r.resident_before_kib,
+                resident_after_kib = r.resident_after_kib,
+                mapped_kib = r.mapped_kib,
+                "start-up over: its code pages released"
+            );
+        }
     }
     // The actions already decided finish first (bounded), so that stopping the services on the way
     // out comes after them and nothing starts behind it.
