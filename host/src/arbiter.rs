@@ -78,15 +78,18 @@ pub struct Arbiter {
     wants_active: AtomicBool,
     /// Wakes the task when the node starts wanting the role (a campaign at once, not at the next beat).
     wake: Notify,
-    /// How often the task works the key (set by [`run`]; `ttl / 3` until then).
-    period_ms: AtomicU64,
+    /// How often the lease is renewed: a third of it.
+    beat: Duration,
+    /// How often the task works the key: every heartbeat interval, within [50 ms, `beat`].
+    period: Duration,
     metrics: crate::metrics::ArbiterMetrics,
 }
 
 impl Arbiter {
-    pub fn new(config: ArbiterSection, me: &str, clock: Arc<dyn Clock>, metrics: crate::metrics::ArbiterMetrics) -> Arc<Arbiter> {
+    /// The arbiter of a node whose heartbeat runs every `interval`.
+    pub fn new(config: ArbiterSection, me: &str, interval: Duration, clock: Arc<dyn Clock>, metrics: crate::metrics::ArbiterMetrics) -> Arc<Arbiter> {
         let seen = Seen { endpoints_up: vec![false; config.endpoints.len()], ..Seen::default() };
-        let beat = config.ttl_ms / 3;
+        let beat = Duration::from_millis(config.ttl_ms / 3);
         Arc::new(Arbiter {
             config,
             me: me.to_string(),
@@ -95,7 +98,8 @@ impl Arbiter {
             active: AtomicBool::new(false),
             wants_active: AtomicBool::new(false),
             wake: Notify::new(),
-            period_ms: AtomicU64::new(beat),
+            beat,
+            period: interval.clamp(Duration::from_millis(50), beat),
             metrics,
         })
     }
@@ -108,9 +112,8 @@ impl Arbiter {
     /// time (`ttl - margin`) after it. (Half the lease, as it was, lost that race one time in four
     /// with a 2 s lease and 100 ms heartbeats.) At least 50 ms.
     fn reach_window_ms(&self) -> u64 {
-        let beat = self.config.ttl_ms / 3;
-        let period = self.period_ms.load(Ordering::Relaxed);
-        (self.config.ttl_ms - self.config.margin_ms()).saturating_sub(beat + period).max(50)
+        let after_renewal = (self.beat + self.period).as_millis() as u64;
+        (self.config.ttl_ms - self.config.margin_ms()).saturating_sub(after_renewal).max(50)
     }
 
     /// The tick's view at monotonic `now`.
@@ -280,13 +283,10 @@ impl Endpoints {
 }
 
 /// The task: until `stop`, keep the lease, campaign, resign, read.
-pub async fn run(arbiter: Arc<Arbiter>, password: Option<String>, interval: Duration, mut stop: watch::Receiver<bool>) {
+pub async fn run(arbiter: Arc<Arbiter>, password: Option<String>, mut stop: watch::Receiver<bool>) {
     let config = arbiter.config.clone();
     let key = config.leader_key();
-    let beat = Duration::from_millis(config.ttl_ms / 3);
-    // How often the key is worked: every heartbeat interval, within [50 ms, ttl/3].
-    let period = interval.clamp(Duration::from_millis(50), beat);
-    arbiter.period_ms.store(period.as_millis() as u64, Ordering::Relaxed);
+    let (beat, period) = (arbiter.beat, arbiter.period);
     let options = match connect_options(&config, password.clone()) {
         Ok(options) => options,
         Err(e) => return arbiter.failed("configuration", e),
@@ -432,7 +432,7 @@ async fn probe_endpoints(arbiter: &Arbiter, options: &ConnectOptions, probes: &m
 mod tests {
     use super::*;
 
-    fn arbiter() -> Arc<Arbiter> {
+    fn arbiter(interval_ms: u64) -> Arc<Arbiter> {
         let config = ArbiterSection {
             kind: "etcd".into(),
             endpoints: vec!["http://127.0.0.1:1".into()],
@@ -448,14 +448,12 @@ mod tests {
             password_file: None,
         };
         let metrics = crate::metrics::Metrics::new(&[]);
-        Arbiter::new(config, "a", crate::clock::SystemClock::new(), metrics.arbiter.clone())
+        Arbiter::new(config, "a", Duration::from_millis(interval_ms), crate::clock::SystemClock::new(), metrics.arbiter.clone())
     }
 
     #[test]
     fn held_counts_the_lease_by_the_local_clock_minus_the_margin() {
-        let a = arbiter();
-        assert_eq!(a.view(0), ArbiterView::default(), "nothing seen: unreachable, nothing held");
-        {
+        let seen_once = |a: &Arbiter| {
             let mut seen = a.seen.lock().unwrap();
             seen.last_ok_mono = Some(1_000);
             seen.lease = Some(7);
@@ -463,8 +461,10 @@ mod tests {
             seen.holder = Some("a".into());
             seen.holder_lease = 7;
             seen.revision = 12;
-        }
-        a.period_ms.store(100, Ordering::Relaxed);
+        };
+        let a = arbiter(100);
+        assert_eq!(a.view(0), ArbiterView::default(), "nothing seen: unreachable, nothing held");
+        seen_once(&a);
         let v = a.view(1_100);
         assert!(v.reachable && v.held && v.lease_left_ms == 900 && v.revision == 12, "{v:?}");
         assert!(!a.view(1_760).held, "within the margin of the lease's end: no longer held");
@@ -472,8 +472,9 @@ mod tests {
         // for more than 750 - 433 = 317 ms, before the key stops counting as held (at 1_750 for a
         // renewal sent at 1_000, and the last answer may have come up to 433 ms after it).
         assert!(a.view(1_317).reachable && !a.view(1_318).reachable, "{:?}", a.view(1_318));
-        a.period_ms.store(333, Ordering::Relaxed);
-        assert!(a.view(1_084).reachable && !a.view(1_085).reachable, "with a 1 s heartbeat the loop runs every 333 ms: 84 ms");
+        let slow = arbiter(1_000);
+        seen_once(&slow);
+        assert!(slow.view(1_084).reachable && !slow.view(1_085).reachable, "with a 1 s heartbeat the loop runs every 333 ms: 84 ms");
         a.seen.lock().unwrap().holder_lease = 8;
         assert!(!a.view(1_100).held, "the key on another lease (an earlier run of this node) is not held");
     }

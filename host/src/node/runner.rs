@@ -399,7 +399,7 @@ impl NodeLoop {
             observer_state.metrics.action_finished(&result.action, result.ok, f64::from(result.duration_ms) / 1000.0);
         }));
         let monitors = Arc::new(crate::monitors::Monitors::new());
-        let arbiter = config.arbiter.as_ref().map(|a| crate::arbiter::Arbiter::new(a.clone(), &config.node.id, state.clock.clone(), state.metrics.arbiter.clone()));
+        let arbiter = config.arbiter.as_ref().map(|a| crate::arbiter::Arbiter::new(a.clone(), &config.node.id, interval, state.clock.clone(), state.metrics.arbiter.clone()));
         let mut tasks = vec![
             tokio::spawn(poll_services(state.clone(), interval, stop.clone())),
             tokio::spawn(scan_directories(state.clone(), interval, stop.clone())),
@@ -407,7 +407,7 @@ impl NodeLoop {
         ];
         if let Some(arbiter) = &arbiter {
             let password = config.read_arbiter_password().ok().flatten();
-            tasks.push(tokio::spawn(crate::arbiter::run(arbiter.clone(), password, interval, stop.clone())));
+            tasks.push(tokio::spawn(crate::arbiter::run(arbiter.clone(), password, stop.clone())));
         }
         let now = state.clock.wall_ms();
         let persisted = NodeStateFile::new(&config.node.data_dir, &config.node.id);
