@@ -157,7 +157,7 @@ async fn a_node_gives_back_the_code_only_start_up_ran() {
     let pid = cluster.nodes[0].pid().expect("node a runs");
     let ino = std::fs::metadata(vigil_bin()).unwrap().ino();
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
-    let now = vigil::footprint::resident_code_kib(&smaps, ino);
+    let now = vigil::footprint::resident_kib(&vigil::footprint::code_mappings(&smaps, ino));
     println!("code resident while working: {now} kB");
     assert!(now < before, "code resident while working ({now} kB) is below start-up's ({before} kB)");
 }

@@ -32,62 +32,66 @@ pub fn release_startup_code() -> Released {
     {
         use std::os::unix::fs::MetadataExt;
         let Ok(exe) = std::fs::metadata("/proc/self/exe") else { return Released::default() };
-        let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return Released::default() };
-        let resident_before_kib = std::fs::read_to_string("/proc/self/smaps").map(|s| resident_code_kib(&s, exe.ino())).unwrap_or(0);
+        let code = || std::fs::read_to_string("/proc/self/smaps").map(|s| code_mappings(&s, exe.ino())).unwrap_or_default();
+        let before = code();
         let mut mapped = 0;
-        for (start, end) in code_mappings(&maps, exe.ino()) {
+        for m in &before {
             // SAFETY: the range is a whole mapping of this process's executable, mapped read-only and
             // executable and never written (no text relocations in a Rust binary). MADV_DONTNEED on a
             // private file mapping only drops the page-table entries: the next access maps the same
             // file page again from the page cache, so code running on other threads meanwhile faults
             // and goes on.
             #[allow(unsafe_code)]
-            let ok = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) } == 0;
+            let ok = unsafe { libc::madvise(m.start as *mut libc::c_void, m.end - m.start, libc::MADV_DONTNEED) } == 0;
             if ok {
-                mapped += end - start;
+                mapped += m.end - m.start;
             }
         }
-        let resident_after_kib = std::fs::read_to_string("/proc/self/smaps").map(|s| resident_code_kib(&s, exe.ino())).unwrap_or(0);
-        Released { mapped_kib: (mapped >> 10) as u64, resident_before_kib, resident_after_kib }
+        Released { mapped_kib: (mapped >> 10) as u64, resident_before_kib: resident_kib(&before), resident_after_kib: resident_kib(&code()) }
     }
     #[cfg(not(target_os = "linux"))]
     Released::default()
 }
 
-/// The resident kB of the `r-xp` mappings of the file with inode `ino`, in a `/proc/PID/smaps` text.
-pub fn resident_code_kib(smaps: &str, ino: u64) -> u64 {
-    let mut total = 0;
+/// One code mapping of the executable, from `/proc/PID/smaps`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeMapping {
+    pub start: usize,
+    pub end: usize,
+    pub rss_kib: u64,
+}
+
+/// The resident kB of `mappings`.
+pub fn resident_kib(mappings: &[CodeMapping]) -> u64 {
+    mappings.iter().map(|m| m.rss_kib).sum()
+}
+
+/// The `r-xp` mappings of the file with inode `ino` in a `/proc/PID/smaps` text, with their resident
+/// size.
+pub fn code_mappings(smaps: &str, ino: u64) -> Vec<CodeMapping> {
+    let mut found: Vec<CodeMapping> = Vec::new();
     let mut ours = false;
     for line in smaps.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        match fields.first() {
+        match fields.as_slice() {
             // A mapping's header: "START-END PERMS OFFSET DEV INODE [PATH]".
-            Some(first) if first.contains('-') && !first.ends_with(':') && fields.len() >= 5 => {
-                ours = fields[1] == "r-xp" && fields[4].parse::<u64>().ok() == Some(ino);
+            [range, perms, _offset, _dev, inode, ..] if !range.ends_with(':') && range.contains('-') => {
+                let bounds = range.split_once('-').and_then(|(a, b)| Some((usize::from_str_radix(a, 16).ok()?, usize::from_str_radix(b, 16).ok()?)));
+                ours = false;
+                if let Some((start, end)) = bounds.filter(|_| *perms == "r-xp" && inode.parse::<u64>().ok() == Some(ino)) {
+                    found.push(CodeMapping { start, end, rss_kib: 0 });
+                    ours = true;
+                }
             }
-            Some(&"Rss:") if ours => total += fields.get(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0),
+            ["Rss:", kib, ..] if ours => {
+                if let (Some(m), Ok(kib)) = (found.last_mut(), kib.parse::<u64>()) {
+                    m.rss_kib += kib;
+                }
+            }
             _ => {}
         }
     }
-    total
-}
-
-/// The `r-xp` mappings of the file with inode `ino` in a `/proc/PID/maps` text, as address ranges.
-fn code_mappings(maps: &str, ino: u64) -> Vec<(usize, usize)> {
-    maps.lines()
-        .filter_map(|line| {
-            // "START-END PERMS OFFSET DEV INODE PATH"
-            let mut fields = line.split_whitespace();
-            let range = fields.next()?;
-            let perms = fields.next()?;
-            let inode = fields.nth(2)?.parse::<u64>().ok()?;
-            if perms != "r-xp" || inode != ino {
-                return None;
-            }
-            let (start, end) = range.split_once('-')?;
-            Some((usize::from_str_radix(start, 16).ok()?, usize::from_str_radix(end, 16).ok()?))
-        })
-        .collect()
+    found
 }
 
 #[cfg(test)]
@@ -96,16 +100,26 @@ mod tests {
 
     #[test]
     fn only_the_executables_code_mapping_is_chosen() {
-        let maps = "\
+        let smaps = "\
 559dc8cb5000-559dc93c6000 r--p 00000000 fe:00 5589830    /usr/bin/vigil
+Size:               7236 kB
+Rss:                2796 kB
 559dc93c6000-559dcaabd000 r-xp 00710000 fe:00 5589830    /usr/bin/vigil
+Size:              23516 kB
+Rss:               12516 kB
 559dcaabd000-559dcab78000 r--p 01e06000 fe:00 5589830    /usr/bin/vigil
+Rss:                 748 kB
 559dcab78000-559dcab82000 rw-p 01ec0000 fe:00 5589830    /usr/bin/vigil
+Rss:                  40 kB
 7f0000000000-7f0000100000 r-xp 00000000 fe:00 1234       /usr/lib/x86_64-linux-gnu/libc.so.6
+Rss:                1024 kB
 7f0000200000-7f0000300000 rw-p 00000000 00:00 0
+Rss:                  12 kB
 ";
-        assert_eq!(code_mappings(maps, 5589830), vec![(0x559dc93c6000, 0x559dcaabd000)]);
-        assert!(code_mappings(maps, 42).is_empty());
+        let code = code_mappings(smaps, 5589830);
+        assert_eq!(code, vec![CodeMapping { start: 0x559dc93c6000, end: 0x559dcaabd000, rss_kib: 12516 }]);
+        assert_eq!(resident_kib(&code), 12516);
+        assert!(code_mappings(smaps, 42).is_empty());
     }
 
     #[test]
