@@ -11,8 +11,8 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use vigil::cluster::{exactly_one_active, Cluster, NodeSpec, Timing};
-use vigil::model::{Mode, Role};
+use vigil::cluster::{exactly_one_active, Cluster, PairSpec, Timing};
+use vigil::model::Mode;
 use vigil_tests::{describe, root, vigil};
 
 fn os(s: &str) -> &OsStr {
@@ -95,17 +95,10 @@ fn python_hot_standby() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         let dir = tempfile::Builder::new().prefix("hot-standby-py").tempdir().unwrap().keep();
-        let project = dir.join("hot-standby-py");
-        ok(&[os("policy"), os("new"), os("hot-standby-py"), os("--lang"), os("python"), os("--dir"), project.as_os_str()]);
-        let port = root().join("plugins/hot-standby-py");
-        for file in ["app.py", "policy.toml"] {
-            std::fs::copy(port.join(file), project.join(file)).unwrap();
-        }
         // The port's README says how it is built: this way.
-        let readme = std::fs::read_to_string(port.join("README.md")).unwrap();
+        let readme = std::fs::read_to_string(root().join("plugins/hot-standby-py/README.md")).unwrap();
         assert!(readme.contains("vigil policy new hot-standby-py --lang python"), "plugins/hot-standby-py/README.md");
-        ok(&[os("policy"), os("build"), project.as_os_str()]);
-        project
+        vigil_tests::build_python_port(vigil_tests::vigil_bin(), &dir).unwrap()
     })
 }
 
@@ -141,18 +134,9 @@ async fn a_live_pair_deciding_with_the_python_policy_fails_over_on_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     // The interval leaves room for a Python call (milliseconds; bench/README.md).
     let timing = Timing { interval_ms: 200, timeout_ms: 200, failures: 3, successes: 3 };
-    let mut cluster = Cluster::new(vigil_tests::vigil_bin(), dir.path(), timing, Vec::new()).unwrap();
-    let policy = format!(
-        "plugin = \"{}\"\n\n[params]\n\n[services.cti]\nstart = \"echo running > '{{dir}}/cti.running'\"\n\
-         stop = \"rm -f '{{dir}}/cti.running'\"\nstatus = \"test -f '{{dir}}/cti.running'\"\napp_check = true\ntimeout_ms = 2000\n\n\
-         [limits]\ntime_ms = 500\nmemory_mib = 48\n",
-        wasm.display()
-    );
-    for (id, role, peer) in [("a", Role::Primary, "b"), ("b", Role::Secondary, "a")] {
-        let mut node = NodeSpec::new(id, role, &policy);
-        node.peers = vec![peer.into()];
-        cluster.add(node).unwrap();
-    }
+    let spec = PairSpec { timing, params: String::new(), plugin_dirs: Vec::new() };
+    let limits = "\n[limits]\ntime_ms = 500\nmemory_mib = 48\n";
+    let mut cluster = Cluster::hot_standby_pair_with(vigil_tests::vigil_bin(), dir.path(), &spec, &wasm.display().to_string(), limits).unwrap();
     cluster.start(0).unwrap();
     cluster.start(1).unwrap();
     // The first start compiles the 18 MB component (cached in the data directory afterwards).

@@ -4,34 +4,13 @@
 //! the load time, cold (compile) and from the compile cache.
 
 use crate::{bench_decide_n, load_times, row};
-use std::path::Path;
-use std::process::Command;
 use vigil::policy::{load, PluginDirs, Runtime};
 
-fn vigil(exe: &Path, args: &[&std::ffi::OsStr]) -> anyhow::Result<()> {
-    let out = Command::new(exe).args(args).output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "vigil {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
 pub(crate) fn run() -> anyhow::Result<()> {
-    let exe = crate::cluster::exe()?;
     let dir = tempfile::tempdir()?;
-    let project = dir.path().join("hot-standby-py");
-    let os = std::ffi::OsStr::new;
-    vigil(&exe, &[os("policy"), os("new"), os("hot-standby-py"), os("--lang"), os("python"), os("--dir"), project.as_os_str()])?;
-    let port = vigil_tests::root().join("plugins/hot-standby-py");
-    for file in ["app.py", "policy.toml"] {
-        std::fs::copy(port.join(file), project.join(file))?;
-    }
     let started = std::time::Instant::now();
-    vigil(&exe, &[os("policy"), os("build"), project.as_os_str()])?;
-    row("`vigil policy build` of the Python port (componentize-py, then a check)", format!("{:.1} s", started.elapsed().as_secs_f64()));
+    let project = vigil_tests::build_python_port(&crate::cluster::exe()?, dir.path())?;
+    row("`vigil policy new` + `vigil policy build` of the Python port (componentize-py, then a check)", format!("{:.1} s", started.elapsed().as_secs_f64()));
 
     let runtime = Runtime::new(None)?;
     let dirs = PluginDirs(vec![vigil_tests::plugins_dir()]);

@@ -260,12 +260,18 @@ impl Cluster {
     /// A primary `a` and a secondary `b` running the hot-standby policy, configured in `dir` (not
     /// started). Each node's `cti` service writes a marker file in its own directory.
     pub fn hot_standby_pair(exe: &Path, dir: &Path, spec: &PairSpec) -> anyhow::Result<Cluster> {
+        Cluster::hot_standby_pair_with(exe, dir, spec, "hot-standby", "")
+    }
+
+    /// [`Cluster::hot_standby_pair`] deciding with another build of the hot-standby rules: `plugin`
+    /// (a name or a path), with `extra` lines at the end of the policy file (its `[limits]`, say).
+    pub fn hot_standby_pair_with(exe: &Path, dir: &Path, spec: &PairSpec, plugin: &str, extra: &str) -> anyhow::Result<Cluster> {
         use crate::model::Role;
         let mut cluster = Cluster::new(exe, dir, spec.timing, spec.plugin_dirs.clone())?;
         let policy = format!(
-            "# Hot standby: the service only writes a marker file.\nplugin = \"hot-standby\"\n\n[params]\n{params}\n\n\
+            "# Hot standby: the service only writes a marker file.\nplugin = {plugin:?}\n\n[params]\n{params}\n\n\
              [services.cti]\nstart = \"echo running > '{{dir}}/cti.running'\"\nstop = \"rm -f '{{dir}}/cti.running'\"\n\
-             status = \"test -f '{{dir}}/cti.running'\"\napp_check = true\nwatchdog = true\ntimeout_ms = 2000\n",
+             status = \"test -f '{{dir}}/cti.running'\"\napp_check = true\nwatchdog = true\ntimeout_ms = 2000\n{extra}",
             params = spec.params,
         );
         for (id, role, peer) in [("a", Role::Primary, "b"), ("b", Role::Secondary, "a")] {

@@ -96,6 +96,27 @@ pub fn vigil(args: &[&std::ffi::OsStr]) -> Output {
         .expect("run vigil")
 }
 
+/// The Python port of the hot-standby rules (`plugins/hot-standby-py`) built as an author builds a
+/// Python policy, with the `vigil` binary `exe`: `vigil policy new --lang python` into `dir`, the
+/// port's `app.py` and `policy.toml` copied in, `vigil policy build`. Returns the project directory
+/// (its component is `build/hot-standby-py.wasm`).
+pub fn build_python_port(exe: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
+    let project = dir.join("hot-standby-py");
+    let run = |args: &[&std::ffi::OsStr]| -> anyhow::Result<()> {
+        let out = Command::new(exe).args(args).env_remove("VIGIL_PLUGIN_DIR").output()?;
+        anyhow::ensure!(out.status.success(), "vigil {args:?}: {}", describe(&out));
+        Ok(())
+    };
+    let os = std::ffi::OsStr::new;
+    run(&[os("policy"), os("new"), os("hot-standby-py"), os("--lang"), os("python"), os("--dir"), project.as_os_str()])?;
+    let port = root().join("plugins/hot-standby-py");
+    for file in ["app.py", "policy.toml"] {
+        std::fs::copy(port.join(file), project.join(file))?;
+    }
+    run(&[os("policy"), os("build"), project.as_os_str()])?;
+    Ok(project)
+}
+
 /// A process's output as text, for messages.
 pub fn describe(out: &Output) -> String {
     format!(
