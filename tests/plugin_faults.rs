@@ -286,11 +286,19 @@ fn every_call_sees_a_fresh_instance_in_a_reused_slot() {
         let decision = policy.decide(&tick(AFTER_WINDOW_MS, Vec::new()), &[]).unwrap_or_else(|fault| panic!("the probe faulted: {fault}"));
         state_json(&decision.state)["probe"]["instance_calls"].clone()
     };
+    // Odd rounds decide in an instance made ahead by `prepare`, as the node loop does between ticks;
+    // even rounds in one made inside the call. Both must be as fresh.
     for round in 0..200 {
-        assert_eq!(calls(&probing), 1, "round {round}: a call saw a global left by an earlier call");
-        if round % 10 == 0 {
-            assert!(matches!(fault_of(&trapping).0, Fault::Trap(_)));
-            assert!(matches!(fault_of(&hungry).0, Fault::Memory { .. }));
+        let ahead = round % 2 == 1;
+        if ahead {
+            for policy in [&probing, &trapping, &hungry] {
+                policy.prepare();
+            }
+        }
+        assert_eq!(calls(&probing), 1, "round {round} (prepared: {ahead}): a call saw a global left by an earlier call");
+        if round % 10 < 2 {
+            assert!(matches!(fault_of(&trapping).0, Fault::Trap(_)), "round {round} (prepared: {ahead})");
+            assert!(matches!(fault_of(&hungry).0, Fault::Memory { .. }), "round {round} (prepared: {ahead})");
         }
     }
     std::thread::scope(|scope| {
@@ -298,9 +306,35 @@ fn every_call_sees_a_fresh_instance_in_a_reused_slot() {
             let (probing, calls) = (&probing, &calls);
             scope.spawn(move || {
                 for round in 0..100 {
+                    // Instances made ahead on one thread are taken by a call on another.
+                    if (thread + round) % 3 == 0 {
+                        probing.prepare();
+                    }
                     assert_eq!(calls(probing), 1, "thread {thread}, round {round}");
                 }
             });
         }
     });
+}
+
+/// An instance made ahead of a call (`LoadedPolicy::prepare`, between the loop's ticks) gets its time
+/// limit from the call, not from when it was made: a plugin that spins decides a timeout fault after
+/// its limit, and one prepared long before its call still has its whole limit.
+#[test]
+fn a_prepared_instance_has_its_whole_time_limit_from_the_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime();
+    let probing = load(&runtime, &testkit_policy(dir.path(), "probe.toml", "mode = \"standby\"\nprobe = true", "[limits]\ntime_ms = 200")).unwrap();
+    probing.prepare();
+    // Longer than the limit: a deadline counted from `prepare` would have passed.
+    std::thread::sleep(Duration::from_millis(400));
+    let decision = probing.decide(&tick(AFTER_WINDOW_MS, Vec::new()), &[]).unwrap_or_else(|fault| panic!("prepared long before: {fault}"));
+    assert_eq!(state_json(&decision.state)["probe"]["instance_calls"], 1);
+
+    let spinning = faulty(&runtime, dir.path(), "loop", "[limits]\ntime_ms = 50");
+    spinning.prepare();
+    let started = std::time::Instant::now();
+    let (fault, _) = fault_of(&spinning);
+    assert_eq!(fault, Fault::Timeout { limit_ms: 50 }, "a prepared instance that spins");
+    assert!(started.elapsed() >= Duration::from_millis(50), "stopped at its limit, not before: {:?}", started.elapsed());
 }

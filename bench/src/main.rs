@@ -120,16 +120,43 @@ fn write_policy(dir: &Path, name: &str, plugin: &str, params: &str) -> anyhow::R
 }
 
 /// `decide` on the realistic tick (1 peer, 2 paths, 3 services, 200 state bytes), carrying the state
-/// from call to call as the node does. Every call instantiates the plugin afresh from its
-/// pre-instance: that is the strategy being measured.
+/// from call to call as the node does. Every call decides in a fresh instance of the plugin: made
+/// between calls, as the node loop does (`LoadedPolicy::prepare`, timed on its own), then made inside
+/// the call, as scenario runs do.
 fn bench_decide(label: &str, policy: &LoadedPolicy, state: Vec<u8>) -> anyhow::Result<()> {
-    bench_decide_n(label, policy, state, WARM_UP, CALLS)
+    // `VIGIL_BENCH_CALLS=N`: more calls, for a profiler to sample.
+    let calls = std::env::var("VIGIL_BENCH_CALLS").ok().and_then(|n| n.parse().ok()).unwrap_or(CALLS);
+    bench_decide_n(label, policy, state, WARM_UP, calls)
 }
 
 fn bench_decide_n(label: &str, policy: &LoadedPolicy, state: Vec<u8>, warm_up: usize, calls: usize) -> anyhow::Result<()> {
+    // As the node loop runs it: the next fresh instance prepared between ticks (timed on its own).
+    let (tick_state, decide, prepare) = decide_loop(label, policy, state.clone(), warm_up, calls, true)?;
+    row(
+        &format!("tick, {label} ({calls} calls, state {} B)", tick_state),
+        format!("p50 {} · p90 {} · p95 {} · p99 {} · max {}", us(decide.pct(50)), us(decide.pct(90)), us(decide.pct(95)), us(decide.pct(99)), us(decide.max())),
+    );
+    if let Some(prepare) = prepare {
+        row(
+            &format!("tick, {label}: the fresh instance made between ticks ({calls} calls)"),
+            format!("p50 {} · p99 {} · max {}", us(prepare.pct(50)), us(prepare.pct(99)), us(prepare.max())),
+        );
+    }
+    // Without preparing: the instance made inside the call, as scenario runs and replays do.
+    let (_, whole, _) = decide_loop(label, policy, state, warm_up, calls, false)?;
+    row(
+        &format!("tick, {label}, instance made inside the call ({calls} calls)"),
+        format!("p50 {} · p99 {} · max {}", us(whole.pct(50)), us(whole.pct(99)), us(whole.max())),
+    );
+    Ok(())
+}
+
+/// `calls` timed decisions after `warm_up` untimed ones: the state size at the end, the decisions'
+/// times, and the preparations' times when `prepare`.
+fn decide_loop(label: &str, policy: &LoadedPolicy, state: Vec<u8>, warm_up: usize, calls: usize, prepare: bool) -> anyhow::Result<(usize, Sample, Option<Sample>)> {
     let peers = vec!["a".to_string()];
     let mut tick: Tick = vigil_tests::tick(1_700_000_000_000, state);
-    let mut times = Vec::with_capacity(calls);
+    let (mut times, mut prepared) = (Vec::with_capacity(calls), Vec::with_capacity(calls));
     for i in 0..warm_up + calls {
         tick.now_ms += 1000;
         tick.node.tick_count += 1;
@@ -137,16 +164,17 @@ fn bench_decide_n(label: &str, policy: &LoadedPolicy, state: Vec<u8>, warm_up: u
         let decision = policy.decide(&tick, &peers).map_err(|f| anyhow::anyhow!("{label}: fault {f}"))?;
         let took = started.elapsed();
         tick.state = decision.state;
+        let started = Instant::now();
+        if prepare {
+            policy.prepare();
+        }
+        let preparing = started.elapsed();
         if i >= warm_up {
             times.push(took);
+            prepared.push(preparing);
         }
     }
-    let s = Sample::new(times);
-    row(
-        &format!("tick, {label} ({calls} calls, state {} B)", tick.state.len()),
-        format!("p50 {} · p99 {} · max {}", us(s.pct(50)), us(s.pct(99)), us(s.max())),
-    );
-    Ok(())
+    Ok((tick.state.len(), Sample::new(times), prepare.then(|| Sample::new(prepared))))
 }
 
 fn ticks() -> anyhow::Result<()> {

@@ -13,6 +13,12 @@
 //! Only the executable's code (`r-xp`) is dropped: it is never written, so `MADV_DONTNEED` on it
 //! loses nothing. Read-only data is left alone (its RELRO part was written by the dynamic linker
 //! before it became read-only, and dropping it would revert that).
+//!
+//! The heap: glibc keeps freed memory for reuse. [`trim_heap`] gives it back after a compile and at
+//! the end of start-up, and [`bound_heap_retention`] (set before the daemon's threads start) keeps
+//! glibc from raising its trim threshold after large frees: Cranelift's frees would otherwise leave
+//! the unused tops of the compiling threads' heaps resident, which `malloc_trim` does not reach
+//! (12.4 against 7.0 MiB of anonymous memory after a start that compiled the plugin).
 
 /// What [`release_startup_code`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -51,6 +57,32 @@ pub fn release_startup_code() -> Released {
     }
     #[cfg(not(target_os = "linux"))]
     Released::default()
+}
+
+/// Give the heap's free memory back to the system (`malloc_trim`): after a plugin compile
+/// (Cranelift's working memory, ~17 MiB for a 200 KiB plugin, freed when it ends) and at the end of
+/// start-up.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` has no preconditions; it only releases free heap memory.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Fix glibc's trim threshold at its default (128 KiB) instead of letting it grow with the largest
+/// block freed (up to 64 MiB): a heap's free top over the threshold is given back when memory is
+/// freed. Call before the process starts threads. Setting one stops glibc's adjusting of both, so the
+/// `mmap` threshold stays at its default too: blocks over 128 KiB are mapped and unmapped on their own
+/// rather than kept in the heap.
+pub fn bound_heap_retention() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only changes allocator parameters.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
+    }
 }
 
 /// One code mapping of the executable, from `/proc/PID/smaps`.

@@ -261,7 +261,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Run { config } => {
             let config = crate::config::NodeConfig::read(&config).map_err(|e| CliError::Config(e.into()))?;
-            runtime()?.block_on(crate::node::runner::run(config)).map_err(|e| match e {
+            daemon_runtime()?.block_on(crate::node::runner::run(config)).map_err(|e| match e {
                 crate::node::runner::StartError::Config(e) => CliError::Config(e),
                 crate::node::runner::StartError::Other(e) => CliError::Failure(e),
             })
@@ -292,6 +292,23 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::GenerateAssets { out } => assets::generate(&out),
     }
+}
+
+/// The daemon's runtime, where its HTTP server runs (the node loop has a runtime of its own): one
+/// worker thread, as nginx runs one worker per core. Two workers on a two-core machine that also
+/// runs the load balancer's client fight over the same core and hand connections to each other (work
+/// stealing): `/active` answered 84 % of nginx's requests per second with the default of one worker per
+/// core and 101 % with one (`bench/README.md`). Work that can block (SQLite reads and writes of the
+/// admin and peer endpoints, plugin loads) leaves the worker with `block_in_place` or
+/// `spawn_blocking`, so the probes keep being answered.
+fn daemon_runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    // Before any thread of the daemon exists (`footprint`).
+    crate::footprint::bound_heap_retention();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failure(anyhow::anyhow!("cannot start the async runtime: {e}")))
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {

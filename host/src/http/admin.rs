@@ -28,8 +28,9 @@ pub async fn handle(state: &NodeState, method: &Method, path: &str, query: Optio
         (&Method::POST, p) if p.starts_with("/admin/switch/") => switch(state, &p["/admin/switch/".len()..]),
         (&Method::POST, "/admin/reload") => reload(state).await,
         (&Method::POST, "/admin/sync") => sync(state, query).await,
-        (m, p) if p.starts_with("/config/") => config(state, m, &p["/config/".len()..], query, body),
-        (&Method::GET, "/events") => events(state, query),
+        // SQLite reads and writes (a write waits for its fsync): off the server's worker thread.
+        (m, p) if p.starts_with("/config/") => tokio::task::block_in_place(|| config(state, m, &p["/config/".len()..], query, body)),
+        (&Method::GET, "/events") => tokio::task::block_in_place(|| events(state, query)),
         (&Method::GET, "/admin/recording") => recording(state, query).await,
         (&Method::POST, "/admin/shadow") => set_shadow(state, body).await,
         (&Method::DELETE, "/admin/shadow") => clear_shadow(state),

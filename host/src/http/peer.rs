@@ -101,7 +101,8 @@ async fn answer(state: &NodeState, method: &Method, path: &str, query: Option<&s
     let answer = match (method, path) {
         (&Method::GET, HEARTBEAT_PATH) => heartbeat(state),
         (&Method::POST, COMMAND_PATH) => command(state, &signed.node, &body),
-        (&Method::GET, CHANGES_PATH) => changes(state, &signed.node, query),
+        // A page is up to megabytes read from SQLite: off the server's worker thread.
+        (&Method::GET, CHANGES_PATH) => tokio::task::block_in_place(|| changes(state, &signed.node, query)),
         (&Method::POST, CHANGES_PATH) => pushed(state, &signed.node, &body).await,
         _ => text(StatusCode::NOT_FOUND, format!("{method} {path}: no such peer endpoint")),
     };

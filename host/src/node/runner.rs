@@ -275,6 +275,7 @@ pub async fn node_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
         systemd.after_tick(node.core.mode, reachable, node.tracker.peers.len());
         if !code_released && node.state.clock.mono_ms() >= release_code_at {
             code_released = true;
+            crate::footprint::trim_heap();
             let r = crate::footprint::release_startup_code();
             tracing::info!(
                 resident_before_kib = r.resident_before_kib,
@@ -645,6 +646,9 @@ impl NodeLoop {
             let (core, now_ms) = (&self.core, state.clock.wall_ms());
             persist.send_replace(Some(Persist { mode: core.mode, since_ms: core.mode_since_ms, state: core.state.clone(), now_ms }));
         }
+        // The next tick's fresh plugin instance, made now that this tick's work is handed over: the
+        // next decision then waits for the call alone (`Plugin::prepare`).
+        tokio::task::block_in_place(|| policy.prepare());
         state.last_loop_mono_ms.store(state.clock.mono_ms(), Ordering::Release);
     }
 

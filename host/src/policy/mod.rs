@@ -108,6 +108,12 @@ impl LoadedPolicy {
         Ok(decision)
     }
 
+    /// Make the next `decide`'s fresh instance now (see [`Plugin::prepare`]): the node loop calls this
+    /// between ticks, so a tick's decision waits for the call alone.
+    pub fn prepare(&self) {
+        self.plugin.prepare(&self.file.limits);
+    }
+
     fn check_decision(&self, d: &Decision, peers: &[String]) -> Result<(), String> {
         let limit = self.file.limits.state_bytes();
         if d.state.len() > limit {

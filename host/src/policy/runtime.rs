@@ -119,6 +119,8 @@ impl Fault {
 /// The engine every plugin of this process runs in.
 pub struct Runtime {
     engine: Engine,
+    /// The settings of the engines that compile (see [`Runtime::compile`]).
+    compile_config: Config,
     linker: Linker<Sandbox>,
     cache_dir: Option<PathBuf>,
     /// The engine's compatibility hash, part of every cache key.
@@ -142,6 +144,11 @@ impl Runtime {
         config.epoch_interruption(true);
         // Deep recursion in a plugin traps instead of growing the host's stack.
         config.max_wasm_stack(1 << 20);
+        // Compiling happens in an engine of its own, dropped after each compile: Cranelift keeps its
+        // working buffers (several MiB) in the engine that compiled, for the next compile. Same
+        // settings but the instance allocator, which compiled code does not depend on.
+        let mut compile_config = config.clone();
+        compile_config.memory_guard_size(GUARD_BYTES);
         let (engine, pool) = match pooled_engine(&mut config) {
             Ok(engine) => {
                 let size = Pool::SIZE;
@@ -190,7 +197,7 @@ impl Runtime {
             prune_cache(dir, CACHE_MAX_AGE);
         }
         let ticker = EpochTicker::start(engine.clone());
-        Ok(Runtime { engine, linker, cache_dir, compat, pool, _ticker: ticker })
+        Ok(Runtime { engine, compile_config, linker, cache_dir, compat, pool, _ticker: ticker })
     }
 
     /// The instance pool every call's instance comes from, or `None` when the address space could not
@@ -237,6 +244,8 @@ impl Runtime {
             from_cache,
             pre,
             engine: self.engine.clone(),
+            spare: std::sync::Mutex::new(None),
+            retired: std::sync::Mutex::new(None),
         })
     }
 
@@ -259,16 +268,24 @@ impl Runtime {
                 }
             }
         }
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| LoadError::Compile { path: path.to_path_buf(), detail: format!("{e:#}") });
-        let component = component.inspect_err(|_| return_freed_memory())?;
+        // A compiling engine of its own, dropped with everything Cranelift kept (its buffers, on the
+        // heaps of its threads), then the component read into the runtime's engine from its
+        // serialized form, as a cache hit does: a daemon that compiled its plugin at start idles at
+        // the memory of one that found it cached (~9 MiB less resident; `bench/README.md`).
+        let compile_error = |e: wasmtime::Error| LoadError::Compile { path: path.to_path_buf(), detail: format!("{e:#}") };
+        let serialized = Engine::new(&self.compile_config).and_then(|compiler| compiler.precompile_component(bytes));
+        let serialized = serialized.map_err(compile_error).inspect_err(|_| crate::footprint::trim_heap())?;
+        // SAFETY: the bytes were serialized just now by an engine of the same settings; wasmtime checks
+        // the compatibility header all the same, and an error is reported as a compile error.
+        #[allow(unsafe_code)]
+        let component = unsafe { Component::deserialize(&self.engine, &serialized) }.map_err(compile_error)?;
         if let Some(cached) = cached {
-            if let Err(e) = component.serialize().map_err(anyhow::Error::from).and_then(|b| write_atomically(&cached, &b)) {
+            if let Err(e) = write_atomically(&cached, &serialized) {
                 // A cache that cannot be written costs start-up time, never correctness.
                 tracing::warn!(file = %cached.display(), error = %e, "cannot cache compiled plugin");
             }
         }
-        return_freed_memory();
+        crate::footprint::trim_heap();
         Ok((component, false))
     }
 }
@@ -333,19 +350,6 @@ fn pooled_engine(config: &mut Config) -> wasmtime::Result<Engine> {
     Engine::new(config)
 }
 
-/// Give the memory a compile freed back to the system. Cranelift's working memory (~17 MiB for a
-/// 200 KiB plugin, on several threads' heaps) is freed when the compile ends, but glibc keeps freed
-/// heap pages for reuse: without this a daemon that compiled its plugin at start (no cache hit) idles
-/// at about twice the memory of one that found it cached.
-fn return_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `malloc_trim` has no preconditions; it only releases free heap memory.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 /// Compiled plugins unused for this long are removed when a runtime starts.
 const CACHE_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -384,6 +388,27 @@ pub struct Plugin {
     from_cache: bool,
     pre: Pre,
     engine: Engine,
+    /// A fresh instance made ahead of the next `decide` ([`Plugin::prepare`]), never called yet.
+    spare: std::sync::Mutex<Option<Spare>>,
+    /// The last `decide`'s store, never called again: dropped (its pool slot reset) by the next
+    /// `prepare` or `decide`, so that the reset is not part of the tick either.
+    retired: std::sync::Mutex<Option<Store<Sandbox>>>,
+}
+
+/// A fresh store with a fresh instance in it, nothing called yet: what every `decide` starts from.
+struct Spare {
+    store: Store<Sandbox>,
+    output: MemoryOutputPipe,
+    instance: Instance,
+    /// The limits its store was made with.
+    limits: Limits,
+}
+
+/// An instance of one interface version.
+enum Instance {
+    V0_3(bindings::Policy),
+    V0_2(bindings_v0_2::Policy),
+    V0_1(bindings_v0_1::Policy),
 }
 
 /// A pre-instantiated plugin of one interface version.
@@ -436,46 +461,82 @@ impl Plugin {
 
     /// Run the plugin's `validate`: `Ok(Err(message))` when it refuses the parameters.
     pub fn validate(&self, params: &str, limits: &Limits) -> Result<Result<(), String>, Fault> {
-        match &self.pre {
-            Pre::V0_3(pre) => self.call(limits, |store| pre.instantiate(&mut *store)?.call_validate(store, params)),
-            Pre::V0_2(pre) => self.call(limits, |store| pre.instantiate(&mut *store)?.call_validate(store, params)),
-            Pre::V0_1(pre) => self.call(limits, |store| pre.instantiate(&mut *store)?.call_validate(store, params)),
-        }
+        let (mut store, output) = self.store(limits);
+        let result = self.instantiate(&mut store).and_then(|instance| match instance {
+            Instance::V0_3(i) => i.call_validate(&mut store, params),
+            Instance::V0_2(i) => i.call_validate(&mut store, params),
+            Instance::V0_1(i) => i.call_validate(&mut store, params),
+        });
+        self.finish(&store, &output, limits, result)
     }
 
-    /// Run the plugin's `decide`. The decision is returned as the plugin made it; checking it
-    /// against the policy is the caller's job (`policy::LoadedPolicy::decide`).
+    /// Run the plugin's `decide` in a fresh instance: the one [`Plugin::prepare`] made, if it did (for
+    /// the same limits), else one made now. The decision is returned as the plugin made it; checking
+    /// it against the policy is the caller's job (`policy::LoadedPolicy::decide`).
     pub fn decide(&self, params: &str, tick: &model::Tick, limits: &Limits) -> Result<model::Decision, Fault> {
         use super::convert::{v0_1, v0_2, v0_3};
-        match &self.pre {
-            Pre::V0_3(pre) => {
-                let tick = v0_3::tick_to_wit(tick);
-                let decision = self.call(limits, |store| pre.instantiate(&mut *store)?.call_decide(store, params, &tick))?;
-                Ok(v0_3::decision_from_wit(decision))
+        let spare = self.spare.lock().expect("spare instance lock").take().filter(|r| r.limits == *limits);
+        let (mut store, output, instance) = match spare {
+            Some(Spare { mut store, output, instance, .. }) => {
+                // The deadline counts from the call, not from when the instance was made.
+                store.set_epoch_deadline(deadline_ticks(limits));
+                (store, output, Ok(instance))
             }
-            Pre::V0_2(pre) => {
-                let tick = v0_2::tick_to_wit(tick);
-                let decision = self.call(limits, |store| pre.instantiate(&mut *store)?.call_decide(store, params, &tick))?;
-                Ok(v0_2::decision_from_wit(decision))
+            None => {
+                let (mut store, output) = self.store(limits);
+                let instance = self.instantiate(&mut store);
+                (store, output, instance)
             }
-            Pre::V0_1(pre) => {
-                let tick = v0_1::tick_to_wit(tick);
-                let decision = self.call(limits, |store| pre.instantiate(&mut *store)?.call_decide(store, params, &tick))?;
-                Ok(v0_1::decision_from_wit(decision))
-            }
+        };
+        let decision = instance.and_then(|instance| match instance {
+            Instance::V0_3(i) => i.call_decide(&mut store, params, &v0_3::tick_to_wit(tick)).map(v0_3::decision_from_wit),
+            Instance::V0_2(i) => i.call_decide(&mut store, params, &v0_2::tick_to_wit(tick)).map(v0_2::decision_from_wit),
+            Instance::V0_1(i) => i.call_decide(&mut store, params, &v0_1::tick_to_wit(tick)).map(v0_1::decision_from_wit),
+        });
+        let decision = self.finish(&store, &output, limits, decision);
+        // Replacing the store retired before drops it, unless `prepare` already did.
+        *self.retired.lock().expect("retired store lock") = Some(store);
+        decision
+    }
+
+    /// Make the next `decide`'s fresh instance now, between ticks, and reset the last call's pool slot,
+    /// so that the tick pays for the call alone. The instance is exactly what `decide` would make (a new store and a new instance from the
+    /// pre-instance, in a pool slot reset to the initial image); it is used once, by the next `decide`
+    /// with the same limits, and dropped unused otherwise. Instantiation runs under the same time and
+    /// memory limits as a call; if it fails, nothing is kept, and the next `decide` instantiates itself
+    /// and reports the fault.
+    pub fn prepare(&self, limits: &Limits) {
+        drop(self.retired.lock().expect("retired store lock").take());
+        if self.spare.lock().expect("spare instance lock").is_some() {
+            return;
+        }
+        let (mut store, output) = self.store(limits);
+        if let Ok(instance) = self.instantiate(&mut store) {
+            *self.spare.lock().expect("spare instance lock") = Some(Spare { store, output, instance, limits: *limits });
         }
     }
 
-    fn call<R>(&self, limits: &Limits, f: impl FnOnce(&mut Store<Sandbox>) -> wasmtime::Result<R>) -> Result<R, Fault> {
+    /// A fresh store for one call: an empty sandbox, the memory limit, the time limit from now.
+    fn store(&self, limits: &Limits) -> (Store<Sandbox>, MemoryOutputPipe) {
         let output = MemoryOutputPipe::new(OUTPUT_CAPACITY);
         let mut store = Store::new(&self.engine, Sandbox::new(self.name.clone(), output.clone(), limits));
         store.limiter(|s| &mut s.limiter);
-        // +1: the current epoch period is already partly over.
-        let ticks = limits.time().as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64 + 1;
-        store.set_epoch_deadline(ticks);
+        store.set_epoch_deadline(deadline_ticks(limits));
         store.epoch_deadline_trap();
+        (store, output)
+    }
 
-        let result = f(&mut store);
+    /// A fresh instance of the plugin in `store`.
+    fn instantiate(&self, store: &mut Store<Sandbox>) -> wasmtime::Result<Instance> {
+        Ok(match &self.pre {
+            Pre::V0_3(pre) => Instance::V0_3(pre.instantiate(&mut *store)?),
+            Pre::V0_2(pre) => Instance::V0_2(pre.instantiate(&mut *store)?),
+            Pre::V0_1(pre) => Instance::V0_1(pre.instantiate(&mut *store)?),
+        })
+    }
+
+    /// The call's output logged, its error turned into a [`Fault`].
+    fn finish<R>(&self, store: &Store<Sandbox>, output: &MemoryOutputPipe, limits: &Limits, result: wasmtime::Result<R>) -> Result<R, Fault> {
         let said = String::from_utf8_lossy(&output.contents()).trim().to_string();
         if !said.is_empty() {
             tracing::info!(plugin = %self.name, output = %said, "plugin output");
@@ -507,6 +568,11 @@ impl Plugin {
             fault
         })
     }
+}
+
+/// A call's time limit in epoch ticks. +1: the current epoch period is already partly over.
+fn deadline_ticks(limits: &Limits) -> u64 {
+    limits.time().as_micros().div_ceil(EPOCH_TICK.as_micros()) as u64 + 1
 }
 
 /// What one plugin call's store holds.
