@@ -268,12 +268,16 @@ impl Runtime {
                 }
             }
         }
-        // A compiling engine of its own, dropped with everything Cranelift kept (its buffers, on the
-        // heaps of its threads), then the component read into the runtime's engine from its
+        // A compiling engine of its own, dropped with everything Cranelift kept (its buffers), then the component read into the runtime's engine from its
         // serialized form, as a cache hit does: a daemon that compiled its plugin at start idles at
         // the memory of one that found it cached (~9 MiB less resident; `bench/README.md`).
         let compile_error = |e: wasmtime::Error| LoadError::Compile { path: path.to_path_buf(), detail: format!("{e:#}") };
-        let serialized = Engine::new(&self.compile_config).and_then(|compiler| compiler.precompile_component(bytes));
+        // Cranelift's threads too: a pool of the compile's own, whose threads end with it, so that
+        // the stack pages the compile touched do not stay resident in idle threads.
+        let serialized = Engine::new(&self.compile_config).and_then(|compiler| match rayon::ThreadPoolBuilder::new().build() {
+            Ok(threads) => threads.install(|| compiler.precompile_component(bytes)),
+            Err(_) => compiler.precompile_component(bytes),
+        });
         let serialized = serialized.map_err(compile_error).inspect_err(|_| crate::footprint::trim_heap())?;
         // SAFETY: the bytes were serialized just now by an engine of the same settings; wasmtime checks
         // the compatibility header all the same, and an error is reported as a compile error.
