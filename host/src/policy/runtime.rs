@@ -268,12 +268,12 @@ impl Runtime {
                 }
             }
         }
-        // A compiling engine of its own, dropped with everything Cranelift kept (its buffers), then the component read into the runtime's engine from its
-        // serialized form, as a cache hit does: a daemon that compiled its plugin at start idles at
-        // the memory of one that found it cached (~9 MiB less resident; `bench/README.md`).
+        // A compiling engine of its own, dropped with everything Cranelift kept (its buffers), and a
+        // thread pool of its own, whose threads end with it (with the stack pages the compile
+        // touched); then the component is read into the runtime's engine from its serialized form, as
+        // a cache hit does. So a daemon that compiled its plugin at start idles at the memory of one
+        // that found it cached (19.0 against 28.6 MiB before; `bench/README.md`).
         let compile_error = |e: wasmtime::Error| LoadError::Compile { path: path.to_path_buf(), detail: format!("{e:#}") };
-        // Cranelift's threads too: a pool of the compile's own, whose threads end with it, so that
-        // the stack pages the compile touched do not stay resident in idle threads.
         let serialized = Engine::new(&self.compile_config).and_then(|compiler| match rayon::ThreadPoolBuilder::new().build() {
             Ok(threads) => threads.install(|| compiler.precompile_component(bytes)),
             Err(_) => compiler.precompile_component(bytes),
@@ -479,7 +479,7 @@ impl Plugin {
     /// it against the policy is the caller's job (`policy::LoadedPolicy::decide`).
     pub fn decide(&self, params: &str, tick: &model::Tick, limits: &Limits) -> Result<model::Decision, Fault> {
         use super::convert::{v0_1, v0_2, v0_3};
-        let spare = self.spare.lock().expect("spare instance lock").take().filter(|r| r.limits == *limits);
+        let spare = self.spare.lock().expect("spare instance lock").take().filter(|spare| spare.limits == *limits);
         let (mut store, output, instance) = match spare {
             Some(Spare { mut store, output, instance, .. }) => {
                 // The deadline counts from the call, not from when the instance was made.
@@ -503,12 +503,12 @@ impl Plugin {
         decision
     }
 
-    /// Make the next `decide`'s fresh instance now, between ticks, and reset the last call's pool slot,
-    /// so that the tick pays for the call alone. The instance is exactly what `decide` would make (a new store and a new instance from the
-    /// pre-instance, in a pool slot reset to the initial image); it is used once, by the next `decide`
-    /// with the same limits, and dropped unused otherwise. Instantiation runs under the same time and
-    /// memory limits as a call; if it fails, nothing is kept, and the next `decide` instantiates itself
-    /// and reports the fault.
+    /// Make the next `decide`'s fresh instance now, between ticks, and reset the last call's pool
+    /// slot, so that the tick pays for the call alone. The instance is exactly what `decide` would
+    /// make (a new store and a new instance from the pre-instance, in a pool slot reset to the initial
+    /// image); it is used once, by the next `decide` with the same limits, and dropped unused
+    /// otherwise. Instantiation runs under the same time and memory limits as a call; if it fails,
+    /// nothing is kept, and the next `decide` instantiates itself and reports the fault.
     pub fn prepare(&self, limits: &Limits) {
         drop(self.retired.lock().expect("retired store lock").take());
         if self.spare.lock().expect("spare instance lock").is_some() {
