@@ -144,11 +144,11 @@ impl Runtime {
         config.epoch_interruption(true);
         // Deep recursion in a plugin traps instead of growing the host's stack.
         config.max_wasm_stack(1 << 20);
+        config.memory_guard_size(GUARD_BYTES);
         // Compiling happens in an engine of its own, dropped after each compile: Cranelift keeps its
         // working buffers (several MiB) in the engine that compiled, for the next compile. Same
         // settings but the instance allocator, which compiled code does not depend on.
-        let mut compile_config = config.clone();
-        compile_config.memory_guard_size(GUARD_BYTES);
+        let compile_config = config.clone();
         let (engine, pool) = match pooled_engine(&mut config) {
             Ok(engine) => {
                 let size = Pool::SIZE;
@@ -349,7 +349,6 @@ fn pooled_engine(config: &mut Config) -> wasmtime::Result<Engine> {
     if PoolingAllocationConfig::is_pagemap_scan_available() {
         pool.pagemap_scan(Enabled::Yes).linear_memory_keep_resident(size.keep_resident);
     }
-    config.memory_guard_size(GUARD_BYTES);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(config)
 }
@@ -394,8 +393,10 @@ pub struct Plugin {
     engine: Engine,
     /// A fresh instance made ahead of the next `decide` ([`Plugin::prepare`]), never called yet.
     spare: std::sync::Mutex<Option<Spare>>,
-    /// The last `decide`'s store, never called again: dropped (its pool slot reset) by the next
-    /// `prepare` or `decide`, so that the reset is not part of the tick either.
+    /// The store of the last `decide` that used a prepared instance, never called again: dropped (its
+    /// pool slot reset) by the next `prepare`, so that the reset is not part of the tick either. A
+    /// call without a prepared instance (scenario runs, replays) drops its store at once, holding no
+    /// pool slot between calls.
     retired: std::sync::Mutex<Option<Store<Sandbox>>>,
 }
 
@@ -480,6 +481,7 @@ impl Plugin {
     pub fn decide(&self, params: &str, tick: &model::Tick, limits: &Limits) -> Result<model::Decision, Fault> {
         use super::convert::{v0_1, v0_2, v0_3};
         let spare = self.spare.lock().expect("spare instance lock").take().filter(|spare| spare.limits == *limits);
+        let prepared = spare.is_some();
         let (mut store, output, instance) = match spare {
             Some(Spare { mut store, output, instance, .. }) => {
                 // The deadline counts from the call, not from when the instance was made.
@@ -498,8 +500,11 @@ impl Plugin {
             Instance::V0_1(i) => i.call_decide(&mut store, params, &v0_1::tick_to_wit(tick)).map(v0_1::decision_from_wit),
         });
         let decision = self.finish(&store, &output, limits, decision);
-        // Replacing the store retired before drops it, unless `prepare` already did.
-        *self.retired.lock().expect("retired store lock") = Some(store);
+        if prepared {
+            // Called the way the loop calls: the next `prepare` drops it, between ticks. (Replacing
+            // a store retired before drops that one, if no `prepare` came in between.)
+            *self.retired.lock().expect("retired store lock") = Some(store);
+        }
         decision
     }
 
