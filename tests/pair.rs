@@ -134,13 +134,11 @@ async fn a_node_gives_back_the_code_only_start_up_ran() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = pair(dir.path(), "");
     stable(&cluster).await;
-    let line = loop {
-        let log = std::fs::read_to_string(&cluster.nodes[0].log).unwrap_or_default();
-        if let Some(line) = log.lines().find(|l| l.contains("start-up over: its code pages released")) {
-            break line.to_string();
-        }
-        assert!(eventually(Duration::from_secs(10), || std::fs::read_to_string(&cluster.nodes[0].log).unwrap_or_default().contains("start-up over")).await, "no release logged:\n{log}");
-    };
+    const RELEASED: &str = "start-up over: its code pages released";
+    let log = || std::fs::read_to_string(&cluster.nodes[0].log).unwrap_or_default();
+    assert!(eventually(Duration::from_secs(10), || log().contains(RELEASED)).await, "no release logged:\n{}", log());
+    let log = log();
+    let line = log.lines().find(|l| l.contains(RELEASED)).expect("the release line");
     let field = |name: &str| -> u64 {
         let at = line.find(&format!("{name}=")).unwrap_or_else(|| panic!("{name} in {line}")) + name.len() + 1;
         line[at..].split_whitespace().next().unwrap().parse().unwrap()
