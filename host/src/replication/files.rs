@@ -511,7 +511,30 @@ impl DirSync {
             None => match std::fs::symlink_metadata(&path) {
                 Ok(m) if m.is_file() => {
                     unchanged(Some(&m))?;
-                    std::fs::remove_file(&path).map_err(|e| format!("{shown}: {e}"))?;
+                    // An edit renamed into place between that look and the removal would be removed
+                    // with it: the file is first taken out of the way (one atomic rename, which keeps
+                    // its stamp), and what was taken is checked again before it goes.
+                    let mut random = [0u8; 8];
+                    getrandom::fill(&mut random).map_err(|e| format!("no random source: {e}"))?;
+                    let taken = dir.join(format!("{TMP_PREFIX}delete-{}", hex::encode(random)));
+                    std::fs::rename(&path, &taken).map_err(|e| format!("{shown}: {e}"))?;
+                    let took = std::fs::symlink_metadata(&taken).map_err(|e| format!("{shown}: {e}"))?;
+                    if let Err(changed) = unchanged(Some(&took)) {
+                        // Put back, unless a still newer file is there now (it holds the newest edit).
+                        match rustix::fs::renameat_with(rustix::fs::CWD, &taken, rustix::fs::CWD, &path, rustix::fs::RenameFlags::NOREPLACE) {
+                            Ok(()) => {}
+                            Err(rustix::io::Errno::EXIST) => {
+                                let _ = std::fs::remove_file(&taken);
+                            }
+                            // No RENAME_NOREPLACE here: a plain rename, while nothing is at the path.
+                            Err(_) if std::fs::symlink_metadata(&path).is_err() => {
+                                let _ = std::fs::rename(&taken, &path);
+                            }
+                            Err(_) => {}
+                        }
+                        return Err(changed);
+                    }
+                    std::fs::remove_file(&taken).map_err(|e| format!("{shown}: {e}"))?;
                     sync_dir(dir)?;
                     self.prune(dir);
                 }
