@@ -275,9 +275,11 @@ pub async fn node_loop(state: Arc<NodeState>, mut stop: watch::Receiver<bool>) {
         systemd.after_tick(node.core.mode, reachable, node.tracker.peers.len());
         if !code_released && node.state.clock.mono_ms() >= release_code_at {
             code_released = true;
+            let began = std::time::Instant::now();
             crate::footprint::trim_heap();
             let r = crate::footprint::release_startup_code();
             tracing::info!(
+                took_ms = began.elapsed().as_millis() as u64,
                 resident_before_kib = r.resident_before_kib,
                 resident_after_kib = r.resident_after_kib,
                 mapped_kib = r.mapped_kib,
