@@ -511,30 +511,7 @@ impl DirSync {
             None => match std::fs::symlink_metadata(&path) {
                 Ok(m) if m.is_file() => {
                     unchanged(Some(&m))?;
-                    // An edit renamed into place between that look and the removal would be removed
-                    // with it: the file is first taken out of the way (one atomic rename, which keeps
-                    // its stamp), and what was taken is checked again before it goes.
-                    let mut random = [0u8; 8];
-                    getrandom::fill(&mut random).map_err(|e| format!("no random source: {e}"))?;
-                    let taken = dir.join(format!("{TMP_PREFIX}delete-{}", hex::encode(random)));
-                    std::fs::rename(&path, &taken).map_err(|e| format!("{shown}: {e}"))?;
-                    let took = std::fs::symlink_metadata(&taken).map_err(|e| format!("{shown}: {e}"))?;
-                    if let Err(changed) = unchanged(Some(&took)) {
-                        // Put back, unless a still newer file is there now (it holds the newest edit).
-                        match rustix::fs::renameat_with(rustix::fs::CWD, &taken, rustix::fs::CWD, &path, rustix::fs::RenameFlags::NOREPLACE) {
-                            Ok(()) => {}
-                            Err(rustix::io::Errno::EXIST) => {
-                                let _ = std::fs::remove_file(&taken);
-                            }
-                            // No RENAME_NOREPLACE here: a plain rename, while nothing is at the path.
-                            Err(_) if std::fs::symlink_metadata(&path).is_err() => {
-                                let _ = std::fs::rename(&taken, &path);
-                            }
-                            Err(_) => {}
-                        }
-                        return Err(changed);
-                    }
-                    std::fs::remove_file(&taken).map_err(|e| format!("{shown}: {e}"))?;
+                    remove_if_unchanged(&path, &shown, &unchanged, || {})?;
                     sync_dir(dir)?;
                     self.prune(dir);
                 }
@@ -597,6 +574,44 @@ impl DirSync {
 /// What tells a file's content changed without reading it: size, modification time and inode (an
 /// editor or deploy tool that replaces a file by rename gives it a new inode). Kept in the store
 /// ([`Store::stamps`]) so that a restarted node knows its files as it left them.
+/// Remove the file at `path`, which `unchanged` has just found to be the one this node knows, unless
+/// it is replaced before it goes. An edit renamed into place between that look and a plain removal
+/// would be removed with it, so the file is first taken out of the way (one atomic rename, which
+/// keeps its stamp), and what was taken is checked again: a file that is not the known one goes
+/// back (or, if a still newer file is at the path by then, gives way to it) and the removal is
+/// refused with `unchanged`'s reason. `after_look` runs between the look and the taking (tests
+/// replace the file there).
+fn remove_if_unchanged(
+    path: &Path,
+    shown: &str,
+    unchanged: &dyn Fn(Option<&std::fs::Metadata>) -> Result<(), String>,
+    after_look: impl FnOnce(),
+) -> Result<(), String> {
+    let dir = path.parent().ok_or_else(|| format!("{shown}: no parent directory"))?;
+    let mut random = [0u8; 8];
+    getrandom::fill(&mut random).map_err(|e| format!("no random source: {e}"))?;
+    let taken = dir.join(format!("{TMP_PREFIX}delete-{}", hex::encode(random)));
+    after_look();
+    std::fs::rename(path, &taken).map_err(|e| format!("{shown}: {e}"))?;
+    let took = std::fs::symlink_metadata(&taken).map_err(|e| format!("{shown}: {e}"))?;
+    if let Err(changed) = unchanged(Some(&took)) {
+        // Put back, unless a still newer file is there now (it holds the newest edit).
+        match rustix::fs::renameat_with(rustix::fs::CWD, &taken, rustix::fs::CWD, path, rustix::fs::RenameFlags::NOREPLACE) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => {
+                let _ = std::fs::remove_file(&taken);
+            }
+            // No RENAME_NOREPLACE here: a plain rename, while nothing is at the path.
+            Err(_) if std::fs::symlink_metadata(path).is_err() => {
+                let _ = std::fs::rename(&taken, path);
+            }
+            Err(_) => {}
+        }
+        return Err(changed);
+    }
+    std::fs::remove_file(&taken).map_err(|e| format!("{shown}: {e}"))
+}
+
 type Stamp = DiskStamp;
 
 /// A file's modification time in milliseconds, never later than `wall_ms`: the version of a local
@@ -1169,6 +1184,41 @@ mod tests {
         assert_eq!(std::fs::read_to_string(db.root.join("f00")).unwrap(), "b's edit", "not replaced before it is versioned");
         db.scan(&sb, || b_edit_at).unwrap();
         Race { a: (sa, da), b: (sb, db), outcomes, _dir: dir }
+    }
+
+    /// A peer's delete and a local save landing between its look at the file and its removal: the
+    /// save is kept (CI once lost it, when the removal was a plain `remove_file` after the look).
+    #[test]
+    fn a_file_saved_between_the_look_and_the_removal_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let only = |m: Stamp| move |now: Option<&std::fs::Metadata>| match now.map(stamp) {
+            Some(s) if s == m => Ok(()),
+            _ => Err("changed here since the last scan".to_string()),
+        };
+        let names = || {
+            let mut n: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+            n.sort();
+            n
+        };
+        let (raced, gone) = (dir.path().join("raced.txt"), dir.path().join("gone.txt"));
+        std::fs::write(&raced, "known").unwrap();
+        std::fs::write(&gone, "known").unwrap();
+        let (raced_known, gone_known) = (stamp(&std::fs::metadata(&raced).unwrap()), stamp(&std::fs::metadata(&gone).unwrap()));
+
+        // An editor saves over the file (written aside, renamed into place) right after the look.
+        let save = || {
+            let aside = dir.path().join("raced.txt.swp");
+            std::fs::write(&aside, "the later edit").unwrap();
+            std::fs::rename(&aside, &raced).unwrap();
+        };
+        let refused = remove_if_unchanged(&raced, "raced.txt", &only(raced_known), save).unwrap_err();
+        assert!(refused.contains("changed here"), "{refused}");
+        assert_eq!(std::fs::read_to_string(&raced).unwrap(), "the later edit");
+        assert_eq!(names(), ["gone.txt", "raced.txt"], "nothing taken is left beside them");
+
+        // Nothing in between: the known file goes.
+        remove_if_unchanged(&gone, "gone.txt", &only(gone_known), || {}).unwrap();
+        assert_eq!(names(), ["raced.txt"]);
     }
 
     #[test]
