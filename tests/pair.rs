@@ -145,8 +145,8 @@ async fn a_node_gives_back_the_code_only_start_up_ran() {
     };
     let (before, after) = (field("resident_before_kib"), field("resident_after_kib"));
     println!("code resident: {before} kB at the end of start-up, {after} kB just after the release ({} ms)", field("took_ms"));
-    // "Just after" counts what the loop and the servers fault back in while the release reads its
-    // smaps: on a busy machine a whole debug tick can run in between (CI saw 7.4 of 24.5 MB).
+    // "Just after" counts what the servers' threads fault back in before the release counts again:
+    // on a busy machine they can run a while in between (CI saw 7.4 of 24.5 MB).
     assert!(before > 1024 && after < before, "{line}");
 
     // Working for two more seconds: what the loop runs comes back, start-up's code does not.

@@ -571,9 +571,6 @@ impl DirSync {
     }
 }
 
-/// What tells a file's content changed without reading it: size, modification time and inode (an
-/// editor or deploy tool that replaces a file by rename gives it a new inode). Kept in the store
-/// ([`Store::stamps`]) so that a restarted node knows its files as it left them.
 /// Remove the file at `path`, which `unchanged` has just found to be the one this node knows, unless
 /// it is replaced before it goes. An edit renamed into place between that look and a plain removal
 /// would be removed with it, so the file is first taken out of the way (one atomic rename, which
@@ -612,6 +609,9 @@ fn remove_if_unchanged(
     std::fs::remove_file(&taken).map_err(|e| format!("{shown}: {e}"))
 }
 
+/// What tells a file's content changed without reading it: size, modification time and inode (an
+/// editor or deploy tool that replaces a file by rename gives it a new inode). Kept in the store
+/// ([`Store::stamps`]) so that a restarted node knows its files as it left them.
 type Stamp = DiskStamp;
 
 /// A file's modification time in milliseconds, never later than `wall_ms`: the version of a local
