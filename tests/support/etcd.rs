@@ -97,6 +97,20 @@ impl Etcd {
         }
     }
 
+    /// The index of the member that is etcd's leader now, as a running member reports it
+    /// (`/v3/maintenance/status`: the leader's member ID beside the answering member's own).
+    pub fn leader(&self) -> Option<usize> {
+        let ids: Vec<Option<(String, String)>> = self.members.iter().map(|m| m.child.as_ref().and_then(|_| status(m.client))).collect();
+        let leader = ids.iter().flatten().map(|(_, leader)| leader.clone()).next()?;
+        ids.iter().position(|id| id.as_ref().is_some_and(|(own, _)| *own == leader))
+    }
+
+    /// A running member that is not etcd's leader: killing it keeps the quorum without an election.
+    pub fn follower(&self) -> usize {
+        let leader = self.leader().expect("etcd has a leader");
+        (0..self.members.len()).find(|&i| i != leader && self.members[i].child.is_some()).expect("a running follower")
+    }
+
     /// Start member `i` again (on its data directory) and wait until the cluster answers.
     pub fn restart(&mut self, i: usize) {
         self.spawn(i);
@@ -127,6 +141,19 @@ fn health(addr: SocketAddr) -> Option<String> {
     let mut answer = String::new();
     s.read_to_string(&mut answer).ok()?;
     Some(answer)
+}
+
+/// A member's own ID and its leader's, from `POST /v3/maintenance/status` (etcd's gRPC gateway).
+fn status(addr: SocketAddr) -> Option<(String, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "POST /v3/maintenance/status HTTP/1.0\r\nHost: etcd\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}").ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    let body: serde_json::Value = serde_json::from_str(answer.split_once("\r\n\r\n")?.1).ok()?;
+    // uint64 IDs come as JSON strings through the gateway.
+    let id = |v: &serde_json::Value| v.as_str().map(str::to_string).or_else(|| v.as_u64().map(|n| n.to_string()));
+    Some((id(&body["header"]["member_id"])?, id(&body["leader"])?))
 }
 
 impl Drop for Etcd {
