@@ -133,23 +133,25 @@ impl Etcd {
     }
 }
 
-/// `GET /health` of a member's client URL.
-fn health(addr: SocketAddr) -> Option<String> {
+/// One HTTP/1.0 request (`head`: its lines, each ending in CRLF; then `body`) to a member's client URL: the whole
+/// answer, headers included.
+fn request(addr: SocketAddr, head: &str, body: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET /health HTTP/1.0\r\nHost: etcd\r\n\r\n").ok()?;
+    write!(s, "{head}Host: etcd\r\nContent-Length: {}\r\n\r\n{body}", body.len()).ok()?;
     let mut answer = String::new();
     s.read_to_string(&mut answer).ok()?;
     Some(answer)
 }
 
+/// `GET /health` of a member's client URL.
+fn health(addr: SocketAddr) -> Option<String> {
+    request(addr, "GET /health HTTP/1.0\r\n", "")
+}
+
 /// A member's own ID and its leader's, from `POST /v3/maintenance/status` (etcd's gRPC gateway).
 fn status(addr: SocketAddr) -> Option<(String, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "POST /v3/maintenance/status HTTP/1.0\r\nHost: etcd\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}").ok()?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).ok()?;
+    let answer = request(addr, "POST /v3/maintenance/status HTTP/1.0\r\nContent-Type: application/json\r\n", "{}")?;
     let body: serde_json::Value = serde_json::from_str(answer.split_once("\r\n\r\n")?.1).ok()?;
     // uint64 IDs come as JSON strings through the gateway.
     let id = |v: &serde_json::Value| v.as_str().map(str::to_string).or_else(|| v.as_u64().map(|n| n.to_string()));
